@@ -1,0 +1,89 @@
+//! Reading official checkpoints: safetensors and PyTorch `.pth` pickles, checked against what the
+//! model asks for so that a wrong file fails with the names that do not fit.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{bail, Device, Result, Tensor};
+
+use crate::params::ParamSpec;
+
+/// Top-level keys under which training scripts nest their state dict.
+const WRAPPER_KEYS: &[&str] = &["model", "state_dict", "module"];
+/// Prefix left by `nn.DataParallel` / DDP.
+const DDP_PREFIX: &str = "module.";
+
+/// Reads every tensor of a `.safetensors` or `.pth` file (told apart by their first bytes: a
+/// `.pth` is a zip archive). A state dict nested as `{"model": ...}` is unwrapped and a `module.`
+/// prefix on every name is stripped.
+pub fn read_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let err =
+        |e: &dyn std::fmt::Display| candle_core::Error::Msg(format!("reading checkpoint {}: {e}", path.display()));
+    let mut head = [0u8; 4];
+    {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path).map_err(|e| err(&e))?;
+        let n = f.read(&mut head).map_err(|e| err(&e))?;
+        if n < 4 {
+            return Err(err(&format!("file is {n} bytes long, too short for a safetensors or .pth checkpoint")));
+        }
+    }
+    let tensors: HashMap<String, Tensor> = if &head == b"PK\x03\x04" {
+        read_pth(path)
+            .map_err(|e| err(&e))?
+            .into_iter()
+            .map(|(k, t)| Ok((k, t.to_device(device)?)))
+            .collect::<Result<_>>()?
+    } else {
+        candle_core::safetensors::load(path, device).map_err(|e| err(&format!("not a valid safetensors file ({e})")))?
+    };
+    if tensors.is_empty() {
+        return Err(err(&"no tensors found"));
+    }
+    Ok(strip_ddp_prefix(tensors))
+}
+
+fn read_pth(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let plain = candle_core::pickle::read_all_with_key(path, None)?;
+    if !plain.is_empty() {
+        return Ok(plain);
+    }
+    for key in WRAPPER_KEYS {
+        if let Ok(nested) = candle_core::pickle::read_all_with_key(path, Some(key)) {
+            if !nested.is_empty() {
+                return Ok(nested);
+            }
+        }
+    }
+    bail!("no state dict found: expected a dict of tensors at the top level or under one of {WRAPPER_KEYS:?}")
+}
+
+fn strip_ddp_prefix(tensors: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
+    if tensors.keys().all(|k| k.starts_with(DDP_PREFIX)) {
+        tensors.into_iter().map(|(k, t)| (k[DDP_PREFIX.len()..].to_string(), t)).collect()
+    } else {
+        tensors
+    }
+}
+
+/// Checks a checkpoint's tensors against the parameters a model asks for: every missing,
+/// unexpected or wrongly shaped tensor is named in one error.
+pub fn check(source: &str, specs: &[ParamSpec], tensors: &HashMap<String, Tensor>) -> Result<()> {
+    let mut problems = Vec::new();
+    for spec in specs {
+        match tensors.get(&spec.name) {
+            None => problems.push(format!("missing `{}` (expected shape {:?})", spec.name, spec.shape.dims())),
+            Some(t) if t.dims() != spec.shape.dims() => {
+                problems.push(format!("`{}` has shape {:?}, expected {:?}", spec.name, t.dims(), spec.shape.dims()))
+            }
+            Some(_) => {}
+        }
+    }
+    let mut unexpected: Vec<&String> = tensors.keys().filter(|k| !specs.iter().any(|s| &s.name == *k)).collect();
+    unexpected.sort();
+    problems.extend(unexpected.into_iter().map(|k| format!("unexpected `{k}`")));
+    if !problems.is_empty() {
+        bail!("checkpoint {source} does not fit the model ({} problems):\n  {}", problems.len(), problems.join("\n  "));
+    }
+    Ok(())
+}

@@ -1,0 +1,16 @@
+//! Diffusion backbones whose long skip connections are scaled as ScaleLong proposes.
+//!
+//! Each backbone is a plain struct built from a `VarBuilder` with the official parameter names and
+//! takes its skip scaling from [`scalelong_lsc_scaling::SkipScaling`]. [`checkpoint`] loads official
+//! weights (`.safetensors`, `.pth`) with errors that name what does not fit.
+
+pub mod checkpoint;
+mod nn;
+pub mod params;
+mod taps;
+pub mod uvit;
+
+pub use nn::LayerNorm;
+pub use scalelong_lsc_scaling::SkipScaling;
+pub use taps::Taps;
+pub use uvit::{UViT, UViTConfig};

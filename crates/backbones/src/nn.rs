@@ -1,0 +1,123 @@
+//! Layers with a correct backward pass and the official initialisations.
+//!
+//! candle 0.11's fused `softmax_last_dim` and `layer_norm` (and `LayerNorm::forward` on contiguous
+//! input) return no gradient, so the ops here are composed from primitives that have one.
+
+use candle_core::{Module, Result, Tensor, D};
+use candle_nn::{Init, Linear, VarBuilder};
+
+/// timm's `trunc_normal_(std=0.02)` truncates at ±2 (absolute), i.e. 100 standard deviations:
+/// a plain normal is the same distribution for every practical purpose.
+pub(crate) const TRUNC_NORMAL_002: Init = Init::Randn { mean: 0.0, stdev: 0.02 };
+
+/// `nn.Linear` initialised as the official `_init_weights`: weight trunc-normal(0.02), bias 0.
+pub(crate) fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
+    let weight = vb.get_with_hints((out_dim, in_dim), "weight", TRUNC_NORMAL_002)?;
+    let bias = if bias { Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?) } else { None };
+    Ok(Linear::new(weight, bias))
+}
+
+/// Bound of PyTorch's default initialisation (kaiming-uniform with a = sqrt(5)) for a fan-in.
+pub(crate) fn torch_default_init(fan_in: usize) -> Init {
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    Init::Uniform { lo: -bound, up: bound }
+}
+
+/// LayerNorm over the last axis with affine weight and bias, composed so that it has a gradient.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub const DEFAULT_EPS: f64 = 1e-5;
+
+    pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get_with_hints(dim, "weight", Init::Const(1.0))?,
+            bias: vb.get_with_hints(dim, "bias", Init::Const(0.0))?,
+            eps,
+        })
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+    }
+}
+
+/// Softmax over the last axis. The max is detached: softmax is shift-invariant, so no gradient
+/// flows through it and tracking it would only cost time.
+pub(crate) fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Var};
+
+    /// Central finite differences of `sum(f(x) * probe)` against the autograd gradient.
+    fn check_grad(f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<()> {
+        let dev = Device::Cpu;
+        let x0 = Tensor::randn(0f64, 1.0, (2, 5), &dev)?;
+        let probe = Tensor::randn(0f64, 1.0, (2, 5), &dev)?;
+        let x = Var::from_tensor(&x0)?;
+        let loss = (f(x.as_tensor())? * &probe)?.sum_all()?;
+        let grad = loss.backward()?.get(&x).expect("no gradient").to_vec2::<f64>()?;
+        let h = 1e-6;
+        let base = x0.to_vec2::<f64>()?;
+        for i in 0..2 {
+            for j in 0..5 {
+                let eval = |d: f64| -> Result<f64> {
+                    let mut v = base.clone();
+                    v[i][j] += d;
+                    let xt = Tensor::new(v, &dev)?;
+                    (f(&xt)? * &probe)?.sum_all()?.to_scalar::<f64>()
+                };
+                let fd = (eval(h)? - eval(-h)?) / (2.0 * h);
+                assert!((fd - grad[i][j]).abs() < 1e-6, "[{i},{j}] fd {fd} vs autograd {}", grad[i][j]);
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn softmax_matches_definition_and_has_gradient() -> Result<()> {
+        let x = Tensor::new(&[[1f32, 2.0, 3.0], [1000.0, 1000.0, 1000.0]], &Device::Cpu)?;
+        let s = softmax_last_dim(&x)?.to_vec2::<f32>()?;
+        let z: f32 = [1f32, 2.0, 3.0].iter().map(|v| v.exp()).sum();
+        assert!((s[0][2] - 3f32.exp() / z).abs() < 1e-6);
+        assert!((s[1][0] - 1.0 / 3.0).abs() < 1e-6);
+        check_grad(softmax_last_dim)
+    }
+
+    #[test]
+    fn layer_norm_normalises_and_has_gradient() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Tensor::new(&[1f64, 2.0, 0.5, -1.0, 3.0], &dev)?;
+        let b = Tensor::new(&[0.1f64, 0.0, -0.2, 0.3, 0.0], &dev)?;
+        let ln = LayerNorm { weight: w, bias: b, eps: 1e-5 };
+        check_grad(|x| ln.forward(x))?;
+        let plain = LayerNorm::new(5, 1e-5, VarBuilder::zeros(DType::F64, &dev))?;
+        let plain = LayerNorm { weight: plain.weight.ones_like()?, ..plain };
+        let y = plain.forward(&Tensor::new(&[[1f64, 2.0, 3.0, 4.0, 5.0]], &dev)?)?;
+        let y = y.to_vec2::<f64>()?[0].clone();
+        let want = 2f64 / (2.0 + 1e-5f64).sqrt();
+        assert!((y[4] - want).abs() < 1e-12 && (y[0] + want).abs() < 1e-12, "{y:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn gelu_erf_has_gradient() -> Result<()> {
+        check_grad(|x| x.gelu_erf())
+    }
+}

@@ -1,0 +1,249 @@
+//! U-ViT (Bao et al., "All are Worth Words"), as the official `libs/uvit.py` of ScaleLong builds it,
+//! with the long skips scaled by a [`SkipScaling`].
+//!
+//! Tokens are `[class?, time, patches]` plus a learned position embedding; `depth / 2` in-blocks each
+//! hand a long skip to the out-block that mirrors it, which merges `skip_linear([x, scaled skip])`.
+//! Parameter names are the official state-dict keys, so official checkpoints load as they are.
+
+mod block;
+mod config;
+
+pub use block::{Attention, Block, Mlp};
+pub use config::{UViTConfig, PRESETS};
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::{Embedding, Init, Linear, VarBuilder};
+use scalelong_lsc_scaling::{Calibration, SkipScaling};
+
+use std::path::Path;
+
+use crate::checkpoint;
+use crate::nn::{linear, torch_default_init, LayerNorm, TRUNC_NORMAL_002};
+use crate::params::ParamSpec;
+use crate::taps::Taps;
+
+/// How one out-block scales the skip it merges.
+#[derive(Debug, Clone)]
+enum SkipScale {
+    Identity,
+    Constant(f64),
+    Gate(Calibration),
+}
+
+impl SkipScale {
+    fn apply(&self, skip: &Tensor, taps: Option<&mut Taps>) -> Result<Tensor> {
+        match self {
+            Self::Identity => Ok(skip.clone()),
+            Self::Constant(c) => skip * *c,
+            Self::Gate(cal) => {
+                let gate = cal.gate(skip)?;
+                if let Some(taps) = taps {
+                    taps.gates.push(gate.clone());
+                }
+                skip.broadcast_mul(&gate)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct UViT {
+    config: UViTConfig,
+    patch_proj_weight: Tensor,
+    patch_proj_bias: Tensor,
+    time_embed: Option<(Linear, Linear)>,
+    label_emb: Option<Embedding>,
+    pos_embed: Tensor,
+    in_blocks: Vec<Block>,
+    mid_block: Block,
+    out_blocks: Vec<Block>,
+    /// One per out-block, in decoder order (innermost skip first).
+    skip_scales: Vec<SkipScale>,
+    norm: LayerNorm,
+    decoder_pred: Linear,
+    final_layer: candle_nn::Conv2d,
+}
+
+impl UViT {
+    /// Builds the model; with a `VarMap`-backed builder the parameters get the official initialisation.
+    pub fn new(config: &UViTConfig, vb: VarBuilder) -> Result<Self> {
+        config.validate()?;
+        let c = config;
+        let (d, p, ch) = (c.embed_dim, c.patch_size, c.in_chans);
+        let block = |vb: VarBuilder, skip| Block::new(d, c.num_heads, c.mlp_ratio, c.qkv_bias, skip, vb);
+        let patch_fan_in = ch * p * p;
+        let pvb = vb.pp("patch_embed.proj");
+        let time_embed = if c.mlp_time_embed {
+            Some((linear(d, 4 * d, true, vb.pp("time_embed.0"))?, linear(4 * d, d, true, vb.pp("time_embed.2"))?))
+        } else {
+            None
+        };
+        let label_emb = match c.num_classes {
+            Some(n) => Some(Embedding::new(
+                vb.get_with_hints((n, d), "label_emb.weight", Init::Randn { mean: 0.0, stdev: 1.0 })?,
+                d,
+            )),
+            None => None,
+        };
+        let n = c.num_skips();
+        let gate = |vb: VarBuilder| Calibration::new(c.num_tokens(), c.ls_reduction, 1, vb);
+        let skip_scales = match c.scaling {
+            SkipScaling::Learned => vec![SkipScale::Gate(gate(vb.pp("se"))?); n],
+            SkipScaling::LearnedPerSkip => {
+                (0..n).map(|k| Ok(SkipScale::Gate(gate(vb.pp(format!("se.{k}")))?))).collect::<Result<_>>()?
+            }
+            constant => (0..n)
+                .map(|k| match constant.constant_coefficient(n - k, n) {
+                    Some(coef) if coef == 1.0 => SkipScale::Identity,
+                    Some(coef) => SkipScale::Constant(coef),
+                    None => unreachable!("learned modes handled above"),
+                })
+                .collect(),
+        };
+        let fl_init = torch_default_init(ch * 9);
+        let final_layer = candle_nn::Conv2d::new(
+            vb.get_with_hints((ch, ch, 3, 3), "final_layer.weight", fl_init)?,
+            Some(vb.get_with_hints(ch, "final_layer.bias", fl_init)?),
+            candle_nn::Conv2dConfig { padding: 1, ..Default::default() },
+        );
+        Ok(Self {
+            patch_proj_weight: pvb.get_with_hints((d, ch, p, p), "weight", torch_default_init(patch_fan_in))?,
+            patch_proj_bias: pvb.get_with_hints(d, "bias", torch_default_init(patch_fan_in))?,
+            time_embed,
+            label_emb,
+            pos_embed: vb.get_with_hints((1, c.num_tokens(), d), "pos_embed", TRUNC_NORMAL_002)?,
+            in_blocks: (0..n).map(|k| block(vb.pp(format!("in_blocks.{k}")), false)).collect::<Result<_>>()?,
+            mid_block: block(vb.pp("mid_block"), false)?,
+            out_blocks: (0..n).map(|k| block(vb.pp(format!("out_blocks.{k}")), true)).collect::<Result<_>>()?,
+            skip_scales,
+            norm: LayerNorm::new(d, LayerNorm::DEFAULT_EPS, vb.pp("norm"))?,
+            decoder_pred: linear(d, p * p * ch, true, vb.pp("decoder_pred"))?,
+            final_layer,
+            config: c.clone(),
+        })
+    }
+
+    /// The parameters this config asks for (names and shapes), without allocating them.
+    pub fn param_specs(config: &UViTConfig) -> Result<Vec<ParamSpec>> {
+        crate::params::param_specs(|vb| Self::new(config, vb))
+    }
+
+    /// Loads weights from a `.safetensors` or `.pth` file (official state dicts as they are,
+    /// `{"model": ...}` wrappers and `module.` prefixes too). Missing, unexpected or wrongly shaped
+    /// tensors give one error naming all of them.
+    pub fn from_checkpoint(config: &UViTConfig, path: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let specs = Self::param_specs(config)?;
+        let tensors = checkpoint::read_tensors(path, device)?;
+        checkpoint::check(&path.display().to_string(), &specs, &tensors)?;
+        Self::new(config, VarBuilder::from_tensors(tensors, dtype, device))
+    }
+
+    pub fn config(&self) -> &UViTConfig {
+        &self.config
+    }
+
+    /// Predicts from a noisy image `x` (B, C, H, W), the network's time input `timesteps` (B,)
+    /// (t * 999 for the continuous VP-SDE) and, for class-conditional models, labels `y` (B,).
+    pub fn forward(&self, x: &Tensor, timesteps: &Tensor, y: Option<&Tensor>) -> Result<Tensor> {
+        self.run(x, timesteps, y, None)
+    }
+
+    /// As [`UViT::forward`], also recording every skip before and after scaling, every block's
+    /// output and the LS gates into `taps`.
+    pub fn forward_with_taps(
+        &self,
+        x: &Tensor,
+        timesteps: &Tensor,
+        y: Option<&Tensor>,
+        taps: &mut Taps,
+    ) -> Result<Tensor> {
+        *taps = Taps::default();
+        self.run(x, timesteps, y, Some(taps))
+    }
+
+    fn run(&self, x: &Tensor, timesteps: &Tensor, y: Option<&Tensor>, mut taps: Option<&mut Taps>) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, ch, h, w) = x.dims4()?;
+        if (ch, h, w) != (c.in_chans, c.img_size, c.img_size) {
+            candle_core::bail!(
+                "U-ViT input has shape {:?}, expected (B, {}, {}, {})",
+                x.dims(),
+                c.in_chans,
+                c.img_size,
+                c.img_size
+            );
+        }
+        let mut tokens = vec![self.patch_embed(x)?];
+        let mut time = timestep_embedding(timesteps, c.embed_dim)?.to_dtype(x.dtype())?;
+        if let Some((l1, l2)) = &self.time_embed {
+            time = l2.forward(&l1.forward(&time)?.silu()?)?;
+        }
+        tokens.insert(0, time.unsqueeze(1)?);
+        match (&self.label_emb, y) {
+            (Some(emb), Some(y)) => tokens.insert(0, emb.forward(y)?.unsqueeze(1)?),
+            (None, None) => {}
+            (Some(_), None) => candle_core::bail!("class-conditional U-ViT called without labels `y`"),
+            (None, Some(_)) => candle_core::bail!("unconditional U-ViT called with labels `y`"),
+        }
+        let mut x = Tensor::cat(&tokens, 1)?.broadcast_add(&self.pos_embed)?;
+        let mut skips = Vec::with_capacity(self.in_blocks.len());
+        for blk in &self.in_blocks {
+            x = blk.forward(&x, None)?;
+            skips.push(x.clone());
+        }
+        x = self.mid_block.forward(&x, None)?;
+        if let Some(t) = taps.as_deref_mut() {
+            t.blocks.extend(skips.iter().cloned());
+            t.blocks.push(x.clone());
+            t.skips = skips.clone();
+        }
+        for (blk, scale) in self.out_blocks.iter().zip(&self.skip_scales) {
+            let skip = skips.pop().expect("one skip per out-block");
+            let scaled = scale.apply(&skip, taps.as_deref_mut())?;
+            x = blk.forward(&x, Some(&scaled))?;
+            if let Some(t) = taps.as_deref_mut() {
+                t.scaled_skips.insert(0, scaled);
+                t.blocks.push(x.clone());
+            }
+        }
+        if let Some(t) = taps {
+            t.gates.reverse(); // recorded innermost first; stored outermost first like the skips
+        }
+        let x = self.decoder_pred.forward(&self.norm.forward(&x)?)?;
+        let x = x.narrow(1, self.config.extras(), c.num_patches())?;
+        self.final_layer.forward(&self.unpatchify(&x, b)?)
+    }
+
+    /// `Conv2d(kernel = stride = patch)` as patchify + matmul: the same sum, in one GEMM.
+    fn patch_embed(&self, x: &Tensor) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, ch, p) = (x.dim(0)?, c.in_chans, c.patch_size);
+        let g = c.img_size / p;
+        let patches = x.reshape((b, ch, g, p, g, p))?.permute((0, 2, 4, 1, 3, 5))?.reshape((b, g * g, ch * p * p))?;
+        let w = self.patch_proj_weight.reshape((c.embed_dim, ch * p * p))?;
+        patches.broadcast_matmul(&w.t()?)?.broadcast_add(&self.patch_proj_bias)
+    }
+
+    /// 'B (h w) (p1 p2 C) -> B C (h p1) (w p2)'.
+    fn unpatchify(&self, x: &Tensor, b: usize) -> Result<Tensor> {
+        let c = &self.config;
+        let (p, ch) = (c.patch_size, c.in_chans);
+        let g = c.img_size / p;
+        x.reshape((b, g, g, p, p, ch))?.permute((0, 5, 1, 3, 2, 4))?.reshape((b, ch, c.img_size, c.img_size))
+    }
+}
+
+/// Sinusoidal embedding `[cos(t f_k), sin(t f_k)]`, f_k = 10000^(-k/half), zero-padded for odd dims.
+/// Computed in f64 where the device has it: t * 999 reaches 999 rad, where f32 loses 1e-4.
+pub fn timestep_embedding(timesteps: &Tensor, dim: usize) -> Result<Tensor> {
+    let half = dim / 2;
+    let dtype = if matches!(timesteps.device(), Device::Metal(_)) { DType::F32 } else { DType::F64 };
+    let freqs: Vec<f64> = (0..half).map(|k| (-(10000f64.ln()) * k as f64 / half as f64).exp()).collect();
+    let freqs = Tensor::new(freqs, timesteps.device())?.to_dtype(dtype)?;
+    let args = timesteps.to_dtype(dtype)?.unsqueeze(1)?.broadcast_mul(&freqs.unsqueeze(0)?)?;
+    let mut parts = vec![args.cos()?, args.sin()?];
+    if dim % 2 == 1 {
+        parts.push(Tensor::zeros((timesteps.dim(0)?, 1), dtype, timesteps.device())?);
+    }
+    Tensor::cat(&parts, 1)
+}

@@ -1,0 +1,167 @@
+//! Numerical parity with the official PyTorch code, on every fixture in `../shared/parity/`
+//! (or `$SCALELONG_PARITY_DIR`). Each model case holds the official weights (`model.*`), inputs
+//! (`input.*`), the output and the gradients (`grad.*`) of `sum(output * probe)`. See the
+//! fixtures' README for the format; any fixture in it is checked, whatever its shapes or config.
+//!
+//! Run with `cargo test --release --test parity -- --nocapture` to see each fixture's worst errors.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarBuilder;
+use scalelong::backbones::params::ParamSpec;
+use scalelong::backbones::{checkpoint, UViT, UViTConfig};
+
+/// Output agreement, absolute.
+const OUTPUT_TOL: f64 = 1e-4;
+/// Gradient agreement, relative to the largest magnitude of each reference gradient.
+const GRAD_TOL: f64 = 1e-3;
+
+fn parity_dir() -> PathBuf {
+    match std::env::var_os("SCALELONG_PARITY_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/parity"),
+    }
+}
+
+/// Every `<prefix>*.safetensors` in the parity directory, sorted; none at all is an error.
+fn fixtures(prefix: &str) -> Result<Vec<PathBuf>> {
+    let dir = parity_dir();
+    let entries = std::fs::read_dir(&dir).with_context(|| format!("reading parity directory {}", dir.display()))?;
+    let mut paths = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.starts_with(prefix) && name.ends_with(".safetensors") {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    if paths.is_empty() {
+        bail!("no {prefix}*.safetensors fixture in {}", dir.display());
+    }
+    Ok(paths)
+}
+
+struct Fixture {
+    name: String,
+    meta: HashMap<String, String>,
+    tensors: HashMap<String, Tensor>,
+}
+
+impl Fixture {
+    fn read(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path)?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).context("bad safetensors header")?;
+        let meta = header.metadata().clone().context("no metadata")?;
+        let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)?;
+        Ok(Self { name: path.file_name().unwrap().to_string_lossy().into_owned(), meta, tensors })
+    }
+
+    fn meta(&self, key: &str) -> Result<&str> {
+        self.meta.get(key).map(String::as_str).with_context(|| format!("metadata `{key}` missing"))
+    }
+
+    fn tensor(&self, key: &str) -> Result<&Tensor> {
+        self.tensors.get(key).with_context(|| format!("tensor `{key}` missing"))
+    }
+
+    fn optional(&self, key: &str) -> Option<&Tensor> {
+        self.tensors.get(key)
+    }
+
+    /// Tensors under `prefix.`, with the prefix removed.
+    fn group(&self, prefix: &str) -> HashMap<String, Tensor> {
+        let p = format!("{prefix}.");
+        self.tensors.iter().filter_map(|(k, t)| k.strip_prefix(&p).map(|n| (n.to_string(), t.clone()))).collect()
+    }
+}
+
+/// Largest |a - b| and largest |b|.
+fn max_err(ours: &Tensor, reference: &Tensor) -> Result<(f64, f64)> {
+    if ours.dims() != reference.dims() {
+        bail!("shape {:?}, reference {:?}", ours.dims(), reference.dims());
+    }
+    let (a, b) = (ours.to_dtype(DType::F64)?, reference.to_dtype(DType::F64)?);
+    let err = (a - &b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
+    let scale = b.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
+    Ok((err, scale))
+}
+
+/// Runs the forward and backward pass of a model case and compares them with the fixture.
+/// `forward` builds the model from the builder and runs it on the input image.
+fn check_model_case(
+    fx: &Fixture,
+    specs: &[ParamSpec],
+    forward: impl Fn(VarBuilder, &Tensor) -> candle_core::Result<Tensor>,
+) -> Result<Vec<String>> {
+    let weights = fx.group("model");
+    checkpoint::check(&fx.name, specs, &weights)?;
+    let vars: HashMap<String, Var> =
+        weights.iter().map(|(k, t)| Ok((k.clone(), Var::from_tensor(t)?))).collect::<Result<_>>()?;
+    let vb_tensors = vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+    let x = Var::from_tensor(fx.tensor("input.x")?)?;
+    let output = forward(VarBuilder::from_tensors(vb_tensors, DType::F32, &Device::Cpu), x.as_tensor())?;
+    let mut failures = Vec::new();
+    let (out_err, _) = max_err(&output, fx.tensor("output")?).context("output")?;
+    if out_err > OUTPUT_TOL {
+        failures.push(format!("output off by {out_err:.3e} (tolerance {OUTPUT_TOL:.0e})"));
+    }
+    let grads = (&output * fx.tensor("probe")?)?.sum_all()?.backward()?;
+    let mut worst = (0.0, String::new());
+    let mut targets: Vec<(String, &Tensor)> = vars.iter().map(|(k, v)| (k.clone(), v.as_tensor())).collect();
+    targets.push(("input.x".to_string(), x.as_tensor()));
+    targets.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, var) in targets {
+        let reference = fx.tensor(&format!("grad.{name}"))?;
+        let Some(ours) = grads.get(var) else {
+            failures.push(format!("no gradient for `{name}`"));
+            continue;
+        };
+        let (err, scale) = max_err(ours, reference).with_context(|| format!("gradient of `{name}`"))?;
+        let rel = err / scale.max(f64::MIN_POSITIVE);
+        if rel > worst.0 {
+            worst = (rel, name.clone());
+        }
+        if err > GRAD_TOL * scale {
+            failures.push(format!(
+                "gradient of `{name}` off by {err:.3e} = {rel:.3e} of its largest magnitude (tolerance {GRAD_TOL:.0e})"
+            ));
+        }
+    }
+    println!("{}: output max err {out_err:.2e}; worst gradient `{}` at {:.2e} of its scale", fx.name, worst.1, worst.0);
+    Ok(failures)
+}
+
+fn check_uvit(fx: &Fixture) -> Result<Vec<String>> {
+    if fx.meta("kind")? != "uvit" {
+        bail!("metadata `kind` = {}, expected uvit", fx.meta("kind")?);
+    }
+    let config = UViTConfig::from_official_json(fx.meta("config")?)?;
+    let specs = UViT::param_specs(&config)?;
+    let (t, y) = (fx.tensor("input.timesteps")?, fx.optional("input.y"));
+    check_model_case(fx, &specs, |vb, x| UViT::new(&config, vb)?.forward(x, t, y))
+}
+
+/// Runs `check` on every fixture with `prefix`; a fixture that cannot be read or run fails too.
+fn run_all(prefix: &str, check: impl Fn(&Fixture) -> Result<Vec<String>>) -> Result<()> {
+    let mut failures = Vec::new();
+    for path in fixtures(prefix)? {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        match Fixture::read(&path).with_context(|| format!("reading {}", path.display())).and_then(|fx| check(&fx)) {
+            Ok(problems) => failures.extend(problems.into_iter().map(|p| format!("{name}: {p}"))),
+            Err(e) => failures.push(format!("{name}: {e:#}")),
+        }
+    }
+    if !failures.is_empty() {
+        bail!("parity failures:\n  {}", failures.join("\n  "));
+    }
+    Ok(())
+}
+
+#[test]
+fn uvit_matches_the_official_code() -> Result<()> {
+    run_all("uvit_", check_uvit)
+}

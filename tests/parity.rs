@@ -5,12 +5,14 @@
 //!
 //! Run with `cargo test --release --test parity -- --nocapture` to see each fixture's worst errors.
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
+use common::{fixtures, Fixture};
 use scalelong::backbones::params::ParamSpec;
 use scalelong::backbones::{checkpoint, UViT, UViTConfig};
 
@@ -18,66 +20,6 @@ use scalelong::backbones::{checkpoint, UViT, UViTConfig};
 const OUTPUT_TOL: f64 = 1e-4;
 /// Gradient agreement, relative to the largest magnitude of each reference gradient.
 const GRAD_TOL: f64 = 1e-3;
-
-fn parity_dir() -> PathBuf {
-    match std::env::var_os("SCALELONG_PARITY_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/parity"),
-    }
-}
-
-/// Every `<prefix>*.safetensors` in the parity directory, sorted; none at all is an error.
-fn fixtures(prefix: &str) -> Result<Vec<PathBuf>> {
-    let dir = parity_dir();
-    let entries = std::fs::read_dir(&dir).with_context(|| format!("reading parity directory {}", dir.display()))?;
-    let mut paths = Vec::new();
-    for entry in entries {
-        let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if name.starts_with(prefix) && name.ends_with(".safetensors") {
-            paths.push(path);
-        }
-    }
-    paths.sort();
-    if paths.is_empty() {
-        bail!("no {prefix}*.safetensors fixture in {}", dir.display());
-    }
-    Ok(paths)
-}
-
-struct Fixture {
-    name: String,
-    meta: HashMap<String, String>,
-    tensors: HashMap<String, Tensor>,
-}
-
-impl Fixture {
-    fn read(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path)?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).context("bad safetensors header")?;
-        let meta = header.metadata().clone().context("no metadata")?;
-        let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)?;
-        Ok(Self { name: path.file_name().unwrap().to_string_lossy().into_owned(), meta, tensors })
-    }
-
-    fn meta(&self, key: &str) -> Result<&str> {
-        self.meta.get(key).map(String::as_str).with_context(|| format!("metadata `{key}` missing"))
-    }
-
-    fn tensor(&self, key: &str) -> Result<&Tensor> {
-        self.tensors.get(key).with_context(|| format!("tensor `{key}` missing"))
-    }
-
-    fn optional(&self, key: &str) -> Option<&Tensor> {
-        self.tensors.get(key)
-    }
-
-    /// Tensors under `prefix.`, with the prefix removed.
-    fn group(&self, prefix: &str) -> HashMap<String, Tensor> {
-        let p = format!("{prefix}.");
-        self.tensors.iter().filter_map(|(k, t)| k.strip_prefix(&p).map(|n| (n.to_string(), t.clone()))).collect()
-    }
-}
 
 /// Largest |a - b| and largest |b|.
 fn max_err(ours: &Tensor, reference: &Tensor) -> Result<(f64, f64)> {

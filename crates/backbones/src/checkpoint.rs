@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{bail, Device, Result, Tensor};
+use candle_core::{Device, Result, Tensor};
 
 use crate::params::ParamSpec;
 
@@ -55,7 +55,7 @@ fn read_pth(path: &Path) -> Result<Vec<(String, Tensor)>> {
             }
         }
     }
-    bail!("no state dict found: expected a dict of tensors at the top level or under one of {WRAPPER_KEYS:?}")
+    fail!("no state dict found: expected a dict of tensors at the top level or under one of {WRAPPER_KEYS:?}")
 }
 
 fn strip_ddp_prefix(tensors: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
@@ -83,7 +83,7 @@ pub fn check(source: &str, specs: &[ParamSpec], tensors: &HashMap<String, Tensor
     unexpected.sort();
     problems.extend(unexpected.into_iter().map(|k| format!("unexpected `{k}`")));
     if !problems.is_empty() {
-        bail!("checkpoint {source} does not fit the model ({} problems):\n  {}", problems.len(), problems.join("\n  "));
+        fail!("checkpoint {source} does not fit the model ({} problems):\n  {}", problems.len(), problems.join("\n  "));
     }
     Ok(())
 }

@@ -4,6 +4,13 @@
 //! takes its skip scaling from [`scalelong_lsc_scaling::SkipScaling`]. [`checkpoint`] loads official
 //! weights (`.safetensors`, `.pth`) with errors that name what does not fit.
 
+/// Returns a plain error message (no backtrace attached, unlike `candle_core::bail!`).
+macro_rules! fail {
+    ($($arg:tt)*) => {
+        return Err(candle_core::Error::Msg(format!($($arg)*)))
+    };
+}
+
 pub mod checkpoint;
 mod nn;
 pub mod params;

@@ -23,6 +23,13 @@
 //! assert_eq!(cs.constant_coefficient(1, 6), Some(1.0));
 //! ```
 
+/// Returns a plain error message (no backtrace attached, unlike `candle_core::bail!`).
+macro_rules! fail {
+    ($($arg:tt)*) => {
+        return Err(candle_core::Error::Msg(format!($($arg)*)))
+    };
+}
+
 mod calibration;
 mod scaling;
 

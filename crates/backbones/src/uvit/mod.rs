@@ -165,13 +165,7 @@ impl UViT {
         let c = &self.config;
         let (b, ch, h, w) = x.dims4()?;
         if (ch, h, w) != (c.in_chans, c.img_size, c.img_size) {
-            candle_core::bail!(
-                "U-ViT input has shape {:?}, expected (B, {}, {}, {})",
-                x.dims(),
-                c.in_chans,
-                c.img_size,
-                c.img_size
-            );
+            fail!("U-ViT input has shape {:?}, expected (B, {}, {}, {})", x.dims(), c.in_chans, c.img_size, c.img_size);
         }
         let mut tokens = vec![self.patch_embed(x)?];
         let mut time = timestep_embedding(timesteps, c.embed_dim)?.to_dtype(x.dtype())?;
@@ -182,8 +176,8 @@ impl UViT {
         match (&self.label_emb, y) {
             (Some(emb), Some(y)) => tokens.insert(0, emb.forward(y)?.unsqueeze(1)?),
             (None, None) => {}
-            (Some(_), None) => candle_core::bail!("class-conditional U-ViT called without labels `y`"),
-            (None, Some(_)) => candle_core::bail!("unconditional U-ViT called with labels `y`"),
+            (Some(_), None) => fail!("class-conditional U-ViT called without labels `y`"),
+            (None, Some(_)) => fail!("unconditional U-ViT called with labels `y`"),
         }
         let mut x = Tensor::cat(&tokens, 1)?.broadcast_add(&self.pos_embed)?;
         let mut skips = Vec::with_capacity(self.in_blocks.len());
@@ -247,3 +241,6 @@ pub fn timestep_embedding(timesteps: &Tensor, dim: usize) -> Result<Tensor> {
     }
     Tensor::cat(&parts, 1)
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,69 @@
+//! Helpers shared by the workspace tests: the parity fixtures of `../shared/parity/`.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+
+/// `$SCALELONG_PARITY_DIR`, or `../shared/parity` beside the repository.
+pub fn parity_dir() -> PathBuf {
+    match std::env::var_os("SCALELONG_PARITY_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/parity"),
+    }
+}
+
+/// Every `<prefix>*.safetensors` in the parity directory, sorted; none at all is an error.
+pub fn fixtures(prefix: &str) -> Result<Vec<PathBuf>> {
+    let dir = parity_dir();
+    let entries = std::fs::read_dir(&dir).with_context(|| format!("reading parity directory {}", dir.display()))?;
+    let mut paths = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.starts_with(prefix) && name.ends_with(".safetensors") {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    if paths.is_empty() {
+        bail!("no {prefix}*.safetensors fixture in {}", dir.display());
+    }
+    Ok(paths)
+}
+
+pub struct Fixture {
+    pub name: String,
+    pub meta: HashMap<String, String>,
+    pub tensors: HashMap<String, Tensor>,
+}
+
+impl Fixture {
+    pub fn read(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path)?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).context("bad safetensors header")?;
+        let meta = header.metadata().clone().context("no metadata")?;
+        let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)?;
+        Ok(Self { name: path.file_name().unwrap().to_string_lossy().into_owned(), meta, tensors })
+    }
+
+    pub fn meta(&self, key: &str) -> Result<&str> {
+        self.meta.get(key).map(String::as_str).with_context(|| format!("metadata `{key}` missing"))
+    }
+
+    pub fn tensor(&self, key: &str) -> Result<&Tensor> {
+        self.tensors.get(key).with_context(|| format!("tensor `{key}` missing"))
+    }
+
+    pub fn optional(&self, key: &str) -> Option<&Tensor> {
+        self.tensors.get(key)
+    }
+
+    /// Tensors under `prefix.`, with the prefix removed.
+    pub fn group(&self, prefix: &str) -> HashMap<String, Tensor> {
+        let p = format!("{prefix}.");
+        self.tensors.iter().filter_map(|(k, t)| k.strip_prefix(&p).map(|n| (n.to_string(), t.clone()))).collect()
+    }
+}

@@ -25,7 +25,7 @@ impl Calibration {
     /// A gate for an axis of size `width` at position `axis` (>= 1; 0 is the batch) with
     /// reduction `reduction`. The hidden width `width / reduction` must be at least 1.
     pub fn new(width: usize, reduction: usize, axis: usize, vb: VarBuilder) -> Result<Self> {
-        let hidden = if reduction == 0 { 0 } else { width / reduction };
+        let hidden = width.checked_div(reduction).unwrap_or(0);
         if hidden == 0 {
             return Err(candle_core::Error::wrap(ScalingError::EmptyCalibration { width, reduction }));
         }

@@ -43,25 +43,33 @@ impl SkipScaling {
     /// The paper's default CS coefficient.
     pub const DEFAULT_KAPPA: f64 = 0.5;
 
-    /// CS with a validated `kappa`.
+    /// CS with a validated `kappa` (warns once if it amplifies, see [`SkipScaling::amplifies`]).
     pub fn cs(kappa: f64) -> Result<Self, ScalingError> {
-        let s = Self::Constant { kappa };
-        s.validate()?;
-        Ok(s)
+        Self::Constant { kappa }.checked()
     }
 
-    /// Checks the mode can be used: kappa finite and > 0. A kappa above 1 is allowed but amplifies
-    /// the inner skips instead of damping them, so it is logged as a warning.
+    /// Checks the mode can be used: kappa finite and > 0.
     pub fn validate(&self) -> Result<(), ScalingError> {
-        if let Self::Constant { kappa } = *self {
-            if !kappa.is_finite() || kappa <= 0.0 {
-                return Err(ScalingError::BadKappa(kappa.to_string()));
+        match *self {
+            Self::Constant { kappa } if !kappa.is_finite() || kappa <= 0.0 => {
+                Err(ScalingError::BadKappa(kappa.to_string()))
             }
-            if kappa > 1.0 {
-                tracing::warn!(kappa, "CS kappa > 1 amplifies the inner long skips instead of damping them");
-            }
+            _ => Ok(()),
         }
-        Ok(())
+    }
+
+    /// CS with kappa > 1: legal, but it amplifies the inner skips instead of damping them.
+    pub fn amplifies(&self) -> bool {
+        matches!(*self, Self::Constant { kappa } if kappa > 1.0)
+    }
+
+    /// Validates, and logs a warning for an amplifying kappa: what user input goes through.
+    fn checked(self) -> Result<Self, ScalingError> {
+        self.validate()?;
+        if self.amplifies() {
+            tracing::warn!("skip scaling {self}: kappa > 1 amplifies the inner long skips instead of damping them");
+        }
+        Ok(self)
     }
 
     /// The constant coefficient of skip `skip` of `num_skips` (1 = outermost), or `None` for the
@@ -132,8 +140,7 @@ impl FromStr for SkipScaling {
                 None => return Err(ScalingError::Unknown(s.to_string())),
             },
         };
-        mode.validate()?;
-        Ok(mode)
+        mode.checked()
     }
 }
 
@@ -194,7 +201,8 @@ mod tests {
         let err = "cs0.5".parse::<SkipScaling>().unwrap_err();
         assert!(err.to_string().contains("`cs0.5`") && err.to_string().contains("ls-per-skip"));
         // Amplifying but legal.
-        assert!(SkipScaling::cs(1.5).is_ok());
+        assert!(SkipScaling::cs(1.5).unwrap().amplifies());
+        assert!(!SkipScaling::cs(0.9).unwrap().amplifies());
     }
 
     #[test]

@@ -113,10 +113,10 @@ impl UViTConfig {
                 fail!("U-ViT config: `{field}` is 0, expected a positive integer");
             }
         }
-        if c.img_size % c.patch_size != 0 {
+        if !c.img_size.is_multiple_of(c.patch_size) {
             fail!("U-ViT config: `img_size` = {} is not a multiple of `patch_size` = {}", c.img_size, c.patch_size);
         }
-        if c.embed_dim % c.num_heads != 0 {
+        if !c.embed_dim.is_multiple_of(c.num_heads) {
             fail!("U-ViT config: `embed_dim` = {} is not a multiple of `num_heads` = {}", c.embed_dim, c.num_heads);
         }
         if c.depth < 2 {

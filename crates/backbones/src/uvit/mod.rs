@@ -71,12 +71,16 @@ impl UViT {
         let c = config;
         let (d, p, ch) = (c.embed_dim, c.patch_size, c.in_chans);
         let block = |vb: VarBuilder, skip| Block::new(d, c.num_heads, c.mlp_ratio, c.qkv_bias, skip, vb);
-        let patch_fan_in = ch * p * p;
+        // Parameters are requested in forward order, so listings follow the data flow.
+        let patch_init = torch_default_init(ch * p * p);
         let pvb = vb.pp("patch_embed.proj");
-        let time_embed = if c.mlp_time_embed {
-            Some((linear(d, 4 * d, true, vb.pp("time_embed.0"))?, linear(4 * d, d, true, vb.pp("time_embed.2"))?))
-        } else {
-            None
+        let patch_proj_weight = pvb.get_with_hints((d, ch, p, p), "weight", patch_init)?;
+        let patch_proj_bias = pvb.get_with_hints(d, "bias", patch_init)?;
+        let time_embed = match c.mlp_time_embed {
+            true => {
+                Some((linear(d, 4 * d, true, vb.pp("time_embed.0"))?, linear(4 * d, d, true, vb.pp("time_embed.2"))?))
+            }
+            false => None,
         };
         let label_emb = match c.num_classes {
             Some(n) => Some(Embedding::new(
@@ -85,7 +89,11 @@ impl UViT {
             )),
             None => None,
         };
+        let pos_embed = vb.get_with_hints((1, c.num_tokens(), d), "pos_embed", TRUNC_NORMAL_002)?;
         let n = c.num_skips();
+        let in_blocks = (0..n).map(|k| block(vb.pp(format!("in_blocks.{k}")), false)).collect::<Result<_>>()?;
+        let mid_block = block(vb.pp("mid_block"), false)?;
+        let out_blocks = (0..n).map(|k| block(vb.pp(format!("out_blocks.{k}")), true)).collect::<Result<_>>()?;
         let gate = |vb: VarBuilder| Calibration::new(c.num_tokens(), c.ls_reduction, 1, vb);
         let skip_scales = match c.scaling {
             SkipScaling::Learned => vec![SkipScale::Gate(gate(vb.pp("se"))?); n],
@@ -94,12 +102,14 @@ impl UViT {
             }
             constant => (0..n)
                 .map(|k| match constant.constant_coefficient(n - k, n) {
-                    Some(coef) if coef == 1.0 => SkipScale::Identity,
+                    Some(1.0) => SkipScale::Identity,
                     Some(coef) => SkipScale::Constant(coef),
                     None => unreachable!("learned modes handled above"),
                 })
                 .collect(),
         };
+        let norm = LayerNorm::new(d, LayerNorm::DEFAULT_EPS, vb.pp("norm"))?;
+        let decoder_pred = linear(d, p * p * ch, true, vb.pp("decoder_pred"))?;
         let fl_init = torch_default_init(ch * 9);
         let final_layer = candle_nn::Conv2d::new(
             vb.get_with_hints((ch, ch, 3, 3), "final_layer.weight", fl_init)?,
@@ -107,19 +117,19 @@ impl UViT {
             candle_nn::Conv2dConfig { padding: 1, ..Default::default() },
         );
         Ok(Self {
-            patch_proj_weight: pvb.get_with_hints((d, ch, p, p), "weight", torch_default_init(patch_fan_in))?,
-            patch_proj_bias: pvb.get_with_hints(d, "bias", torch_default_init(patch_fan_in))?,
+            config: c.clone(),
+            patch_proj_weight,
+            patch_proj_bias,
             time_embed,
             label_emb,
-            pos_embed: vb.get_with_hints((1, c.num_tokens(), d), "pos_embed", TRUNC_NORMAL_002)?,
-            in_blocks: (0..n).map(|k| block(vb.pp(format!("in_blocks.{k}")), false)).collect::<Result<_>>()?,
-            mid_block: block(vb.pp("mid_block"), false)?,
-            out_blocks: (0..n).map(|k| block(vb.pp(format!("out_blocks.{k}")), true)).collect::<Result<_>>()?,
+            pos_embed,
+            in_blocks,
+            mid_block,
+            out_blocks,
             skip_scales,
-            norm: LayerNorm::new(d, LayerNorm::DEFAULT_EPS, vb.pp("norm"))?,
-            decoder_pred: linear(d, p * p * ch, true, vb.pp("decoder_pred"))?,
+            norm,
+            decoder_pred,
             final_layer,
-            config: c.clone(),
         })
     }
 

@@ -8,11 +8,12 @@
 mod common;
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
-use common::{fixtures, Fixture};
+use common::{fixtures, parity_dir, Fixture};
 use scalelong::backbones::params::ParamSpec;
 use scalelong::backbones::{checkpoint, UViT, UViTConfig};
 
@@ -88,9 +89,9 @@ fn check_uvit(fx: &Fixture) -> Result<Vec<String>> {
 }
 
 /// Runs `check` on every fixture with `prefix`; a fixture that cannot be read or run fails too.
-fn run_all(prefix: &str, check: impl Fn(&Fixture) -> Result<Vec<String>>) -> Result<()> {
+fn run_all(dir: &Path, prefix: &str, check: impl Fn(&Fixture) -> Result<Vec<String>>) -> Result<()> {
     let mut failures = Vec::new();
-    for path in fixtures(prefix)? {
+    for path in fixtures(dir, prefix)? {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         match Fixture::read(&path).with_context(|| format!("reading {}", path.display())).and_then(|fx| check(&fx)) {
             Ok(problems) => failures.extend(problems.into_iter().map(|p| format!("{name}: {p}"))),
@@ -105,5 +106,33 @@ fn run_all(prefix: &str, check: impl Fn(&Fixture) -> Result<Vec<String>>) -> Res
 
 #[test]
 fn uvit_matches_the_official_code() -> Result<()> {
-    run_all("uvit_", check_uvit)
+    run_all(&parity_dir(), "uvit_", check_uvit)
+}
+
+/// The bar can fail: a perturbed output or gradient, or an unreadable fixture, is reported.
+#[test]
+fn parity_check_rejects_wrong_and_unreadable_fixtures() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut fx = Fixture::read(&parity_dir().join("uvit_0_cs.safetensors"))?;
+    let out = fx.tensor("output")?.clone();
+    fx.tensors.insert("output".into(), (out + 3e-4)?);
+    let grad = fx.tensor("grad.out_blocks.2.skip_linear.weight")?.clone();
+    fx.tensors.insert("grad.out_blocks.2.skip_linear.weight".into(), (&grad * 1.01)?);
+    fx.write(&dir.path().join("uvit_perturbed.safetensors"))?;
+    std::fs::write(dir.path().join("uvit_broken.safetensors"), b"\x10\0\0\0\0\0\0\0{not json}")?;
+    let err = run_all(dir.path(), "uvit_", check_uvit).unwrap_err().to_string();
+    for want in [
+        "uvit_perturbed.safetensors: output off by",
+        "uvit_perturbed.safetensors: gradient of `out_blocks.2.skip_linear.weight` off by",
+        "uvit_broken.safetensors: reading",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    // An intact copy passes, so the failures above come from the perturbations.
+    let clean = tempfile::tempdir()?;
+    Fixture::read(&parity_dir().join("uvit_0_cs.safetensors"))?.write(&clean.path().join("uvit_copy.safetensors"))?;
+    run_all(clean.path(), "uvit_", check_uvit)?;
+    // An empty directory is an error, not a pass.
+    assert!(run_all(tempfile::tempdir()?.path(), "uvit_", check_uvit).is_err());
+    Ok(())
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 /// `$SCALELONG_PARITY_DIR`, or `../shared/parity` beside the repository.
 pub fn parity_dir() -> PathBuf {
@@ -15,10 +15,9 @@ pub fn parity_dir() -> PathBuf {
     }
 }
 
-/// Every `<prefix>*.safetensors` in the parity directory, sorted; none at all is an error.
-pub fn fixtures(prefix: &str) -> Result<Vec<PathBuf>> {
-    let dir = parity_dir();
-    let entries = std::fs::read_dir(&dir).with_context(|| format!("reading parity directory {}", dir.display()))?;
+/// Every `<prefix>*.safetensors` in `dir`, sorted; none at all is an error.
+pub fn fixtures(dir: &Path, prefix: &str) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).with_context(|| format!("reading parity directory {}", dir.display()))?;
     let mut paths = Vec::new();
     for entry in entries {
         let path = entry?.path();
@@ -47,6 +46,32 @@ impl Fixture {
         let meta = header.metadata().clone().context("no metadata")?;
         let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)?;
         Ok(Self { name: path.file_name().unwrap().to_string_lossy().into_owned(), meta, tensors })
+    }
+
+    /// Writes the fixture back in the same format (tensors and metadata).
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let mut data = Vec::new();
+        for (name, t) in &self.tensors {
+            let flat = t.flatten_all()?;
+            let (bytes, dtype): (Vec<u8>, _) = match t.dtype() {
+                DType::F32 => {
+                    (flat.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect(), safetensors::Dtype::F32)
+                }
+                DType::I64 => {
+                    (flat.to_vec1::<i64>()?.iter().flat_map(|v| v.to_le_bytes()).collect(), safetensors::Dtype::I64)
+                }
+                other => bail!("cannot write {other:?} tensor `{name}`"),
+            };
+            data.push((name.clone(), dtype, t.dims().to_vec(), bytes));
+        }
+        let views = data
+            .iter()
+            .map(|(name, dtype, shape, bytes)| {
+                Ok((name.clone(), safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        safetensors::serialize_to_file(views, Some(self.meta.clone()), path)?;
+        Ok(())
     }
 
     pub fn meta(&self, key: &str) -> Result<&str> {

@@ -136,3 +136,81 @@ fn parity_check_rejects_wrong_and_unreadable_fixtures() -> Result<()> {
     assert!(run_all(tempfile::tempdir()?.path(), "uvit_", check_uvit).is_err());
     Ok(())
 }
+
+// ---- samplers ------------------------------------------------------------------------------
+
+use scalelong::diffusion::analytic::GaussianData;
+use scalelong::diffusion::samplers::{Ddim, DpmSolverFast, DpmSolverPP2M, EulerOde, Sampler};
+use scalelong::diffusion::{BetaSchedule, DiscreteSchedule, Schedule, VpSde};
+
+/// Sampler output agreement, absolute.
+const SAMPLER_TOL: f64 = 1e-4;
+/// alphas_cumprod agreement (float64 on both sides).
+const SCHEDULE_TOL: f64 = 1e-12;
+
+/// A sampler named by a fixture key `<family>_<N>`, with the schedule its analytic model uses.
+fn sampler_for(key: &str) -> Result<Option<(Box<dyn Sampler>, Schedule, Option<Vec<usize>>)>> {
+    let Some((family, steps)) = key.rsplit_once('_') else { return Ok(None) };
+    let Ok(steps) = steps.parse::<usize>() else { return Ok(None) };
+    let linear = || DiscreteSchedule::new(BetaSchedule::Linear { start: 1e-4, end: 0.02 }, 1000);
+    Ok(Some(match family {
+        "vp_euler_ode" => (Box::new(EulerOde::new(VpSde::LINEAR, steps)), Schedule::Vp(VpSde::LINEAR), None),
+        "vp_dpm_solver_fast" => (Box::new(DpmSolverFast::new(VpSde::LINEAR, steps)), Schedule::Vp(VpSde::LINEAR), None),
+        "ddim_linear" => {
+            let s = Ddim::new(linear(), steps, 0.0);
+            let t = s.timesteps();
+            (Box::new(s), Schedule::Discrete(linear()), Some(t))
+        }
+        "dpmpp_2m_linear" => {
+            let s = DpmSolverPP2M::new(linear(), steps);
+            let t = s.timesteps();
+            (Box::new(s), Schedule::Discrete(linear()), Some(t))
+        }
+        _ => bail!("unknown sampler fixture `{key}`"),
+    }))
+}
+
+fn check_samplers(fx: &Fixture) -> Result<Vec<String>> {
+    if fx.meta("kind")? != "samplers" {
+        bail!("metadata `kind` = {}, expected samplers", fx.meta("kind")?);
+    }
+    let mut failures = Vec::new();
+    for (key, kind) in [("ddpm_linear_alphas_cumprod", "linear"), ("ddpm_cosine_alphas_cumprod", "squaredcos_cap_v2")] {
+        let Some(reference) = fx.optional(key) else { continue };
+        let ours = DiscreteSchedule::new(kind.parse().map_err(anyhow::Error::msg)?, reference.dim(0)?);
+        let (err, _) = max_err(&Tensor::new(ours.alphas_cumprod(), &Device::Cpu)?, reference)?;
+        println!("{}: {key} max err {err:.2e}", fx.name);
+        if err > SCHEDULE_TOL {
+            failures.push(format!("{key} off by {err:.3e} (tolerance {SCHEDULE_TOL:.0e})"));
+        }
+    }
+    let (mu, s, x_t) = (fx.tensor("mu")?, fx.tensor("s")?, fx.tensor("x_T")?);
+    let mut keys: Vec<&String> = fx.tensors.keys().collect();
+    keys.sort();
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+    for key in keys {
+        let Some((sampler, schedule, timesteps)) = sampler_for(key)? else { continue };
+        if let Some(ours) = timesteps {
+            let reference = fx.tensor(&format!("{key}.timesteps"))?.to_vec1::<i64>()?;
+            if ours.iter().map(|&t| t as i64).collect::<Vec<_>>() != reference {
+                failures.push(format!("{key}: timesteps {ours:?}, reference {reference:?}"));
+            }
+        }
+        let model = GaussianData { mu: mu.clone(), s: s.clone(), schedule };
+        let out = sampler.sample(&model, x_t, &mut rng)?;
+        let (err, _) = max_err(&out, fx.tensor(key)?)?;
+        // The same walk in float64 separates the algorithm from float32 rounding.
+        let out64 = sampler.sample(&model, &x_t.to_dtype(DType::F64)?, &mut rng)?;
+        let (err64, _) = max_err(&out64, fx.tensor(key)?)?;
+        println!("{}: {key} max err {err:.2e} (float64 run: {err64:.2e})", fx.name);
+        if err > SAMPLER_TOL {
+            failures.push(format!("{key} off by {err:.3e} (tolerance {SAMPLER_TOL:.0e})"));
+        }
+    }
+    Ok(failures)
+}
+
+#[test]
+fn samplers_match_the_reference_solvers() -> Result<()> {
+    run_all(&parity_dir(), "samplers", check_samplers)
+}

@@ -148,23 +148,38 @@ const SAMPLER_TOL: f64 = 1e-4;
 /// alphas_cumprod agreement (float64 on both sides).
 const SCHEDULE_TOL: f64 = 1e-12;
 
-/// A sampler named by a fixture key `<family>_<N>`, with the schedule its analytic model uses.
-fn sampler_for(key: &str) -> Result<Option<(Box<dyn Sampler>, Schedule, Option<Vec<usize>>)>> {
+/// A sampler named by a fixture key, the schedule its analytic model uses, and the timesteps it
+/// visits where the reference stores them.
+struct SamplerCase {
+    sampler: Box<dyn Sampler>,
+    schedule: Schedule,
+    timesteps: Option<Vec<usize>>,
+}
+
+/// The sampler of a fixture key `<family>_<N>` (N steps); `None` for keys that name no sampler.
+fn sampler_for(key: &str) -> Result<Option<SamplerCase>> {
     let Some((family, steps)) = key.rsplit_once('_') else { return Ok(None) };
     let Ok(steps) = steps.parse::<usize>() else { return Ok(None) };
     let linear = || DiscreteSchedule::new(BetaSchedule::Linear { start: 1e-4, end: 0.02 }, 1000);
+    let vp =
+        |sampler: Box<dyn Sampler>| SamplerCase { sampler, schedule: Schedule::Vp(VpSde::LINEAR), timesteps: None };
+    let discrete = |sampler: Box<dyn Sampler>, t| SamplerCase {
+        sampler,
+        schedule: Schedule::Discrete(linear()),
+        timesteps: Some(t),
+    };
     Ok(Some(match family {
-        "vp_euler_ode" => (Box::new(EulerOde::new(VpSde::LINEAR, steps)), Schedule::Vp(VpSde::LINEAR), None),
-        "vp_dpm_solver_fast" => (Box::new(DpmSolverFast::new(VpSde::LINEAR, steps)), Schedule::Vp(VpSde::LINEAR), None),
+        "vp_euler_ode" => vp(Box::new(EulerOde::new(VpSde::LINEAR, steps))),
+        "vp_dpm_solver_fast" => vp(Box::new(DpmSolverFast::new(VpSde::LINEAR, steps))),
         "ddim_linear" => {
             let s = Ddim::new(linear(), steps, 0.0);
             let t = s.timesteps();
-            (Box::new(s), Schedule::Discrete(linear()), Some(t))
+            discrete(Box::new(s), t)
         }
         "dpmpp_2m_linear" => {
             let s = DpmSolverPP2M::new(linear(), steps);
             let t = s.timesteps();
-            (Box::new(s), Schedule::Discrete(linear()), Some(t))
+            discrete(Box::new(s), t)
         }
         _ => bail!("unknown sampler fixture `{key}`"),
     }))
@@ -189,7 +204,7 @@ fn check_samplers(fx: &Fixture) -> Result<Vec<String>> {
     keys.sort();
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
     for key in keys {
-        let Some((sampler, schedule, timesteps)) = sampler_for(key)? else { continue };
+        let Some(SamplerCase { sampler, schedule, timesteps }) = sampler_for(key)? else { continue };
         if let Some(ours) = timesteps {
             let reference = fx.tensor(&format!("{key}.timesteps"))?.to_vec1::<i64>()?;
             if ours.iter().map(|&t| t as i64).collect::<Vec<_>>() != reference {

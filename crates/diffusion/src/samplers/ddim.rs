@@ -42,6 +42,15 @@ impl Sampler for Ddim {
         if self.steps == 0 || self.steps > self.schedule.len() {
             candle_core::bail!("DDIM steps must be in 1..={}, got {}", self.schedule.len(), self.steps);
         }
+        let first = (self.steps - 1) * self.stride() + self.steps_offset;
+        if first >= self.schedule.len() {
+            candle_core::bail!(
+                "DDIM with {} steps and steps_offset {} starts at timestep {first}, past the schedule's last ({}): use fewer steps",
+                self.steps,
+                self.steps_offset,
+                self.schedule.len() - 1
+            );
+        }
         let final_alpha = if self.set_alpha_to_one { 1.0 } else { self.schedule.alpha_bar(0) };
         let mut x = x_init.clone();
         for t in self.timesteps() {
@@ -63,5 +72,26 @@ impl Sampler for Ddim {
 
     fn model_evaluations(&self) -> usize {
         self.steps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn timesteps_follow_diffusers_and_bad_steps_are_errors() -> Result<()> {
+        let ddim = Ddim::new(DiscreteSchedule::ddpm_linear(), 50, 0.0);
+        let t = ddim.timesteps();
+        assert_eq!((t.len(), t[0], t[1], t[49]), (50, 981, 961, 1));
+        let x = Tensor::zeros((1, 2), candle_core::DType::F32, &Device::Cpu)?;
+        let model = |x: &Tensor, _: &Tensor| x.zeros_like();
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+        for steps in [0, 1000, 1001] {
+            let err = Ddim::new(DiscreteSchedule::ddpm_linear(), steps, 0.0).sample(&model, &x, &mut rng).unwrap_err();
+            assert!(err.to_string().contains("steps"), "{err}");
+        }
+        Ok(())
     }
 }

@@ -76,8 +76,13 @@ impl DpmSolverFast {
 
 impl Sampler for DpmSolverFast {
     fn sample(&self, model: &dyn NoisePredictor, x_init: &Tensor, _rng: &mut dyn RngCore) -> Result<Tensor> {
-        if self.steps == 0 {
-            candle_core::bail!("DPM-Solver needs at least 1 step");
+        if self.steps == 0 || !(self.eps > 0.0 && self.eps < self.sde.t_max()) {
+            candle_core::bail!(
+                "DPM-Solver needs steps >= 1 and 0 < eps < {}, got steps {}, eps {}",
+                self.sde.t_max(),
+                self.steps,
+                self.eps
+            );
         }
         let (orders, times) = self.plan();
         let mut x = x_init.clone();

@@ -9,10 +9,16 @@ use crate::discrete::linspace;
 use crate::noise::randn_like;
 use crate::{NoisePredictor, VpSde};
 
-fn official_times(sde: &VpSde, steps: usize, eps: f64) -> Vec<f64> {
+fn official_times(sde: &VpSde, steps: usize, eps: f64) -> Result<Vec<f64>> {
+    if steps == 0 || !(eps > 0.0 && eps < sde.t_max()) {
+        candle_core::bail!(
+            "Euler sampler needs steps >= 1 and 0 < eps < {}, got steps {steps}, eps {eps}",
+            sde.t_max()
+        );
+    }
     let mut times = vec![0.0];
     times.extend(linspace(eps, sde.t_max(), steps));
-    times
+    Ok(times)
 }
 
 /// One Euler step from t to s < t of `dx = [-beta x / 2 + k beta eps / sigma] dt` (k = 1/2 for the
@@ -39,7 +45,7 @@ impl EulerOde {
 
 impl Sampler for EulerOde {
     fn sample(&self, model: &dyn NoisePredictor, x_init: &Tensor, _rng: &mut dyn RngCore) -> Result<Tensor> {
-        let times = official_times(&self.sde, self.steps, self.eps);
+        let times = official_times(&self.sde, self.steps, self.eps)?;
         let mut x = x_init.clone();
         for w in times.windows(2).rev() {
             let (s, t) = (w[0], w[1]);
@@ -70,7 +76,7 @@ impl EulerMaruyama {
 
 impl Sampler for EulerMaruyama {
     fn sample(&self, model: &dyn NoisePredictor, x_init: &Tensor, rng: &mut dyn RngCore) -> Result<Tensor> {
-        let times = official_times(&self.sde, self.steps, self.eps);
+        let times = official_times(&self.sde, self.steps, self.eps)?;
         let mut x = x_init.clone();
         for w in times.windows(2).rev() {
             let (s, t) = (w[0], w[1]);

@@ -1,0 +1,124 @@
+//! Training checkpoints: one safetensors file holding the weights, the EMA weights, the AdamW
+//! moments and, in its metadata, the step, RNG and data position and the config. Written to a
+//! temporary file, synced and renamed, so a crash or a full disk never leaves a broken checkpoint
+//! where a good one was.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Result, Tensor};
+
+/// Metadata key naming the file format.
+pub const FORMAT_KEY: &str = "format";
+pub const FORMAT: &str = "scalelong-train-v1";
+
+/// Writes `tensors` and `metadata` as safetensors at `path`, atomically.
+pub fn save(path: &Path, tensors: &[(String, Tensor)], metadata: HashMap<String, String>) -> Result<()> {
+    let mut data = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let dims = t.dims().to_vec();
+        let t = t.to_dtype(DType::F32)?.flatten_all()?;
+        let bytes: Vec<u8> = t.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect();
+        if bytes.chunks_exact(4).any(|b| !f32::from_le_bytes(b.try_into().unwrap()).is_finite()) {
+            candle_core::bail!("refusing to write checkpoint {}: `{name}` holds a non-finite value", path.display());
+        }
+        data.push((name.clone(), dims, bytes));
+    }
+    let views = data
+        .iter()
+        .map(|(n, shape, bytes)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes).map(|v| (n.clone(), v))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(candle_core::Error::wrap)?;
+    let bytes = safetensors::serialize(views, Some(metadata)).map_err(candle_core::Error::wrap)?;
+    write_atomic(path, &bytes)
+        .map_err(|e| candle_core::Error::Msg(format!("writing checkpoint {}: {e}", path.display())))
+}
+
+/// Temp file in the same folder, write, fsync, rename, fsync the folder.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = tmp_path(path);
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+pub fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+/// A checkpoint read back: tensors by name and the metadata.
+pub struct Loaded {
+    pub tensors: HashMap<String, Tensor>,
+    pub metadata: HashMap<String, String>,
+}
+
+impl Loaded {
+    pub fn meta(&self, key: &str) -> Result<&str> {
+        self.metadata
+            .get(key)
+            .map(String::as_str)
+            .ok_or_else(|| candle_core::Error::Msg(format!("checkpoint metadata lacks `{key}`")))
+    }
+
+    pub fn meta_parse<T: std::str::FromStr>(&self, key: &str) -> Result<T> {
+        let v = self.meta(key)?;
+        v.parse().map_err(|_| candle_core::Error::Msg(format!("checkpoint metadata `{key}` = `{v}` is not a number")))
+    }
+
+    /// Tensors under `prefix.`, prefix removed.
+    pub fn group(&self, prefix: &str) -> HashMap<String, Tensor> {
+        let p = format!("{prefix}.");
+        self.tensors.iter().filter_map(|(k, t)| k.strip_prefix(&p).map(|n| (n.to_string(), t.clone()))).collect()
+    }
+}
+
+/// Reads one of our training checkpoints.
+pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
+    let err =
+        |e: &dyn std::fmt::Display| candle_core::Error::Msg(format!("reading checkpoint {}: {e}", path.display()));
+    let bytes = std::fs::read(path).map_err(|e| err(&e))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| err(&format!("not a valid safetensors file ({e})")))?;
+    let metadata = header.metadata().clone().unwrap_or_default();
+    if metadata.get(FORMAT_KEY).map(String::as_str) != Some(FORMAT) {
+        return Err(err(&format!("not a scalelong training checkpoint (metadata `{FORMAT_KEY}` is not `{FORMAT}`)")));
+    }
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| err(&e))?;
+    Ok(Loaded { tensors, metadata })
+}
+
+/// Checkpoint files `step_NNNNNNNN.safetensors` in `dir`, oldest first.
+pub fn list(dir: &Path) -> Vec<(u64, PathBuf)> {
+    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let p = e.path();
+            let step = p.file_name()?.to_str()?.strip_prefix("step_")?.strip_suffix(".safetensors")?.parse().ok()?;
+            Some((step, p))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+pub fn path_for(dir: &Path, step: u64) -> PathBuf {
+    dir.join(format!("step_{step:08}.safetensors"))
+}

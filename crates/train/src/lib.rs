@@ -1,0 +1,15 @@
+//! Training U-ViT diffusion models with scaled long skips: AdamW exactly as PyTorch, EMA,
+//! warm-up, clipping, accumulation, atomic and exactly resumable checkpoints, JSONL metrics and
+//! sample grids. The `scalelong train` command is a thin shell around [`Trainer`].
+
+pub mod checkpoint;
+pub mod config;
+mod init;
+pub mod optim;
+pub mod sampling;
+mod trainer;
+
+pub use config::TrainConfig;
+pub use init::SeededVars;
+pub use optim::{AdamW, AdamWConfig};
+pub use trainer::{Event, StepReport, Trainer};

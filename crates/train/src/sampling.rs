@@ -1,0 +1,55 @@
+//! Sampling a trained U-ViT: samplers by name, and grids of samples.
+
+use candle_core::{Result, Tensor};
+use rand::RngCore;
+use scalelong_backbones::UViT;
+use scalelong_diffusion::samplers::{DpmSolverFast, EulerMaruyama, EulerOde, Sampler};
+use scalelong_diffusion::{Guided, NoisePredictor, VpSde};
+
+/// The samplers that fit a continuous VP-SDE model, by command-line name.
+pub const VP_SAMPLERS: &[&str] = &["dpm-solver", "euler-ode", "euler-sde"];
+
+pub fn vp_sampler(name: &str, steps: usize, sde: VpSde) -> Result<Box<dyn Sampler>> {
+    Ok(match name {
+        "dpm-solver" => Box::new(DpmSolverFast::new(sde, steps)),
+        "euler-ode" => Box::new(EulerOde::new(sde, steps)),
+        "euler-sde" | "euler-maruyama" => Box::new(EulerMaruyama::new(sde, steps)),
+        _ => candle_core::bail!(
+            "unknown sampler `{name}` for a VP-SDE model: expected one of {}",
+            VP_SAMPLERS.join(", ")
+        ),
+    })
+}
+
+/// What to condition on: labels for class-conditional models, with optional guidance.
+pub struct Conditioning {
+    pub labels: Option<Tensor>,
+    /// (scale, null label) for classifier-free guidance.
+    pub guidance: Option<(f64, u32)>,
+}
+
+/// Samples `x_init.dim(0)` images from `model`.
+pub fn sample(
+    model: &UViT,
+    sampler: &dyn Sampler,
+    x_init: &Tensor,
+    cond: &Conditioning,
+    rng: &mut dyn RngCore,
+) -> Result<Tensor> {
+    match (&cond.labels, cond.guidance) {
+        (None, _) => {
+            let net = |x: &Tensor, t: &Tensor| model.forward(x, t, None);
+            sampler.sample(&net as &dyn NoisePredictor, x_init, rng)
+        }
+        (Some(y), None) => {
+            let net = |x: &Tensor, t: &Tensor| model.forward(x, t, Some(y));
+            sampler.sample(&net as &dyn NoisePredictor, x_init, rng)
+        }
+        (Some(y), Some((scale, null))) => {
+            let null = Tensor::full(null, y.dims(), y.device())?;
+            let guided =
+                Guided::new(|x: &Tensor, t: &Tensor, y: &Tensor| model.forward(x, t, Some(y)), y.clone(), null, scale);
+            sampler.sample(&guided, x_init, rng)
+        }
+    }
+}

@@ -1,0 +1,419 @@
+//! The training loop.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_nn::VarBuilder;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use scalelong_backbones::UViT;
+use scalelong_data::{DataPosition, DataSpec, ImageDataset, Loader, LoaderConfig};
+use scalelong_diffusion::{drop_labels, noise, Schedule, TrainingObjective};
+
+use crate::checkpoint::{self, FORMAT, FORMAT_KEY};
+use crate::config::TrainConfig;
+use crate::init::SeededVars;
+use crate::optim::{AdamW, AdamWConfig};
+use crate::sampling::{self, Conditioning};
+
+/// What one optimizer step did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepReport {
+    /// Steps completed after this one.
+    pub step: u64,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    /// True when the loss or a gradient was not finite and the update was skipped.
+    pub skipped: bool,
+    pub images: usize,
+}
+
+/// Things a front end may want to show.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Step(StepReport),
+    Checkpoint(PathBuf),
+    Samples(PathBuf),
+}
+
+pub struct Trainer {
+    config: TrainConfig,
+    run_dir: PathBuf,
+    device: Device,
+    dtype: DType,
+    names: Vec<String>,
+    model: UViT,
+    opt: AdamW,
+    ema: Vec<Tensor>,
+    objective: TrainingObjective,
+    rng: ChaCha8Rng,
+    dataset: Arc<ImageDataset>,
+    loader: Loader,
+    position: DataPosition,
+    step: u64,
+    skipped: u64,
+    bad_in_a_row: u32,
+    null_label: Option<u32>,
+}
+
+impl Trainer {
+    /// A fresh run (weights from the seed), or, with `resume`, the latest checkpoint in
+    /// `run_dir/checkpoints` (a fresh run if there is none).
+    pub fn new(config: TrainConfig, run_dir: &Path, device: &Device, dtype: DType, resume: bool) -> Result<Self> {
+        config.validate().map_err(candle_core::Error::Msg)?;
+        let spec: DataSpec = config.data.spec.parse().map_err(candle_core::Error::wrap)?;
+        let m = &config.model;
+        let dataset = Arc::new(spec.load(m.in_chans, m.img_size).map_err(candle_core::Error::wrap)?);
+        let null_label = check_classes(&config, &dataset)?;
+        let seeded = SeededVars::new(config.train.seed);
+        let model = UViT::new(m, seeded.var_builder(device))?;
+        let (names, vars): (Vec<String>, Vec<Var>) = seeded.vars().into_iter().unzip();
+        let ema = vars.iter().map(|v| v.as_tensor().copy()).collect::<Result<Vec<_>>>()?;
+        let t = &config.train;
+        let adam = AdamWConfig { beta1: t.beta1, beta2: t.beta2, eps: t.eps, weight_decay: t.weight_decay };
+        let objective = TrainingObjective::new(Schedule::Vp(t.schedule.sde()), t.prediction);
+        let mut trainer = Self {
+            run_dir: run_dir.to_path_buf(),
+            device: device.clone(),
+            dtype,
+            names,
+            model,
+            opt: AdamW::new(vars, adam)?,
+            ema,
+            objective,
+            rng: ChaCha8Rng::seed_from_u64(config.train.seed),
+            loader: Loader::new(dataset.clone(), loader_config(&config), DataPosition::default()),
+            dataset,
+            position: DataPosition::default(),
+            step: 0,
+            skipped: 0,
+            bad_in_a_row: 0,
+            null_label,
+            config,
+        };
+        if resume {
+            if let Some((_, path)) = checkpoint::list(&trainer.checkpoint_dir()).pop() {
+                trainer.restore(&path)?;
+            }
+        }
+        Ok(trainer)
+    }
+
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    pub fn dataset(&self) -> &ImageDataset {
+        &self.dataset
+    }
+
+    pub fn checkpoint_dir(&self) -> PathBuf {
+        self.run_dir.join("checkpoints")
+    }
+
+    /// Current weights, by name (sorted).
+    pub fn weights(&self) -> Vec<(String, Tensor)> {
+        self.names.iter().cloned().zip(self.opt.params().iter().map(|v| v.as_tensor().clone())).collect()
+    }
+
+    /// The EMA weights, by name (sorted).
+    pub fn ema_weights(&self) -> Vec<(String, Tensor)> {
+        self.names.iter().cloned().zip(self.ema.iter().cloned()).collect()
+    }
+
+    /// One optimizer step (over `grad_accum` micro-batches).
+    pub fn train_step(&mut self) -> Result<StepReport> {
+        let t = self.config.train.clone();
+        let lr = self.config.lr_at(self.step);
+        let compute = self.compute_model()?;
+        let mut grads: Option<Vec<Tensor>> = None;
+        let mut loss_sum = 0.0;
+        let mut images = 0;
+        for _ in 0..t.grad_accum {
+            let batch = self.loader.next_batch();
+            self.position = batch.next;
+            let (b, c, h, w) = batch.shape;
+            images += b;
+            let x0 = Tensor::from_vec(batch.images, (b, c, h, w), &Device::Cpu)?
+                .to_device(&self.device)?
+                .to_dtype(self.dtype)?;
+            let labels = match (&batch.labels, self.config.model.num_classes) {
+                (Some(l), Some(_)) => {
+                    let y = Tensor::new(l.as_slice(), &self.device)?;
+                    Some(match self.null_label {
+                        Some(null) => drop_labels(&y, t.p_uncond, null as i64, &mut self.rng)?,
+                        None => y,
+                    })
+                }
+                _ => None,
+            };
+            let nb = self.objective.noise_batch(&x0, &mut self.rng)?;
+            let out = compute.forward(&nb.x_t, &nb.t_input, labels.as_ref())?;
+            let loss = self.objective.loss(&out.to_dtype(DType::F32)?, &nb.target.to_dtype(DType::F32)?)?;
+            let loss = (loss / t.grad_accum as f64)?;
+            loss_sum += loss.to_scalar::<f32>()? as f64;
+            let store = loss.backward()?;
+            let step_grads = self
+                .opt
+                .params()
+                .iter()
+                .map(|v| match store.get(v.as_tensor()) {
+                    Some(g) => g.to_dtype(DType::F32),
+                    None => v.as_tensor().zeros_like(),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            grads = Some(match grads {
+                None => step_grads,
+                Some(acc) => acc.iter().zip(&step_grads).map(|(a, g)| a + g).collect::<Result<_>>()?,
+            });
+        }
+        let mut grads = grads.expect("grad_accum >= 1");
+        let sq: f64 =
+            grads.iter().map(|g| g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()).sum::<Result<f64>>()?;
+        let grad_norm = sq.sqrt();
+        let skipped = !loss_sum.is_finite() || !grad_norm.is_finite();
+        if skipped {
+            self.skipped += 1;
+            self.bad_in_a_row += 1;
+            tracing::warn!(step = self.step + 1, loss_sum, grad_norm, "non-finite loss or gradient: step skipped");
+            if self.bad_in_a_row >= t.max_nonfinite {
+                candle_core::bail!(
+                    "{} steps in a row had a non-finite loss or gradient (last at step {}); stopping. The last checkpoint in {} is intact; try a lower train.lr or train.grad_clip",
+                    self.bad_in_a_row,
+                    self.step + 1,
+                    self.checkpoint_dir().display()
+                );
+            }
+        } else {
+            self.bad_in_a_row = 0;
+            if t.grad_clip > 0.0 && grad_norm > t.grad_clip {
+                let scale = t.grad_clip / (grad_norm + 1e-6);
+                grads = grads.iter().map(|g| g * scale).collect::<Result<_>>()?;
+            }
+            self.opt.step(&grads, lr)?;
+            let d = t.ema_decay;
+            for (e, p) in self.ema.iter_mut().zip(self.opt.params()) {
+                *e = ((&*e * d)? + (p.as_tensor() * (1.0 - d))?)?;
+            }
+        }
+        self.step += 1;
+        Ok(StepReport { step: self.step, loss: loss_sum, lr, grad_norm, skipped, images })
+    }
+
+    /// The model to run forward: the trained one in f32, or one on casts of its weights (gradients
+    /// flow back through the casts to the f32 master weights).
+    fn compute_model(&self) -> Result<UViT> {
+        if self.dtype == DType::F32 {
+            return Ok(self.model.clone());
+        }
+        let ts = self
+            .weights()
+            .into_iter()
+            .map(|(n, t)| Ok((n, t.to_dtype(self.dtype)?)))
+            .collect::<Result<HashMap<_, _>>>()?;
+        UViT::new(&self.config.model, VarBuilder::from_tensors(ts, self.dtype, &self.device))
+    }
+
+    /// Trains until `train.max_steps`, writing metrics, checkpoints and sample grids into the run
+    /// folder and telling `observer` about each.
+    pub fn run(&mut self, observer: &mut dyn FnMut(&Event)) -> Result<()> {
+        let io = |e: std::io::Error| candle_core::Error::Msg(format!("run folder {}: {e}", self.run_dir.display()));
+        std::fs::create_dir_all(self.checkpoint_dir()).map_err(io)?;
+        let mut metrics = open_metrics(&self.run_dir.join("metrics.jsonl"), self.step).map_err(io)?;
+        let cfg = self.config.clone();
+        let (mut window_loss, mut window_n, mut window_images, mut window_start) = (0.0, 0u64, 0usize, Instant::now());
+        while self.step < cfg.train.max_steps {
+            let r = self.train_step()?;
+            if !r.skipped {
+                window_loss += r.loss;
+                window_n += 1;
+            }
+            window_images += r.images;
+            if r.step % cfg.log.every.max(1) == 0 || r.step == cfg.train.max_steps {
+                let secs = window_start.elapsed().as_secs_f64().max(1e-9);
+                let line = serde_json::json!({
+                    "step": r.step,
+                    "loss": if window_n > 0 { window_loss / window_n as f64 } else { f64::NAN },
+                    "lr": r.lr,
+                    "grad_norm": r.grad_norm,
+                    "img_per_s": window_images as f64 / secs,
+                    "skipped_total": self.skipped,
+                });
+                writeln!(metrics, "{line}").map_err(|e| candle_core::Error::Msg(format!("metrics.jsonl: {e}")))?;
+                metrics.flush().map_err(|e| candle_core::Error::Msg(format!("metrics.jsonl: {e}")))?;
+                (window_loss, window_n, window_images, window_start) = (0.0, 0, 0, Instant::now());
+            }
+            observer(&Event::Step(r.clone()));
+            let last = r.step == cfg.train.max_steps;
+            if last || (cfg.checkpoint.every > 0 && r.step % cfg.checkpoint.every == 0) {
+                let path = self.save_checkpoint()?;
+                observer(&Event::Checkpoint(path));
+            }
+            if last || (cfg.sample.every > 0 && r.step % cfg.sample.every == 0) {
+                let path = self.run_dir.join("samples").join(format!("step_{:08}.png", r.step));
+                self.sample_grid(&path)?;
+                observer(&Event::Samples(path));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `checkpoints/step_N.safetensors` atomically and deletes all but the newest `keep`.
+    pub fn save_checkpoint(&self) -> Result<PathBuf> {
+        let dir = self.checkpoint_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| candle_core::Error::Msg(format!("{}: {e}", dir.display())))?;
+        let mut tensors = Vec::with_capacity(4 * self.names.len());
+        for (i, name) in self.names.iter().enumerate() {
+            tensors.push((format!("model.{name}"), self.opt.params()[i].as_tensor().clone()));
+            tensors.push((format!("ema.{name}"), self.ema[i].clone()));
+            tensors.push((format!("adam.m.{name}"), self.opt.m[i].clone()));
+            tensors.push((format!("adam.v.{name}"), self.opt.v[i].clone()));
+        }
+        let meta: HashMap<String, String> = [
+            (FORMAT_KEY, FORMAT.to_string()),
+            ("arch", "uvit".to_string()),
+            ("config", self.config.to_toml()),
+            ("step", self.step.to_string()),
+            ("adam_step", self.opt.step.to_string()),
+            ("rng_word_pos", self.rng.get_word_pos().to_string()),
+            ("data_epoch", self.position.epoch.to_string()),
+            ("data_offset", self.position.offset.to_string()),
+            ("skipped", self.skipped.to_string()),
+            ("null_label", self.null_label.map(|n| n.to_string()).unwrap_or_default()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let path = checkpoint::path_for(&dir, self.step);
+        checkpoint::save(&path, &tensors, meta)?;
+        let all = checkpoint::list(&dir);
+        for (_, old) in all.iter().take(all.len().saturating_sub(self.config.checkpoint.keep)) {
+            let _ = std::fs::remove_file(old);
+        }
+        Ok(path)
+    }
+
+    fn restore(&mut self, path: &Path) -> Result<()> {
+        let ck = checkpoint::load(path, &self.device)?;
+        let saved = TrainConfig::from_toml(ck.meta("config")?, &format!("stored in {}", path.display()))
+            .map_err(candle_core::Error::Msg)?;
+        if saved.model != self.config.model {
+            candle_core::bail!(
+                "cannot resume from {}: it holds a different model ([model] differs from the config given)",
+                path.display()
+            );
+        }
+        let (model, ema, m, v) = (ck.group("model"), ck.group("ema"), ck.group("adam.m"), ck.group("adam.v"));
+        for (i, name) in self.names.iter().enumerate() {
+            let want = self.opt.params()[i].dims().to_vec();
+            let get = |group: &HashMap<String, Tensor>, what: &str| -> Result<Tensor> {
+                let t = group
+                    .get(name)
+                    .ok_or_else(|| candle_core::Error::Msg(format!("{}: missing {what} `{name}`", path.display())))?;
+                if t.dims() != want.as_slice() {
+                    candle_core::bail!(
+                        "{}: {what} `{name}` has shape {:?}, expected {want:?}",
+                        path.display(),
+                        t.dims()
+                    );
+                }
+                Ok(t.clone())
+            };
+            let (w, e, m1, m2) = (
+                get(&model, "weight")?,
+                get(&ema, "EMA weight")?,
+                get(&m, "AdamW first moment")?,
+                get(&v, "AdamW second moment")?,
+            );
+            self.opt.params()[i].set(&w)?;
+            self.ema[i] = e;
+            self.opt.m[i] = m1;
+            self.opt.v[i] = m2;
+        }
+        self.step = ck.meta_parse("step")?;
+        self.opt.step = ck.meta_parse("adam_step")?;
+        self.skipped = ck.meta_parse("skipped")?;
+        self.rng = ChaCha8Rng::seed_from_u64(self.config.train.seed);
+        self.rng.set_word_pos(ck.meta_parse("rng_word_pos")?);
+        self.position = DataPosition { epoch: ck.meta_parse("data_epoch")?, offset: ck.meta_parse("data_offset")? };
+        self.loader = Loader::new(self.dataset.clone(), loader_config(&self.config), self.position);
+        tracing::info!(step = self.step, checkpoint = %path.display(), "resumed");
+        Ok(())
+    }
+
+    /// Samples a grid from the EMA weights (fixed noise, so grids from different steps compare).
+    pub fn sample_grid(&self, path: &Path) -> Result<()> {
+        let ema: HashMap<String, Tensor> = self.ema_weights().into_iter().collect();
+        let model = UViT::new(&self.config.model, VarBuilder::from_tensors(ema, DType::F32, &self.device))?;
+        let s = &self.config.sample;
+        let sampler = sampling::vp_sampler(&s.sampler, s.steps, self.config.train.schedule.sde())?;
+        let m = &self.config.model;
+        let mut rng = ChaCha8Rng::seed_from_u64(self.config.train.seed.wrapping_add(1));
+        let x = noise::randn((s.n, m.in_chans, m.img_size, m.img_size), DType::F32, &self.device, &mut rng)?;
+        let labels = match m.num_classes {
+            Some(_) => Some(Tensor::new(
+                (0..s.n as u32).map(|i| i % self.dataset.num_classes().max(1) as u32).collect::<Vec<_>>(),
+                &self.device,
+            )?),
+            None => None,
+        };
+        let images =
+            sampling::sample(&model, sampler.as_ref(), &x, &Conditioning { labels, guidance: None }, &mut rng)?;
+        let cols = (s.n as f64).sqrt().ceil() as usize;
+        scalelong_data::save_grid(&images, path, cols).map_err(candle_core::Error::wrap)
+    }
+}
+
+fn loader_config(c: &TrainConfig) -> LoaderConfig {
+    LoaderConfig { batch_size: c.train.batch_size, seed: c.train.seed, hflip: c.data.hflip, prefetch: 4 }
+}
+
+/// For a class-conditional model, checks the class count against the data; returns the "no class"
+/// label when training for classifier-free guidance.
+fn check_classes(config: &TrainConfig, data: &ImageDataset) -> Result<Option<u32>> {
+    let Some(n) = config.model.num_classes else { return Ok(None) };
+    if data.labels().is_none() {
+        candle_core::bail!("model.num_classes = {n} but the dataset {} has no labels", data.source);
+    }
+    let classes = data.num_classes();
+    let want = if config.train.p_uncond > 0.0 { classes + 1 } else { classes };
+    if n != want {
+        candle_core::bail!(
+            "model.num_classes = {n} but the dataset {} has {classes} classes: expected {want}{}",
+            data.source,
+            if config.train.p_uncond > 0.0 {
+                " (one more for the \"no class\" label of classifier-free guidance)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok((config.train.p_uncond > 0.0).then_some(classes as u32))
+}
+
+/// Opens `metrics.jsonl` for appending, dropping lines past `step` left by an interrupted run.
+fn open_metrics(path: &Path, step: u64) -> std::io::Result<std::fs::File> {
+    if let Ok(text) = std::fs::read_to_string(path) {
+        let kept: String = text
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v["step"].as_u64())
+                    .is_some_and(|s| s <= step)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(path, kept)?;
+    }
+    std::fs::OpenOptions::new().create(true).append(true).open(path)
+}

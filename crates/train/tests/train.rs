@@ -1,0 +1,142 @@
+//! The training loop end to end on a tiny U-ViT and the embedded MNIST.
+
+use std::path::Path;
+
+use candle_core::{DType, Device};
+use scalelong_train::{checkpoint, Event, TrainConfig, Trainer};
+
+fn tiny(max_steps: u64) -> TrainConfig {
+    let mut cfg = TrainConfig::from_toml(
+        r#"
+[model]
+img_size = 8
+patch_size = 2
+in_chans = 1
+embed_dim = 16
+depth = 2
+num_heads = 2
+scaling = "cs:0.5"
+[train]
+batch_size = 8
+warmup_steps = 2
+lr = 1e-3
+grad_clip = 1.0
+[checkpoint]
+every = 3
+keep = 2
+[log]
+every = 1
+[sample]
+every = 0
+n = 4
+steps = 4
+"#,
+        "test",
+    )
+    .unwrap();
+    cfg.train.max_steps = max_steps;
+    cfg
+}
+
+fn train(cfg: TrainConfig, dir: &Path, resume: bool) -> Trainer {
+    let mut t = Trainer::new(cfg, dir, &Device::Cpu, DType::F32, resume).unwrap();
+    t.run(&mut |_| {}).unwrap();
+    t
+}
+
+fn bits(t: &Trainer) -> Vec<(String, Vec<u32>)> {
+    let mut all = t.weights();
+    all.extend(t.ema_weights().into_iter().map(|(n, w)| (format!("ema.{n}"), w)));
+    all.into_iter()
+        .map(|(n, w)| (n, w.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect()))
+        .collect()
+}
+
+#[test]
+fn resume_is_bitwise_exact() {
+    let straight = tempfile::tempdir().unwrap();
+    let a = train(tiny(6), straight.path(), false);
+    let split = tempfile::tempdir().unwrap();
+    let first = train(tiny(3), split.path(), false);
+    assert_eq!(first.step(), 3);
+    drop(first);
+    let b = train(tiny(6), split.path(), true);
+    assert_eq!(b.step(), 6);
+    assert!(bits(&a) == bits(&b), "6 straight steps and 3 + 3 with a restart differ");
+    // And training did something: weights moved from the initial ones.
+    let init = Trainer::new(tiny(6), tempfile::tempdir().unwrap().path(), &Device::Cpu, DType::F32, false).unwrap();
+    assert!(bits(&init) != bits(&a));
+    // The same seed gives the same initial weights.
+    let init2 = Trainer::new(tiny(6), tempfile::tempdir().unwrap().path(), &Device::Cpu, DType::F32, false).unwrap();
+    assert!(bits(&init) == bits(&init2));
+}
+
+#[test]
+fn run_folder_holds_checkpoints_metrics_and_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut events = Vec::new();
+    let mut t = Trainer::new(tiny(7), dir.path(), &Device::Cpu, DType::F32, false).unwrap();
+    t.run(&mut |e| events.push(e.clone())).unwrap();
+    // Checkpoints at 3, 6 and the final 7; only the newest 2 kept.
+    let kept: Vec<u64> = checkpoint::list(&dir.path().join("checkpoints")).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(kept, [6, 7]);
+    assert!(events.iter().filter(|e| matches!(e, Event::Checkpoint(_))).count() == 3);
+    let metrics = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 7);
+    for key in ["step", "loss", "lr", "grad_norm", "img_per_s"] {
+        assert!(lines[6][key].is_number(), "{key} missing in {}", lines[6]);
+    }
+    assert_eq!(lines[0]["lr"], 0.0, "warm-up starts from 0");
+    let grid = image::open(dir.path().join("samples/step_00000007.png")).unwrap();
+    assert_eq!((grid.width(), grid.height()), (2 * 10 + 2, 2 * 10 + 2));
+}
+
+#[test]
+fn diverging_training_stops_with_a_clear_error_and_keeps_checkpoints_finite() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny(50);
+    cfg.train.lr = 1e30;
+    cfg.train.warmup_steps = 0;
+    cfg.train.grad_clip = 0.0;
+    cfg.train.max_nonfinite = 3;
+    cfg.checkpoint.every = 1;
+    let mut t = Trainer::new(cfg, dir.path(), &Device::Cpu, DType::F32, false).unwrap();
+    let err = t.run(&mut |_| {}).unwrap_err().to_string();
+    assert!(err.contains("3 steps in a row had a non-finite loss or gradient"), "{err}");
+    for (_, path) in checkpoint::list(&dir.path().join("checkpoints")) {
+        checkpoint::load(&path, &Device::Cpu).unwrap(); // written only with finite values
+    }
+}
+
+#[test]
+fn a_failed_checkpoint_write_leaves_the_previous_one_loadable() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = train(tiny(3), dir.path(), false);
+    let ck_dir = dir.path().join("checkpoints");
+    // Writing step 3 again, into a file that runs out of space (/dev/full answers ENOSPC).
+    let target = checkpoint::path_for(&ck_dir, 3);
+    let before = std::fs::read(&target).unwrap();
+    std::os::unix::fs::symlink("/dev/full", checkpoint::tmp_path(&target)).unwrap();
+    let err = t.save_checkpoint().unwrap_err().to_string();
+    assert!(err.contains("No space left on device"), "{err}");
+    assert_eq!(std::fs::read(&target).unwrap(), before, "the previous checkpoint was touched");
+    assert!(!checkpoint::tmp_path(&target).exists(), "the temporary file was left behind");
+    checkpoint::load(&target, &Device::Cpu).unwrap();
+}
+
+#[test]
+fn resuming_with_another_model_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    train(tiny(3), dir.path(), false);
+    let mut other = tiny(6);
+    other.model.embed_dim = 32;
+    let err = Trainer::new(other, dir.path(), &Device::Cpu, DType::F32, true).err().unwrap().to_string();
+    assert!(err.contains("different model"), "{err}");
+    // A truncated checkpoint is a clear error too.
+    let (_, last) = checkpoint::list(&dir.path().join("checkpoints")).pop().unwrap();
+    let bytes = std::fs::read(&last).unwrap();
+    std::fs::write(&last, &bytes[..bytes.len() / 2]).unwrap();
+    let err = Trainer::new(tiny(6), dir.path(), &Device::Cpu, DType::F32, true).err().unwrap().to_string();
+    assert!(err.contains("step_00000003.safetensors") && err.contains("not a valid safetensors file"), "{err}");
+}

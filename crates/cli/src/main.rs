@@ -1,9 +1,17 @@
 //! `scalelong`: train, sample and inspect diffusion models with scaled long skip connections.
 
+mod device;
 mod info;
 mod model_spec;
+mod sample;
+mod train;
 
 use anyhow::Result;
+
+/// candle allocates a fresh buffer for every op; glibc's malloc hands large ones back to the
+/// kernel each time, and the page faults cost more than the arithmetic. mimalloc keeps them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -19,11 +27,22 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Train a U-ViT (with no arguments: the embedded MNIST on a small CPU recipe).
+    Train(train::TrainArgs),
+    /// Sample a grid of images from a checkpoint (ours or official U-ViT weights).
+    Sample(sample::SampleArgs),
     /// Print a model's parameter counts per module and the coefficient of each long skip.
     Info(info::InfoArgs),
 }
 
+/// `mi_option_purge_delay` in mimalloc's option enum (v2).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 fn main() {
+    // Never hand freed memory back to the OS: a training step frees and reallocates the same
+    // buffers, and re-faulting them cost about 15% of a CPU step here.
+    // SAFETY: setting an allocator option before any other thread exists.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
@@ -37,6 +56,8 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Train(args) => train::run(&args),
+        Command::Sample(args) => sample::run(&args),
         Command::Info(args) => info::run(&args),
     }
 }

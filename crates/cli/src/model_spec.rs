@@ -6,27 +6,20 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use scalelong_backbones::uvit::PRESETS;
 use scalelong_backbones::{SkipScaling, UViTConfig};
-use serde::Deserialize;
+use scalelong_train::TrainConfig;
 
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
     /// An official U-ViT config: cifar10-uvit-s2, celeba64-uvit-s4, imagenet64-uvit-m4, imagenet64-uvit-l4.
     #[arg(long, conflicts_with = "config")]
     pub preset: Option<String>,
-    /// A TOML file with a [model] table (our field names), or a JSON file of the official
+    /// A TOML config (configs/*.toml; its [model] table is used), or a JSON file of the official
     /// `UViT(...)` constructor arguments.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Long-skip scaling, overriding the preset or file: none, inv-sqrt2, cs:KAPPA (e.g. cs:0.5), ls, ls-per-skip.
     #[arg(long)]
     pub scaling: Option<SkipScaling>,
-}
-
-/// A config file: only the `[model]` table is read, and every key in it must be known.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConfigFile {
-    model: UViTConfig,
 }
 
 impl ModelArgs {
@@ -53,7 +46,5 @@ pub fn read_config(path: &Path) -> Result<UViTConfig> {
     if path.extension().is_some_and(|e| e == "json") {
         return UViTConfig::from_official_json(&text).with_context(|| format!("in config {}", path.display()));
     }
-    let file: ConfigFile = toml::from_str(&text).with_context(|| format!("in config {}", path.display()))?;
-    file.model.validate().with_context(|| format!("in config {}", path.display()))?;
-    Ok(file.model)
+    Ok(TrainConfig::from_toml(&text, &path.display().to_string()).map_err(anyhow::Error::msg)?.model)
 }

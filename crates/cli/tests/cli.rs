@@ -36,7 +36,7 @@ fn info_prints_counts_and_skip_coefficients() {
 
 #[test]
 fn info_reads_config_files_and_checks_checkpoints() {
-    let o = scalelong(&["info", "--config", &repo("configs/uvit-tiny-cs.toml")]);
+    let o = scalelong(&["info", "--config", &repo("configs/mnist-uvit-cpu.toml")]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("skip scaling: cs:0.5"));
 
@@ -78,4 +78,131 @@ fn bad_input_gives_clear_errors() {
 
     let o = scalelong(&["info"]);
     assert!(!o.status.success() && stderr(&o).contains("--preset NAME"), "{}", stderr(&o));
+}
+
+const TINY: &str = r#"
+[model]
+img_size = 8
+patch_size = 2
+in_chans = 1
+embed_dim = 16
+depth = 2
+num_heads = 2
+scaling = "cs:0.5"
+[train]
+batch_size = 8
+warmup_steps = 2
+[checkpoint]
+every = 2
+[log]
+every = 1
+[sample]
+every = 0
+n = 4
+steps = 3
+"#;
+
+#[test]
+fn train_resume_and_sample_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tiny.toml");
+    std::fs::write(&cfg, TINY).unwrap();
+    let run = dir.path().join("run");
+    let (cfg_s, run_s) = (cfg.to_str().unwrap(), run.to_str().unwrap());
+    let o = scalelong(&["train", "--config", cfg_s, "--run-dir", run_s, "--max-steps", "4", "--scaling", "ls"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(run.join("checkpoints/step_00000004.safetensors").is_file());
+    assert!(run.join("samples/step_00000004.png").is_file());
+    let o =
+        scalelong(&["train", "--config", cfg_s, "--run-dir", run_s, "--max-steps", "6", "--scaling", "ls", "--resume"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("resumed"), "{}", stderr(&o));
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 6, "{metrics}");
+    // Resuming with another architecture is refused.
+    let o = scalelong(&["train", "--config", cfg_s, "--run-dir", run_s, "--max-steps", "8", "--resume"]);
+    assert!(!o.status.success() && stderr(&o).contains("different model"), "{}", stderr(&o));
+
+    let ck = run.join("checkpoints/step_00000006.safetensors");
+    let (grid, raw) = (dir.path().join("grid.png"), dir.path().join("raw.npy"));
+    let args = [
+        "sample",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "-n",
+        "4",
+        "--steps",
+        "3",
+        "--out",
+        grid.to_str().unwrap(),
+        "--save-tensor",
+        raw.to_str().unwrap(),
+    ];
+    let o = scalelong(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(image::open(&grid).unwrap().width(), 2 * 10 + 2);
+    let first = candle_core::Tensor::read_npy(&raw).unwrap();
+    assert_eq!(first.dims(), &[4, 1, 8, 8]);
+    // Given noise, sampling is reproducible value by value.
+    let noise = dir.path().join("noise.npy");
+    candle_core::Tensor::randn(0f32, 1.0, (3, 1, 8, 8), &candle_core::Device::Cpu).unwrap().write_npy(&noise).unwrap();
+    let mut outs = Vec::new();
+    for k in 0..2 {
+        let out = dir.path().join(format!("from_noise_{k}.npy"));
+        let mut a: Vec<&str> = args[..7].to_vec();
+        let (n, o_s) = (noise.to_str().unwrap().to_string(), out.to_str().unwrap().to_string());
+        a.extend([
+            "--sampler",
+            "euler-ode",
+            "--init-noise",
+            &n,
+            "--save-tensor",
+            &o_s,
+            "--out",
+            grid.to_str().unwrap(),
+        ]);
+        let o = scalelong(&a);
+        assert!(o.status.success(), "{}", stderr(&o));
+        outs.push(candle_core::Tensor::read_npy(&out).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    }
+    assert_eq!(outs[0].len(), 3 * 64);
+    assert_eq!(outs[0], outs[1]);
+    let o = scalelong(&[&args[..7], &["--guidance", "2"]].concat());
+    assert!(!o.status.success() && stderr(&o).contains("classifier-free guidance"), "{}", stderr(&o));
+}
+
+#[test]
+fn sample_from_official_weights_and_bad_train_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("official.json");
+    std::fs::write(&json, r#"{"img_size": 8, "patch_size": 2, "in_chans": 3, "embed_dim": 32, "depth": 6, "num_heads": 4, "num_classes": -1, "scalelong": 0}"#).unwrap();
+    let pth = repo("tests/fixtures/uvit_0_none_plain.pth");
+    let out = dir.path().join("official.png");
+    let o = scalelong(&[
+        "sample",
+        "--checkpoint",
+        &pth,
+        "--config",
+        json.to_str().unwrap(),
+        "-n",
+        "2",
+        "--steps",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.is_file());
+    let o = scalelong(&["sample", "--checkpoint", &pth]);
+    assert!(!o.status.success() && stderr(&o).contains("--preset NAME or --config FILE"), "{}", stderr(&o));
+
+    let run = dir.path().join("run");
+    let o = scalelong(&["train", "--data", "/no/such/data", "--run-dir", run.to_str().unwrap(), "--max-steps", "1"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("/no/such/data") && stderr(&o).contains("not found"),
+        "{}",
+        stderr(&o)
+    );
+    let o = scalelong(&["train", "--set", "train.learning_rate=1", "--run-dir", run.to_str().unwrap()]);
+    assert!(!o.status.success() && stderr(&o).contains("unknown field `learning_rate`"), "{}", stderr(&o));
 }

@@ -57,7 +57,7 @@ impl ImageDataset {
     ) -> Result<Self> {
         let source = source.into();
         let per = channels * height * width;
-        if per == 0 || pixels.len() % per != 0 {
+        if per == 0 || !pixels.len().is_multiple_of(per) {
             return Err(data_err!(
                 "{source}: {} bytes is not a whole number of {channels}x{height}x{width} images",
                 pixels.len()

@@ -10,9 +10,10 @@ use crate::folder::{self, Preprocess};
 use crate::idx;
 
 /// A dataset to train on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum DataSpec {
     /// The MNIST test split compiled into the binary (works offline, anywhere).
+    #[default]
     EmbeddedMnist,
     /// An IDX folder (MNIST, Fashion-MNIST); `prefix` `train` or `t10k`.
     Idx { dir: PathBuf, prefix: String },
@@ -25,12 +26,6 @@ pub enum DataSpec {
     /// A candle-datasets Hugging Face loader (`mnist`, `fashion-mnist`, `cifar10`); needs the `hub`
     /// feature and the network (or the HF cache).
     Hub { name: String },
-}
-
-impl Default for DataSpec {
-    fn default() -> Self {
-        Self::EmbeddedMnist
-    }
 }
 
 impl FromStr for DataSpec {

@@ -49,7 +49,9 @@ impl AdamW {
         let t = self.step as i32;
         let (bc1, bc2_sqrt) = (1.0 - c.beta1.powi(t), (1.0 - c.beta2.powi(t)).sqrt());
         for ((p, g), (m, v)) in self.params.iter().zip(grads).zip(self.m.iter_mut().zip(self.v.iter_mut())) {
-            let decayed = (p.as_tensor() * (1.0 - lr * c.weight_decay))?;
+            // Detached: the update must not keep the autograd graph (and every activation) alive.
+            let g = &g.detach();
+            let decayed = (p.as_tensor().detach() * (1.0 - lr * c.weight_decay))?;
             *m = (&*m + ((g - &*m)? * (1.0 - c.beta1))?)?;
             *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             let denom = ((v.sqrt()? / bc2_sqrt)? + c.eps)?;

@@ -73,7 +73,7 @@ impl Trainer {
         let seeded = SeededVars::new(config.train.seed);
         let model = UViT::new(m, seeded.var_builder(device))?;
         let (names, vars): (Vec<String>, Vec<Var>) = seeded.vars().into_iter().unzip();
-        let ema = vars.iter().map(|v| v.as_tensor().copy()).collect::<Result<Vec<_>>>()?;
+        let ema = vars.iter().map(|v| Ok(v.as_tensor().copy()?.detach())).collect::<Result<Vec<_>>>()?;
         let t = &config.train;
         let adam = AdamWConfig { beta1: t.beta1, beta2: t.beta2, eps: t.eps, weight_decay: t.weight_decay };
         let objective = TrainingObjective::new(Schedule::Vp(t.schedule.sde()), t.prediction);
@@ -167,7 +167,7 @@ impl Trainer {
                 .params()
                 .iter()
                 .map(|v| match store.get(v.as_tensor()) {
-                    Some(g) => g.to_dtype(DType::F32),
+                    Some(g) => g.detach().to_dtype(DType::F32),
                     None => v.as_tensor().zeros_like(),
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -202,7 +202,7 @@ impl Trainer {
             self.opt.step(&grads, lr)?;
             let d = t.ema_decay;
             for (e, p) in self.ema.iter_mut().zip(self.opt.params()) {
-                *e = ((&*e * d)? + (p.as_tensor() * (1.0 - d))?)?;
+                *e = ((&*e * d)? + (p.as_tensor().detach() * (1.0 - d))?)?;
             }
         }
         self.step += 1;

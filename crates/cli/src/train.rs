@@ -1,0 +1,130 @@
+//! `scalelong train`: the main job.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use scalelong_backbones::SkipScaling;
+use scalelong_train::{Event, TrainConfig, Trainer};
+
+/// The recipe used when no --config is given: the embedded MNIST on a small U-ViT.
+const DEFAULT_CONFIG: &str = include_str!("../../../configs/mnist-uvit-cpu.toml");
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Training config (TOML, see configs/). Default: configs/mnist-uvit-cpu.toml, built in.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Dataset: `mnist` (embedded), a folder, or idx:DIR, cifar:DIR, folder:DIR, celeba:DIR, hf:NAME.
+    #[arg(long)]
+    data: Option<String>,
+    /// Run folder: checkpoints/, metrics.jsonl and samples/ go here. Default: runs/<config name>.
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Stop after this many optimizer steps (train.max_steps).
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Images per optimizer step (train.batch_size).
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Peak learning rate after warm-up (train.lr).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Long-skip scaling (model.scaling): none, inv-sqrt2, cs:KAPPA, ls, ls-per-skip.
+    #[arg(long)]
+    scaling: Option<SkipScaling>,
+    /// Seed of the initial weights, data order and noise (train.seed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Steps between checkpoints (checkpoint.every).
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
+    /// Steps between EMA sample grids (sample.every).
+    #[arg(long)]
+    sample_every: Option<u64>,
+    /// Any other field: --set train.grad_clip=1.0 --set sample.n=64 (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    sets: Vec<String>,
+    /// Continue from the newest checkpoint in the run folder.
+    #[arg(long)]
+    resume: bool,
+    /// cpu, cuda or metal (the last two need the matching build feature).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Compute dtype: f32, or bf16 / f16 on a GPU (master weights stay f32).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+}
+
+impl TrainArgs {
+    fn config(&self) -> Result<(TrainConfig, String)> {
+        let (mut cfg, name) = match &self.config {
+            Some(p) => (
+                TrainConfig::read(p).map_err(anyhow::Error::msg)?,
+                p.file_stem().unwrap_or_default().to_string_lossy().into_owned(),
+            ),
+            None => (
+                TrainConfig::from_toml(DEFAULT_CONFIG, "built-in mnist-uvit-cpu.toml").map_err(anyhow::Error::msg)?,
+                "mnist-uvit-cpu".into(),
+            ),
+        };
+        let mut sets: Vec<(String, String)> = Vec::new();
+        let mut put = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                sets.push((k.into(), v));
+            }
+        };
+        put("data.spec", self.data.as_ref().map(|d| toml::Value::String(d.clone()).to_string()));
+        put("train.max_steps", self.max_steps.map(|v| v.to_string()));
+        put("train.batch_size", self.batch_size.map(|v| v.to_string()));
+        put("train.lr", self.lr.map(|v| format!("{v:e}")));
+        put("model.scaling", self.scaling.map(|v| toml::Value::String(v.to_string()).to_string()));
+        put("train.seed", self.seed.map(|v| v.to_string()));
+        put("checkpoint.every", self.checkpoint_every.map(|v| v.to_string()));
+        put("sample.every", self.sample_every.map(|v| v.to_string()));
+        for s in &self.sets {
+            let (k, v) = s.split_once('=').with_context(|| format!("--set {s}: expected SECTION.KEY=VALUE"))?;
+            sets.push((k.trim().into(), v.trim().into()));
+        }
+        for (k, v) in sets {
+            cfg.set(&k, &v).map_err(anyhow::Error::msg)?;
+        }
+        Ok((cfg, name))
+    }
+}
+
+pub fn run(args: &TrainArgs) -> Result<()> {
+    let (cfg, name) = args.config()?;
+    let run_dir = args.run_dir.clone().unwrap_or_else(|| PathBuf::from("runs").join(name));
+    let device = crate::device::device(&args.device)?;
+    let dtype = crate::device::dtype(&args.dtype)?;
+    tracing::info!(run_dir = %run_dir.display(), data = %cfg.data.spec, scaling = %cfg.model.scaling, "loading data and model");
+    let mut trainer = Trainer::new(cfg.clone(), &run_dir, &device, dtype, args.resume)?;
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    std::fs::write(run_dir.join("config.toml"), cfg.to_toml())
+        .with_context(|| format!("writing {}/config.toml", run_dir.display()))?;
+    tracing::info!(images = trainer.dataset().len(), source = %trainer.dataset().source, start_step = trainer.step(), "training");
+    let bar = ProgressBar::new(cfg.train.max_steps).with_position(trainer.step());
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps, ETA {eta} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let started = std::time::Instant::now();
+    let first = trainer.step();
+    let result = trainer.run(&mut |event| match event {
+        Event::Step(r) => {
+            bar.set_position(r.step);
+            let ips = (r.step - first) as f64 * cfg.train.batch_size as f64 * cfg.train.grad_accum as f64
+                / started.elapsed().as_secs_f64();
+            bar.set_message(format!("loss {:.4}, {ips:.1} img/s{}", r.loss, if r.skipped { " (skipped)" } else { "" }));
+        }
+        Event::Checkpoint(p) => bar.suspend(|| tracing::info!(path = %p.display(), "checkpoint")),
+        Event::Samples(p) => bar.suspend(|| tracing::info!(path = %p.display(), "samples")),
+    });
+    bar.finish();
+    result?;
+    tracing::info!(steps = trainer.step(), seconds = started.elapsed().as_secs_f64(), run_dir = %run_dir.display(), "done");
+    Ok(())
+}

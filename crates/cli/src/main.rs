@@ -3,6 +3,7 @@
 mod device;
 mod info;
 mod model_spec;
+mod plot;
 mod sample;
 mod train;
 
@@ -33,6 +34,8 @@ enum Command {
     Sample(sample::SampleArgs),
     /// Print a model's parameter counts per module and the coefficient of each long skip.
     Info(info::InfoArgs),
+    /// Plot a metric from one or more metrics.jsonl files as a PNG.
+    Plot(plot::PlotArgs),
 }
 
 /// `mi_option_purge_delay` in mimalloc's option enum (v2).
@@ -59,5 +62,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train::run(&args),
         Command::Sample(args) => sample::run(&args),
         Command::Info(args) => info::run(&args),
+        Command::Plot(args) => plot::run(&args),
     }
 }

@@ -206,3 +206,18 @@ fn sample_from_official_weights_and_bad_train_input() {
     let o = scalelong(&["train", "--set", "train.learning_rate=1", "--run-dir", run.to_str().unwrap()]);
     assert!(!o.status.success() && stderr(&o).contains("unknown field `learning_rate`"), "{}", stderr(&o));
 }
+
+#[test]
+fn plot_writes_a_png_and_names_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+    std::fs::write(&a, "{\"step\": 10, \"loss\": 0.9}\n{\"step\": 20, \"loss\": 0.5}\n").unwrap();
+    std::fs::write(&b, "{\"step\": 10, \"loss\": 0.8}\n{\"step\": 20, \"grad\": 1}\n").unwrap();
+    let out = dir.path().join("loss.png");
+    let spec = format!("{}=run a", a.display());
+    let o = scalelong(&["plot", "--metrics", &spec, "--out", out.to_str().unwrap(), "--log-y"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(image::open(&out).unwrap().width(), 900);
+    let o = scalelong(&["plot", "--metrics", b.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(!o.status.success() && stderr(&o).contains("b.jsonl:2: no numeric `step` and `loss`"), "{}", stderr(&o));
+}

@@ -1,0 +1,114 @@
+//! `scalelong plot`: curves from `metrics.jsonl` files as a PNG.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use plotters::prelude::*;
+
+const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// metrics.jsonl files, each optionally followed by =LABEL (repeatable; one curve each).
+    #[arg(long = "metrics", required = true)]
+    metrics: Vec<String>,
+    /// The field to plot against `step` (loss, grad_norm, lr, img_per_s, ...).
+    #[arg(long, default_value = "loss")]
+    key: String,
+    /// Moving average over this many points (1 = raw).
+    #[arg(long, default_value_t = 1)]
+    smooth: usize,
+    /// Logarithmic y axis.
+    #[arg(long)]
+    log_y: bool,
+    /// Output PNG.
+    #[arg(long, default_value = "plot.png")]
+    out: PathBuf,
+    /// Plot title (default: the key).
+    #[arg(long)]
+    title: Option<String>,
+}
+
+/// (label, points) read from one metrics file.
+fn read_series(spec: &str, key: &str, smooth: usize) -> Result<(String, Vec<(f64, f64)>)> {
+    let (path, label) = match spec.rsplit_once('=') {
+        Some((p, l)) => (p.to_string(), l.to_string()),
+        None => (spec.to_string(), spec.to_string()),
+    };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let mut points = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{path}:{}: not JSON", i + 1))?;
+        let (Some(step), Some(y)) = (v["step"].as_f64(), v[key].as_f64()) else {
+            bail!("{path}:{}: no numeric `step` and `{key}`", i + 1);
+        };
+        if y.is_finite() {
+            points.push((step, y));
+        }
+    }
+    if points.is_empty() {
+        bail!("{path}: no `{key}` values");
+    }
+    let w = smooth.max(1);
+    let smoothed = (0..points.len())
+        .map(|i| {
+            let lo = i.saturating_sub(w - 1);
+            let ys = &points[lo..=i];
+            (points[i].0, ys.iter().map(|p| p.1).sum::<f64>() / ys.len() as f64)
+        })
+        .collect();
+    Ok((label, smoothed))
+}
+
+type Chart<'a, Y> = ChartContext<'a, BitMapBackend<'a>, Cartesian2d<plotters::coord::types::RangedCoordf64, Y>>;
+
+fn draw_curves<Y: Ranged<ValueType = f64>>(
+    chart: &mut Chart<'_, Y>,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> Result<()> {
+    for (i, (label, points)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))?
+            .label(label.as_str())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 15))
+        .draw()?;
+    Ok(())
+}
+
+pub fn run(args: &PlotArgs) -> Result<()> {
+    let series = args.metrics.iter().map(|m| read_series(m, &args.key, args.smooth)).collect::<Result<Vec<_>>>()?;
+    plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
+        .map_err(|_| anyhow::anyhow!("embedded font unreadable"))?;
+    let all = series.iter().flat_map(|(_, p)| p.iter());
+    let (x_max, y_min, y_max) =
+        all.fold((0f64, f64::INFINITY, f64::NEG_INFINITY), |(x, lo, hi), p| (x.max(p.0), lo.min(p.1), hi.max(p.1)));
+    if args.log_y && y_min <= 0.0 {
+        bail!("--log-y: `{}` has values <= 0", args.key);
+    }
+    let pad = (y_max - y_min).abs().max(1e-12) * 0.05;
+    let root = BitMapBackend::new(&args.out, (900, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let title = args.title.clone().unwrap_or_else(|| args.key.clone());
+    let mut builder = ChartBuilder::on(&root);
+    builder.caption(title, ("sans-serif", 24)).margin(16).x_label_area_size(40).y_label_area_size(70);
+    if args.log_y {
+        let mut chart = builder.build_cartesian_2d(0f64..x_max, (y_min * 0.9..y_max * 1.1).log_scale())?;
+        chart.configure_mesh().x_desc("step").y_desc(args.key.as_str()).label_style(("sans-serif", 14)).draw()?;
+        draw_curves(&mut chart, &series)?;
+    } else {
+        let mut chart = builder.build_cartesian_2d(0f64..x_max, (y_min - pad)..(y_max + pad))?;
+        chart.configure_mesh().x_desc("step").y_desc(args.key.as_str()).label_style(("sans-serif", 14)).draw()?;
+        draw_curves(&mut chart, &series)?;
+    }
+    root.present().with_context(|| format!("writing {}", args.out.display()))?;
+    println!("wrote {}", args.out.display());
+    Ok(())
+}

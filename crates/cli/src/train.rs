@@ -99,6 +99,13 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let run_dir = args.run_dir.clone().unwrap_or_else(|| PathBuf::from("runs").join(name));
     let device = crate::device::device(&args.device)?;
     let dtype = crate::device::dtype(&args.dtype)?;
+    if dtype != candle_core::DType::F32 && device.is_cpu() {
+        anyhow::bail!(
+            "--dtype {} needs a GPU (--device cuda or metal): candle's CPU backend has no {} matmul",
+            args.dtype,
+            args.dtype
+        );
+    }
     tracing::info!(run_dir = %run_dir.display(), data = %cfg.data.spec, scaling = %cfg.model.scaling, "loading data and model");
     let mut trainer = Trainer::new(cfg.clone(), &run_dir, &device, dtype, args.resume)?;
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;

@@ -105,7 +105,29 @@ impl ImageDataset {
         &self.pixels[i * per..(i + 1) * per]
     }
 
-    /// Resizes (bilinear), pads or repeats channels so every image is `(channels, size, size)`.
+    /// Pads every image with black borders, centred, to `size x size` (e.g. MNIST 28 -> 32),
+    /// instead of resizing it.
+    pub fn pad_to(self, size: usize) -> Result<Self> {
+        let (c, h, w) = self.image_shape();
+        if h > size || w > size {
+            return Err(data_err!("{}: {w}x{h} images cannot be padded to {size}x{size}", self.source));
+        }
+        let (top, left) = ((size - h) / 2, (size - w) / 2);
+        let mut out = vec![0u8; self.len * c * size * size];
+        for i in 0..self.len {
+            let img = self.image(i);
+            for ch in 0..c {
+                for y in 0..h {
+                    let dst = ((i * c + ch) * size + top + y) * size + left;
+                    out[dst..dst + w].copy_from_slice(&img[(ch * h + y) * w..(ch * h + y + 1) * w]);
+                }
+            }
+        }
+        let source = format!("{} (padded to {size}x{size})", self.source);
+        Self::new(source, out, (c, size, size), self.labels, self.num_classes)
+    }
+
+    /// Resizes (bilinear) or repeats channels so every image is `(channels, size, size)`.
     /// Square images are resized; non-square ones are centre-cropped to a square first.
     pub fn conform(self, channels: usize, size: usize) -> Result<Self> {
         let (c, h, w) = self.image_shape();

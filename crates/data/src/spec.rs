@@ -86,8 +86,21 @@ impl DataSpec {
         })
     }
 
+    /// As [`DataSpec::load`], padding images smaller than `size` with black borders instead of
+    /// resizing them (larger ones are still resized).
+    pub fn load_padded(&self, channels: usize, size: usize) -> Result<ImageDataset> {
+        let ds = self.load_raw(channels, size)?;
+        let (_, h, w) = ds.image_shape();
+        let ds = if h <= size && w <= size { ds.pad_to(size)? } else { ds };
+        ds.conform(channels, size)
+    }
+
     /// Loads the data and brings every image to `channels x size x size`.
     pub fn load(&self, channels: usize, size: usize) -> Result<ImageDataset> {
+        self.load_raw(channels, size)?.conform(channels, size)
+    }
+
+    fn load_raw(&self, channels: usize, size: usize) -> Result<ImageDataset> {
         let ds = match self {
             Self::EmbeddedMnist => crate::embedded::mnist_test()?,
             Self::Idx { dir, prefix } => idx::load_dir(dir, prefix)?,
@@ -96,7 +109,7 @@ impl DataSpec {
             Self::CelebA { dir } => folder::load_dir(dir, channels, Preprocess::CelebA { size })?,
             Self::Hub { name } => hub(name)?,
         };
-        ds.conform(channels, size)
+        Ok(ds)
     }
 }
 

@@ -52,6 +52,10 @@ fn idx_pair_raw_and_gzipped() {
     assert_eq!(ds3.image_shape(), (3, 8, 8));
     let img = ds3.image(0);
     assert_eq!(&img[..64], &img[64..128], "grey repeated to every channel");
+    // Padding instead of resizing: the 4x4 image sits in the middle of a black 8x8.
+    let padded = DataSpec::detect(dir.path()).unwrap().load_padded(1, 8).unwrap();
+    assert_eq!(padded.image(0)[2 * 8 + 2..2 * 8 + 6], pixels[..4]);
+    assert_eq!(padded.image(0)[..8], [0; 8]);
     // Truncated data.
     idx::write_idx(&dir.path().join("train-images-idx3-ubyte"), &[3, 4, 4], &pixels).unwrap();
     let err = DataSpec::detect(dir.path()).unwrap().load(1, 4).unwrap_err().to_string();

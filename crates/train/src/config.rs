@@ -31,11 +31,21 @@ pub struct DataConfig {
     pub spec: String,
     /// Random horizontal flips (the official recipe flips).
     pub hflip: bool,
+    /// Bring images to the model's size by `resize` (bilinear) or `pad` (black borders, for
+    /// smaller images such as MNIST's 28x28 in a 32x32 model).
+    pub fit: Fit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fit {
+    Resize,
+    Pad,
 }
 
 impl Default for DataConfig {
     fn default() -> Self {
-        Self { spec: "mnist".into(), hflip: true }
+        Self { spec: "mnist".into(), hflip: true, fit: Fit::Resize }
     }
 }
 

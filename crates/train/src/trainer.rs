@@ -15,7 +15,7 @@ use scalelong_data::{DataPosition, DataSpec, ImageDataset, Loader, LoaderConfig}
 use scalelong_diffusion::{drop_labels, noise, Schedule, TrainingObjective};
 
 use crate::checkpoint::{self, FORMAT, FORMAT_KEY};
-use crate::config::TrainConfig;
+use crate::config::{Fit, TrainConfig};
 use crate::init::SeededVars;
 use crate::optim::{AdamW, AdamWConfig};
 use crate::sampling::{self, Conditioning};
@@ -68,7 +68,11 @@ impl Trainer {
         config.validate().map_err(candle_core::Error::Msg)?;
         let spec: DataSpec = config.data.spec.parse().map_err(candle_core::Error::wrap)?;
         let m = &config.model;
-        let dataset = Arc::new(spec.load(m.in_chans, m.img_size).map_err(candle_core::Error::wrap)?);
+        let loaded = match config.data.fit {
+            Fit::Resize => spec.load(m.in_chans, m.img_size),
+            Fit::Pad => spec.load_padded(m.in_chans, m.img_size),
+        };
+        let dataset = Arc::new(loaded.map_err(candle_core::Error::wrap)?);
         let null_label = check_classes(&config, &dataset)?;
         let seeded = SeededVars::new(config.train.seed);
         let model = UViT::new(m, seeded.var_builder(device))?;

@@ -61,6 +61,16 @@ fn read_series(spec: &str, key: &str, smooth: usize) -> Result<(String, Vec<(f64
     Ok((label, smoothed))
 }
 
+/// A tick label with three significant digits.
+fn short(v: f64) -> String {
+    if v == 0.0 || (1e-3..1e4).contains(&v.abs()) {
+        let decimals = (2 - v.abs().log10().floor() as i32).clamp(0, 6) as usize;
+        format!("{v:.decimals$}")
+    } else {
+        format!("{v:.2e}")
+    }
+}
+
 type Chart<'a, Y> = ChartContext<'a, BitMapBackend<'a>, Cartesian2d<plotters::coord::types::RangedCoordf64, Y>>;
 
 fn draw_curves<Y: Ranged<ValueType = f64>>(
@@ -101,11 +111,25 @@ pub fn run(args: &PlotArgs) -> Result<()> {
     builder.caption(title, ("sans-serif", 24)).margin(16).x_label_area_size(40).y_label_area_size(70);
     if args.log_y {
         let mut chart = builder.build_cartesian_2d(0f64..x_max, (y_min * 0.9..y_max * 1.1).log_scale())?;
-        chart.configure_mesh().x_desc("step").y_desc(args.key.as_str()).label_style(("sans-serif", 14)).draw()?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc(args.key.as_str())
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| short(*y))
+            .label_style(("sans-serif", 14))
+            .draw()?;
         draw_curves(&mut chart, &series)?;
     } else {
         let mut chart = builder.build_cartesian_2d(0f64..x_max, (y_min - pad)..(y_max + pad))?;
-        chart.configure_mesh().x_desc("step").y_desc(args.key.as_str()).label_style(("sans-serif", 14)).draw()?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc(args.key.as_str())
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| short(*y))
+            .label_style(("sans-serif", 14))
+            .draw()?;
         draw_curves(&mut chart, &series)?;
     }
     root.present().with_context(|| format!("writing {}", args.out.display()))?;

@@ -9,7 +9,7 @@ use candle_nn::VarBuilder;
 use clap::Args;
 use rand::SeedableRng;
 use scalelong_backbones::{UViT, UViTConfig};
-use scalelong_diffusion::{noise, VpSde};
+use scalelong_diffusion::{noise, Schedule, VpSde};
 use scalelong_train::sampling::{self, Conditioning};
 use scalelong_train::{checkpoint, TrainConfig};
 
@@ -50,6 +50,10 @@ pub struct SampleArgs {
     /// Seed of the noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Clip the predicted clean image to [-1, 1] at every step (DDPM's clip_denoised; not in the
+    /// official samplers, but it rescues briefly trained models).
+    #[arg(long)]
+    clip_x0: bool,
     /// Use the trained weights instead of their EMA (our checkpoints).
     #[arg(long)]
     no_ema: bool,
@@ -147,7 +151,7 @@ pub fn run(args: &SampleArgs) -> Result<()> {
     };
     let sampler = sampling::vp_sampler(&args.sampler, args.steps, sde)?;
     let started = std::time::Instant::now();
-    let images = sampling::sample(&model, sampler.as_ref(), &x, &Conditioning { labels, guidance }, &mut rng)?;
+    let images = sampling::sample(&model, sampler.as_ref(), &x, &Conditioning { labels, guidance, clip_x0: args.clip_x0.then_some(Schedule::Vp(sde)) }, &mut rng)?;
     tracing::info!(images = n, seconds = started.elapsed().as_secs_f64(), "sampled");
     let cols = (n as f64).sqrt().ceil() as usize;
     scalelong_data::save_grid(&images, &args.out, cols)?;

@@ -41,7 +41,7 @@ mod schedule;
 mod vp;
 
 pub use discrete::{BetaSchedule, DiscreteSchedule};
-pub use model::{Guided, NoisePredictor};
+pub use model::{ClipX0, Guided, NoisePredictor};
 pub use objective::{drop_labels, NoisedBatch, Prediction, TrainingObjective};
 pub use samplers::Sampler;
 pub use schedule::Schedule;

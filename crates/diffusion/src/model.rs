@@ -17,6 +17,33 @@ impl<F: Fn(&Tensor, &Tensor) -> Result<Tensor>> NoisePredictor for F {
     }
 }
 
+/// Clips the network's implied clean image to [-1, 1] and returns the noise consistent with the
+/// clipped image: `x0 = (x_t - sigma eps) / a`, `eps' = (x_t - a clip(x0)) / sigma`. This is DDPM's
+/// `clip_denoised` for any sampler; it keeps a briefly trained model's small noise bias, which
+/// `1 / a` amplifies at high noise, from pushing samples out of the data range. Off in the official
+/// samplers; parity holds without it.
+pub struct ClipX0<'a> {
+    pub model: &'a dyn NoisePredictor,
+    pub schedule: &'a crate::Schedule,
+}
+
+impl NoisePredictor for ClipX0<'_> {
+    fn predict_noise(&self, x: &Tensor, t_input: &Tensor) -> Result<Tensor> {
+        let eps = self.model.predict_noise(x, t_input)?;
+        let ab: Vec<f64> = t_input
+            .to_dtype(candle_core::DType::F64)?
+            .to_vec1::<f64>()?
+            .iter()
+            .map(|&t| self.schedule.alpha_bar_at_input(t))
+            .collect();
+        let dev = x.device();
+        let a = crate::objective::per_sample(&Tensor::new(ab.iter().map(|v| v.sqrt()).collect::<Vec<_>>(), dev)?, x)?;
+        let s = crate::objective::per_sample(&Tensor::new(ab.iter().map(|v| (1.0 - v).sqrt()).collect::<Vec<_>>(), dev)?, x)?;
+        let x0 = (x - eps.broadcast_mul(&s)?)?.broadcast_div(&a)?.clamp(-1f32, 1f32)?;
+        (x - x0.broadcast_mul(&a)?)?.broadcast_div(&s)
+    }
+}
+
 /// Classifier-free guidance over a class-conditional network `model(x, t_input, labels)`:
 /// `eps = eps_uncond + scale * (eps_cond - eps_uncond)`, both halves in one batched call.
 pub struct Guided<F> {
@@ -68,6 +95,23 @@ mod tests {
         assert_eq!(g.predict_noise(&x, &t)?.to_vec2::<f32>()?, [[7.0, 8.0], [6.0, 7.0]]);
         let plain = Guided::new(net, y, null, 1.0);
         assert_eq!(plain.predict_noise(&x, &t)?.to_vec2::<f32>()?, [[3.0, 4.0], [4.0, 5.0]]);
+        Ok(())
+    }
+
+    #[test]
+    fn clipping_keeps_the_implied_image_in_range() -> Result<()> {
+        let dev = Device::Cpu;
+        let schedule = crate::Schedule::Vp(crate::VpSde::LINEAR);
+        let ab = schedule.alpha_bar_at_input(500.0);
+        let (a, s) = (ab.sqrt(), (1.0 - ab).sqrt());
+        // x0 = [0.5, 3.0] with eps = [0.2, -0.1]: the second is out of range.
+        let x = Tensor::new(&[[0.5 * a + 0.2 * s, 3.0 * a - 0.1 * s]], &dev)?;
+        let model = |x: &Tensor, _t: &Tensor| -> Result<Tensor> { (x - Tensor::new(&[[0.5 * a, 3.0 * a]], x.device())?)? / s };
+        let clipped = ClipX0 { model: &model, schedule: &schedule };
+        let eps = clipped.predict_noise(&x, &Tensor::new(&[500.0], &dev)?)?.to_vec2::<f64>()?;
+        assert!((eps[0][0] - 0.2).abs() < 1e-9, "in-range image untouched: {eps:?}");
+        let x0 = (x.to_vec2::<f64>()?[0][1] - s * eps[0][1]) / a;
+        assert!((x0 - 1.0).abs() < 1e-9, "implied x0 {x0}");
         Ok(())
     }
 }

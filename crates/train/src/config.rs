@@ -164,11 +164,14 @@ pub struct SampleConfig {
     /// `euler-ode` (the official training-time grids), `dpm-solver`, `euler-sde`.
     pub sampler: String,
     pub steps: usize,
+    /// Clip the predicted clean image to [-1, 1] at every step (DDPM's clip_denoised); helps
+    /// briefly trained models. The official grids do not clip.
+    pub clip_x0: bool,
 }
 
 impl Default for SampleConfig {
     fn default() -> Self {
-        Self { every: 5000, n: 16, sampler: "euler-ode".into(), steps: 50 }
+        Self { every: 5000, n: 16, sampler: "euler-ode".into(), steps: 50, clip_x0: false }
     }
 }
 

@@ -4,7 +4,7 @@ use candle_core::{Result, Tensor};
 use rand::RngCore;
 use scalelong_backbones::UViT;
 use scalelong_diffusion::samplers::{DpmSolverFast, EulerMaruyama, EulerOde, Sampler};
-use scalelong_diffusion::{Guided, NoisePredictor, VpSde};
+use scalelong_diffusion::{ClipX0, Guided, NoisePredictor, Schedule, VpSde};
 
 /// The samplers that fit a continuous VP-SDE model, by command-line name.
 pub const VP_SAMPLERS: &[&str] = &["dpm-solver", "euler-ode", "euler-sde"];
@@ -21,11 +21,14 @@ pub fn vp_sampler(name: &str, steps: usize, sde: VpSde) -> Result<Box<dyn Sample
     })
 }
 
-/// What to condition on: labels for class-conditional models, with optional guidance.
+/// What to condition on: labels for class-conditional models, with optional guidance; and
+/// whether to clip the implied clean image to [-1, 1] at every step (see [`ClipX0`]).
 pub struct Conditioning {
     pub labels: Option<Tensor>,
     /// (scale, null label) for classifier-free guidance.
     pub guidance: Option<(f64, u32)>,
+    /// The schedule, to clip the predicted x0 with; `None` samples as the official code does.
+    pub clip_x0: Option<Schedule>,
 }
 
 /// Samples `x_init.dim(0)` images from `model`.
@@ -36,20 +39,18 @@ pub fn sample(
     cond: &Conditioning,
     rng: &mut dyn RngCore,
 ) -> Result<Tensor> {
+    let run = |net: &dyn NoisePredictor, rng: &mut dyn RngCore| match &cond.clip_x0 {
+        Some(schedule) => sampler.sample(&ClipX0 { model: net, schedule }, x_init, rng),
+        None => sampler.sample(net, x_init, rng),
+    };
     match (&cond.labels, cond.guidance) {
-        (None, _) => {
-            let net = |x: &Tensor, t: &Tensor| model.forward(x, t, None);
-            sampler.sample(&net as &dyn NoisePredictor, x_init, rng)
-        }
-        (Some(y), None) => {
-            let net = |x: &Tensor, t: &Tensor| model.forward(x, t, Some(y));
-            sampler.sample(&net as &dyn NoisePredictor, x_init, rng)
-        }
+        (None, _) => run(&|x: &Tensor, t: &Tensor| model.forward(x, t, None), rng),
+        (Some(y), None) => run(&|x: &Tensor, t: &Tensor| model.forward(x, t, Some(y)), rng),
         (Some(y), Some((scale, null))) => {
             let null = Tensor::full(null, y.dims(), y.device())?;
             let guided =
                 Guided::new(|x: &Tensor, t: &Tensor, y: &Tensor| model.forward(x, t, Some(y)), y.clone(), null, scale);
-            sampler.sample(&guided, x_init, rng)
+            run(&guided, rng)
         }
     }
 }

@@ -71,12 +71,39 @@ fn short(v: f64) -> String {
     }
 }
 
-type Chart<'a, Y> = ChartContext<'a, BitMapBackend<'a>, Cartesian2d<plotters::coord::types::RangedCoordf64, Y>>;
-
-fn draw_curves<Y: Ranged<ValueType = f64>>(
-    chart: &mut Chart<'_, Y>,
-    series: &[(String, Vec<(f64, f64)>)],
-) -> Result<()> {
+pub fn run(args: &PlotArgs) -> Result<()> {
+    let series = args.metrics.iter().map(|m| read_series(m, &args.key, args.smooth)).collect::<Result<Vec<_>>>()?;
+    plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
+        .map_err(|_| anyhow::anyhow!("embedded font unreadable"))?;
+    // A log axis is a linear axis over log10 values, labelled with the values themselves.
+    let to_axis = |y: f64| if args.log_y { y.log10() } else { y };
+    if args.log_y && series.iter().flat_map(|(_, p)| p).any(|p| p.1 <= 0.0) {
+        bail!("--log-y: `{}` has values <= 0", args.key);
+    }
+    let series: Vec<(String, Vec<(f64, f64)>)> =
+        series.into_iter().map(|(l, p)| (l, p.into_iter().map(|(x, y)| (x, to_axis(y))).collect())).collect();
+    let all = series.iter().flat_map(|(_, p)| p.iter());
+    let (x_max, y_min, y_max) =
+        all.fold((0f64, f64::INFINITY, f64::NEG_INFINITY), |(x, lo, hi), p| (x.max(p.0), lo.min(p.1), hi.max(p.1)));
+    let pad = (y_max - y_min).abs().max(1e-12) * 0.05;
+    let root = BitMapBackend::new(&args.out, (900, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let title = args.title.clone().unwrap_or_else(|| args.key.clone());
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 24))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..x_max, (y_min - pad)..(y_max + pad))?;
+    let log_y = args.log_y;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .y_desc(args.key.as_str())
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| short(if log_y { 10f64.powf(*y) } else { *y }))
+        .label_style(("sans-serif", 14))
+        .draw()?;
     for (i, (label, points)) in series.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         chart
@@ -90,48 +117,6 @@ fn draw_curves<Y: Ranged<ValueType = f64>>(
         .border_style(BLACK)
         .label_font(("sans-serif", 15))
         .draw()?;
-    Ok(())
-}
-
-pub fn run(args: &PlotArgs) -> Result<()> {
-    let series = args.metrics.iter().map(|m| read_series(m, &args.key, args.smooth)).collect::<Result<Vec<_>>>()?;
-    plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
-        .map_err(|_| anyhow::anyhow!("embedded font unreadable"))?;
-    let all = series.iter().flat_map(|(_, p)| p.iter());
-    let (x_max, y_min, y_max) =
-        all.fold((0f64, f64::INFINITY, f64::NEG_INFINITY), |(x, lo, hi), p| (x.max(p.0), lo.min(p.1), hi.max(p.1)));
-    if args.log_y && y_min <= 0.0 {
-        bail!("--log-y: `{}` has values <= 0", args.key);
-    }
-    let pad = (y_max - y_min).abs().max(1e-12) * 0.05;
-    let root = BitMapBackend::new(&args.out, (900, 560)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let title = args.title.clone().unwrap_or_else(|| args.key.clone());
-    let mut builder = ChartBuilder::on(&root);
-    builder.caption(title, ("sans-serif", 24)).margin(16).x_label_area_size(40).y_label_area_size(70);
-    if args.log_y {
-        let mut chart = builder.build_cartesian_2d(0f64..x_max, (y_min * 0.9..y_max * 1.1).log_scale())?;
-        chart
-            .configure_mesh()
-            .x_desc("step")
-            .y_desc(args.key.as_str())
-            .x_label_formatter(&|x| format!("{x:.0}"))
-            .y_label_formatter(&|y| short(*y))
-            .label_style(("sans-serif", 14))
-            .draw()?;
-        draw_curves(&mut chart, &series)?;
-    } else {
-        let mut chart = builder.build_cartesian_2d(0f64..x_max, (y_min - pad)..(y_max + pad))?;
-        chart
-            .configure_mesh()
-            .x_desc("step")
-            .y_desc(args.key.as_str())
-            .x_label_formatter(&|x| format!("{x:.0}"))
-            .y_label_formatter(&|y| short(*y))
-            .label_style(("sans-serif", 14))
-            .draw()?;
-        draw_curves(&mut chart, &series)?;
-    }
     root.present().with_context(|| format!("writing {}", args.out.display()))?;
     println!("wrote {}", args.out.display());
     Ok(())

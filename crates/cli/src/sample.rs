@@ -151,7 +151,13 @@ pub fn run(args: &SampleArgs) -> Result<()> {
     };
     let sampler = sampling::vp_sampler(&args.sampler, args.steps, sde)?;
     let started = std::time::Instant::now();
-    let images = sampling::sample(&model, sampler.as_ref(), &x, &Conditioning { labels, guidance, clip_x0: args.clip_x0.then_some(Schedule::Vp(sde)) }, &mut rng)?;
+    let images = sampling::sample(
+        &model,
+        sampler.as_ref(),
+        &x,
+        &Conditioning { labels, guidance, clip_x0: args.clip_x0.then_some(Schedule::Vp(sde)) },
+        &mut rng,
+    )?;
     tracing::info!(images = n, seconds = started.elapsed().as_secs_f64(), "sampled");
     let cols = (n as f64).sqrt().ceil() as usize;
     scalelong_data::save_grid(&images, &args.out, cols)?;

@@ -2,7 +2,6 @@
 
 use candle_core::{Result, Tensor};
 
-use crate::objective::per_sample;
 use crate::{NoisePredictor, Schedule};
 
 /// The exact noise prediction for Gaussian data under a schedule:
@@ -18,15 +17,7 @@ pub struct GaussianData {
 
 impl NoisePredictor for GaussianData {
     fn predict_noise(&self, x: &Tensor, t_input: &Tensor) -> Result<Tensor> {
-        let ab: Vec<f64> = t_input
-            .to_dtype(candle_core::DType::F64)?
-            .to_vec1::<f64>()?
-            .iter()
-            .map(|&t| self.schedule.alpha_bar_at_input(t))
-            .collect();
-        let dev = x.device();
-        let a = per_sample(&Tensor::new(ab.iter().map(|v| v.sqrt()).collect::<Vec<_>>(), dev)?, x)?;
-        let sigma = per_sample(&Tensor::new(ab.iter().map(|v| (1.0 - v).sqrt()).collect::<Vec<_>>(), dev)?, x)?;
+        let (a, sigma) = self.schedule.alpha_sigma_at_inputs(t_input, x)?;
         let (mu, s2) = (self.mu.to_dtype(x.dtype())?.unsqueeze(0)?, self.s.to_dtype(x.dtype())?.sqr()?.unsqueeze(0)?);
         let centred = x.broadcast_sub(&mu.broadcast_mul(&a)?)?;
         let denom = s2.broadcast_mul(&a.sqr()?)?.broadcast_add(&sigma.sqr()?)?;

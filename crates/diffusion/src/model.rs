@@ -30,15 +30,7 @@ pub struct ClipX0<'a> {
 impl NoisePredictor for ClipX0<'_> {
     fn predict_noise(&self, x: &Tensor, t_input: &Tensor) -> Result<Tensor> {
         let eps = self.model.predict_noise(x, t_input)?;
-        let ab: Vec<f64> = t_input
-            .to_dtype(candle_core::DType::F64)?
-            .to_vec1::<f64>()?
-            .iter()
-            .map(|&t| self.schedule.alpha_bar_at_input(t))
-            .collect();
-        let dev = x.device();
-        let a = crate::objective::per_sample(&Tensor::new(ab.iter().map(|v| v.sqrt()).collect::<Vec<_>>(), dev)?, x)?;
-        let s = crate::objective::per_sample(&Tensor::new(ab.iter().map(|v| (1.0 - v).sqrt()).collect::<Vec<_>>(), dev)?, x)?;
+        let (a, s) = self.schedule.alpha_sigma_at_inputs(t_input, x)?;
         let x0 = (x - eps.broadcast_mul(&s)?)?.broadcast_div(&a)?.clamp(-1f32, 1f32)?;
         (x - x0.broadcast_mul(&a)?)?.broadcast_div(&s)
     }
@@ -106,7 +98,8 @@ mod tests {
         let (a, s) = (ab.sqrt(), (1.0 - ab).sqrt());
         // x0 = [0.5, 3.0] with eps = [0.2, -0.1]: the second is out of range.
         let x = Tensor::new(&[[0.5 * a + 0.2 * s, 3.0 * a - 0.1 * s]], &dev)?;
-        let model = |x: &Tensor, _t: &Tensor| -> Result<Tensor> { (x - Tensor::new(&[[0.5 * a, 3.0 * a]], x.device())?)? / s };
+        let model =
+            |x: &Tensor, _t: &Tensor| -> Result<Tensor> { (x - Tensor::new(&[[0.5 * a, 3.0 * a]], x.device())?)? / s };
         let clipped = ClipX0 { model: &model, schedule: &schedule };
         let eps = clipped.predict_noise(&x, &Tensor::new(&[500.0], &dev)?)?.to_vec2::<f64>()?;
         assert!((eps[0][0] - 0.2).abs() < 1e-9, "in-range image untouched: {eps:?}");

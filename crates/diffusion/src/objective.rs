@@ -54,6 +54,13 @@ pub(crate) fn per_sample(c: &Tensor, x: &Tensor) -> Result<Tensor> {
     c.to_dtype(x.dtype())?.reshape(shape)
 }
 
+/// Host-side f64 coefficients, one per sample, as a tensor that broadcasts against `x` on its
+/// device and in its dtype (built on the CPU: Metal has no f64).
+pub(crate) fn coefficients(values: &[f64], x: &Tensor) -> Result<Tensor> {
+    let c = Tensor::new(values, &candle_core::Device::Cpu)?.to_dtype(x.dtype())?.to_device(x.device())?;
+    per_sample(&c, x)
+}
+
 /// One noised training batch.
 #[derive(Debug, Clone)]
 pub struct NoisedBatch {
@@ -85,17 +92,17 @@ impl TrainingObjective {
         let b = x0.dim(0)?;
         let (inputs, alpha_bars): (Vec<f64>, Vec<f64>) =
             uniform(b, rng).into_iter().map(|u| self.schedule.sample_time(u)).unzip();
-        let dev = x0.device();
-        let alpha = Tensor::new(alpha_bars.iter().map(|a| a.sqrt()).collect::<Vec<_>>(), dev)?;
-        let sigma = Tensor::new(alpha_bars.iter().map(|a| (1.0 - a).sqrt()).collect::<Vec<_>>(), dev)?;
+        let alpha = coefficients(&alpha_bars.iter().map(|a| a.sqrt()).collect::<Vec<_>>(), x0)?;
+        let sigma = coefficients(&alpha_bars.iter().map(|a| (1.0 - a).sqrt()).collect::<Vec<_>>(), x0)?;
         let noise = randn_like(x0, rng)?;
-        let x_t = (x0.broadcast_mul(&per_sample(&alpha, x0)?)? + noise.broadcast_mul(&per_sample(&sigma, x0)?)?)?;
+        let x_t = (x0.broadcast_mul(&alpha)? + noise.broadcast_mul(&sigma)?)?;
         let target = match self.prediction {
             Prediction::Eps => noise.clone(),
             Prediction::X0 => x0.clone(),
-            Prediction::V => convert(Prediction::Eps, Prediction::V, &noise, &x_t, &alpha, &sigma)?,
+            Prediction::V => (noise.broadcast_mul(&alpha)? - x0.broadcast_mul(&sigma)?)?,
         };
-        let t_input = Tensor::new(inputs.iter().map(|&t| t as f32).collect::<Vec<_>>(), dev)?.to_dtype(x0.dtype())?;
+        let t_input =
+            Tensor::new(inputs.iter().map(|&t| t as f32).collect::<Vec<_>>(), x0.device())?.to_dtype(x0.dtype())?;
         Ok(NoisedBatch { x_t, t_input, noise, target })
     }
 

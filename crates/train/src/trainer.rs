@@ -371,8 +371,13 @@ impl Trainer {
             None => None,
         };
         let clip_x0 = s.clip_x0.then(|| Schedule::Vp(self.config.train.schedule.sde()));
-        let images =
-            sampling::sample(&model, sampler.as_ref(), &x, &Conditioning { labels, guidance: None, clip_x0 }, &mut rng)?;
+        let images = sampling::sample(
+            &model,
+            sampler.as_ref(),
+            &x,
+            &Conditioning { labels, guidance: None, clip_x0 },
+            &mut rng,
+        )?;
         let cols = (s.n as f64).sqrt().ceil() as usize;
         scalelong_data::save_grid(&images, path, cols).map_err(candle_core::Error::wrap)
     }

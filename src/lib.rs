@@ -4,7 +4,8 @@
 //! - [`lsc_scaling`]: the CS / LS scaling of long skips, independent of any backbone;
 //! - [`backbones`]: U-ViT (and later a conv UNet) built from official checkpoints;
 //! - [`diffusion`]: noise schedules, objectives and samplers;
-//! - [`data`]: datasets and batching.
+//! - [`data`]: datasets and batching;
+//! - [`train`]: the training loop, checkpoints and sampling helpers.
 //!
 //! Loading an official U-ViT checkpoint with CS scaling and predicting noise:
 //!
@@ -25,3 +26,4 @@ pub use scalelong_backbones as backbones;
 pub use scalelong_data as data;
 pub use scalelong_diffusion as diffusion;
 pub use scalelong_lsc_scaling as lsc_scaling;
+pub use scalelong_train as train;

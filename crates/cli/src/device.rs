@@ -6,14 +6,19 @@ use candle_core::{DType, Device};
 pub fn device(name: &str) -> Result<Device> {
     Ok(match name {
         "cpu" => Device::Cpu,
-        "cuda" => {
-            Device::new_cuda(0).map_err(|e| anyhow::anyhow!("--device cuda: {e} (build with `--features cuda`)"))?
-        }
-        "metal" => {
-            Device::new_metal(0).map_err(|e| anyhow::anyhow!("--device metal: {e} (build with `--features metal`)"))?
-        }
+        "cuda" => Device::new_cuda(0).map_err(|e| unavailable("cuda", e))?,
+        "metal" => Device::new_metal(0).map_err(|e| unavailable("metal", e))?,
         _ => bail!("--device {name}: expected cpu, cuda or metal"),
     })
+}
+
+fn unavailable(kind: &str, e: candle_core::Error) -> anyhow::Error {
+    match e {
+        candle_core::Error::NotCompiledWithCudaSupport | candle_core::Error::NotCompiledWithMetalSupport => {
+            anyhow::anyhow!("--device {kind}: this binary was built without it; rebuild with `--features {kind}`")
+        }
+        e => anyhow::anyhow!("--device {kind}: no usable device: {e}"),
+    }
 }
 
 pub fn dtype(name: &str) -> Result<DType> {

@@ -181,9 +181,10 @@ impl Trainer {
             });
         }
         let mut grads = grads.expect("grad_accum >= 1");
-        let sq: f64 =
-            grads.iter().map(|g| g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()).sum::<Result<f64>>()?;
-        let grad_norm = sq.sqrt();
+        // One device-to-host copy for the whole norm, not one per parameter.
+        let per_param = grads.iter().map(|g| g.sqr()?.sum_all()).collect::<Result<Vec<_>>>()?;
+        let per_param = Tensor::stack(&per_param, 0)?.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
+        let grad_norm = per_param.to_vec1::<f64>()?.iter().sum::<f64>().sqrt();
         let skipped = !loss_sum.is_finite() || !grad_norm.is_finite();
         if skipped {
             self.skipped += 1;

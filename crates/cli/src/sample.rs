@@ -51,7 +51,7 @@ pub struct SampleArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Clip the predicted clean image to [-1, 1] at every step (DDPM's clip_denoised; not in the
-    /// official samplers, but it rescues briefly trained models).
+    /// official samplers; it keeps samples of briefly trained models in range, nothing more).
     #[arg(long)]
     clip_x0: bool,
     /// Use the trained weights instead of their EMA (our checkpoints).

@@ -164,8 +164,8 @@ pub struct SampleConfig {
     /// `euler-ode` (the official training-time grids), `dpm-solver`, `euler-sde`.
     pub sampler: String,
     pub steps: usize,
-    /// Clip the predicted clean image to [-1, 1] at every step (DDPM's clip_denoised); helps
-    /// briefly trained models. The official grids do not clip.
+    /// Clip the predicted clean image to [-1, 1] at every step (DDPM's clip_denoised); keeps
+    /// samples in range. The official grids do not clip.
     pub clip_x0: bool,
 }
 

@@ -72,7 +72,8 @@ struct Loaded {
 }
 
 fn load(args: &SampleArgs, device: &Device) -> Result<Loaded> {
-    if let Ok(ck) = checkpoint::load(&args.checkpoint, device) {
+    if checkpoint::is_training_checkpoint(&args.checkpoint) {
+        let ck = checkpoint::load(&args.checkpoint, device)?;
         let cfg = TrainConfig::from_toml(ck.meta("config")?, &args.checkpoint.display().to_string())
             .map_err(anyhow::Error::msg)?;
         let weights: HashMap<String, Tensor> = ck.group(if args.no_ema { "model" } else { "ema" });

@@ -51,8 +51,14 @@ impl Loader {
         let (tx, rx) = sync_channel(config.prefetch.max(1));
         let worker = std::thread::spawn(move || {
             let mut pos = start;
+            // The epoch's permutation, computed once per epoch rather than once per batch.
+            let mut order: Option<(u64, Vec<usize>)> = None;
             loop {
-                let batch = make_batch(&dataset, &config, pos);
+                let pos_now = roll_over(&dataset, &config, pos);
+                if order.as_ref().is_none_or(|(e, _)| *e != pos_now.epoch) {
+                    order = Some((pos_now.epoch, epoch_order(dataset.len(), config.seed, pos_now.epoch)));
+                }
+                let batch = batch_at(&dataset, &config, pos_now, &order.as_ref().expect("set above").1);
                 pos = batch.next;
                 if tx.send(batch).is_err() {
                     return; // the loader was dropped
@@ -85,12 +91,23 @@ pub fn epoch_order(len: usize, seed: u64, epoch: u64) -> Vec<usize> {
 }
 
 /// Builds the batch at `pos` (an epoch with fewer than `batch_size` images left moves on).
-pub fn make_batch(ds: &ImageDataset, cfg: &LoaderConfig, mut pos: DataPosition) -> Batch {
-    let b = cfg.batch_size.min(ds.len());
-    if pos.offset + b > ds.len() {
-        pos = DataPosition { epoch: pos.epoch + 1, offset: 0 };
+pub fn make_batch(ds: &ImageDataset, cfg: &LoaderConfig, pos: DataPosition) -> Batch {
+    let pos = roll_over(ds, cfg, pos);
+    batch_at(ds, cfg, pos, &epoch_order(ds.len(), cfg.seed, pos.epoch))
+}
+
+/// The position itself, or the start of the next epoch if fewer than a batch of images is left.
+fn roll_over(ds: &ImageDataset, cfg: &LoaderConfig, pos: DataPosition) -> DataPosition {
+    if pos.offset + cfg.batch_size.min(ds.len()) > ds.len() {
+        DataPosition { epoch: pos.epoch + 1, offset: 0 }
+    } else {
+        pos
     }
-    let order = epoch_order(ds.len(), cfg.seed, pos.epoch);
+}
+
+/// The batch at `pos` (already rolled over), given that epoch's permutation.
+fn batch_at(ds: &ImageDataset, cfg: &LoaderConfig, pos: DataPosition, order: &[usize]) -> Batch {
+    let b = cfg.batch_size.min(ds.len());
     // Flip decisions: one word per position in the epoch, from a stream of their own.
     let mut flips = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5CA1_E10C);
     flips.set_stream(pos.epoch);

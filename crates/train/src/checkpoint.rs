@@ -19,10 +19,11 @@ pub fn save(path: &Path, tensors: &[(String, Tensor)], metadata: HashMap<String,
     for (name, t) in tensors {
         let dims = t.dims().to_vec();
         let t = t.to_dtype(DType::F32)?.flatten_all()?;
-        let bytes: Vec<u8> = t.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect();
-        if bytes.chunks_exact(4).any(|b| !f32::from_le_bytes(b.try_into().unwrap()).is_finite()) {
+        let values = t.to_vec1::<f32>()?;
+        if values.iter().any(|v| !v.is_finite()) {
             candle_core::bail!("refusing to write checkpoint {}: `{name}` holds a non-finite value", path.display());
         }
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         data.push((name.clone(), dims, bytes));
     }
     let views = data
@@ -86,6 +87,22 @@ impl Loaded {
         let p = format!("{prefix}.");
         self.tensors.iter().filter_map(|(k, t)| k.strip_prefix(&p).map(|n| (n.to_string(), t.clone()))).collect()
     }
+}
+
+/// Whether `path` is one of our training checkpoints, from its safetensors header alone (the
+/// tensors are not read, so probing a large official file costs nothing).
+pub fn is_training_checkpoint(path: &Path) -> bool {
+    use std::io::Read;
+    let header = || -> Option<serde_json::Value> {
+        let mut f = std::fs::File::open(path).ok()?;
+        let mut len = [0u8; 8];
+        f.read_exact(&mut len).ok()?;
+        let len = usize::try_from(u64::from_le_bytes(len)).ok().filter(|&n| n <= 100_000_000)?;
+        let mut text = vec![0u8; len];
+        f.read_exact(&mut text).ok()?;
+        serde_json::from_slice(&text).ok()
+    };
+    header().is_some_and(|h| h["__metadata__"][FORMAT_KEY] == FORMAT)
 }
 
 /// Reads one of our training checkpoints.

@@ -139,4 +139,8 @@ fn resuming_with_another_model_is_refused() {
     std::fs::write(&last, &bytes[..bytes.len() / 2]).unwrap();
     let err = Trainer::new(tiny(6), dir.path(), &Device::Cpu, DType::F32, true).err().unwrap().to_string();
     assert!(err.contains("step_00000003.safetensors") && err.contains("not a valid safetensors file"), "{err}");
+    // Its header still says what it is; an official weights file does not.
+    assert!(checkpoint::is_training_checkpoint(&last));
+    let official = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/uvit_0_none_plain.pth");
+    assert!(!checkpoint::is_training_checkpoint(&official));
 }

@@ -53,7 +53,8 @@ pub struct Trainer {
     objective: TrainingObjective,
     rng: ChaCha8Rng,
     dataset: Arc<ImageDataset>,
-    loader: Loader,
+    /// Started at `position` by the first step, so a resumed run starts only one worker.
+    loader: Option<Loader>,
     position: DataPosition,
     step: u64,
     skipped: u64,
@@ -91,7 +92,7 @@ impl Trainer {
             ema,
             objective,
             rng: ChaCha8Rng::seed_from_u64(config.train.seed),
-            loader: Loader::new(dataset.clone(), loader_config(&config), DataPosition::default()),
+            loader: None,
             dataset,
             position: DataPosition::default(),
             step: 0,
@@ -143,7 +144,10 @@ impl Trainer {
         let mut loss_sum = 0.0;
         let mut images = 0;
         for _ in 0..t.grad_accum {
-            let batch = self.loader.next_batch();
+            let (dataset, config, position) = (&self.dataset, &self.config, self.position);
+            let loader =
+                self.loader.get_or_insert_with(|| Loader::new(dataset.clone(), loader_config(config), position));
+            let batch = loader.next_batch();
             self.position = batch.next;
             let (b, c, h, w) = batch.shape;
             images += b;
@@ -350,7 +354,7 @@ impl Trainer {
         self.rng = ChaCha8Rng::seed_from_u64(self.config.train.seed);
         self.rng.set_word_pos(ck.meta_parse("rng_word_pos")?);
         self.position = DataPosition { epoch: ck.meta_parse("data_epoch")?, offset: ck.meta_parse("data_offset")? };
-        self.loader = Loader::new(self.dataset.clone(), loader_config(&self.config), self.position);
+        self.loader = None;
         tracing::info!(step = self.step, checkpoint = %path.display(), "resumed");
         Ok(())
     }

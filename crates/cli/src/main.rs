@@ -5,6 +5,7 @@ mod info;
 mod model_spec;
 mod plot;
 mod sample;
+mod study;
 mod train;
 
 use anyhow::Result;
@@ -34,6 +35,8 @@ enum Command {
     Sample(sample::SampleArgs),
     /// Print a model's parameter counts per module and the coefficient of each long skip.
     Info(info::InfoArgs),
+    /// Train one config per long-skip scaling and seed, then report stability and speed-up.
+    Study(study::StudyArgs),
     /// Plot a metric from one or more metrics.jsonl files as a PNG.
     Plot(plot::PlotArgs),
 }
@@ -63,5 +66,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Sample(args) => sample::run(&args),
         Command::Info(args) => info::run(&args),
         Command::Plot(args) => plot::run(&args),
+        Command::Study(args) => study::run(&args),
     }
 }

@@ -1,6 +1,6 @@
 //! `scalelong plot`: curves from `metrics.jsonl` files as a PNG.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -72,43 +72,75 @@ fn short(v: f64) -> String {
 }
 
 pub fn run(args: &PlotArgs) -> Result<()> {
-    let series = args.metrics.iter().map(|m| read_series(m, &args.key, args.smooth)).collect::<Result<Vec<_>>>()?;
+    let series = args
+        .metrics
+        .iter()
+        .map(|m| read_series(m, &args.key, args.smooth).map(|(label, points)| Curve { label, points, band: None }))
+        .collect::<Result<Vec<_>>>()?;
+    let title = args.title.clone().unwrap_or_else(|| args.key.clone());
+    line_chart(&args.out, &title, &args.key, &series, args.log_y)?;
+    println!("wrote {}", args.out.display());
+    Ok(())
+}
+
+/// One line of a chart, optionally with a shaded band (e.g. min..max over seeds) around it.
+pub struct Curve {
+    pub label: String,
+    pub points: Vec<(f64, f64)>,
+    /// (x, low, high).
+    pub band: Option<Vec<(f64, f64, f64)>>,
+}
+
+/// Draws `curves` against `step` into a PNG.
+pub fn line_chart(out: &Path, title: &str, y_desc: &str, curves: &[Curve], log_y: bool) -> Result<()> {
     plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
         .map_err(|_| anyhow::anyhow!("embedded font unreadable"))?;
     // A log axis is a linear axis over log10 values, labelled with the values themselves.
-    let to_axis = |y: f64| if args.log_y { y.log10() } else { y };
-    if args.log_y && series.iter().flat_map(|(_, p)| p).any(|p| p.1 <= 0.0) {
-        bail!("--log-y: `{}` has values <= 0", args.key);
+    let to_axis = |y: f64| if log_y { y.log10() } else { y };
+    let values = curves
+        .iter()
+        .flat_map(|c| c.points.iter().map(|p| p.1).chain(c.band.iter().flatten().flat_map(|b| [b.1, b.2])));
+    if log_y && values.clone().any(|y| y <= 0.0) {
+        bail!("log y axis: `{y_desc}` has values <= 0");
     }
-    let series: Vec<(String, Vec<(f64, f64)>)> =
-        series.into_iter().map(|(l, p)| (l, p.into_iter().map(|(x, y)| (x, to_axis(y))).collect())).collect();
-    let all = series.iter().flat_map(|(_, p)| p.iter());
-    let (x_max, y_min, y_max) =
-        all.fold((0f64, f64::INFINITY, f64::NEG_INFINITY), |(x, lo, hi), p| (x.max(p.0), lo.min(p.1), hi.max(p.1)));
+    let (y_min, y_max) = values
+        .map(to_axis)
+        .filter(|y| y.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), y| (lo.min(y), hi.max(y)));
+    if !y_min.is_finite() {
+        bail!("nothing to plot for `{y_desc}`");
+    }
+    let x_max = curves.iter().flat_map(|c| c.points.iter().map(|p| p.0)).fold(0f64, f64::max);
     let pad = (y_max - y_min).abs().max(1e-12) * 0.05;
-    let root = BitMapBackend::new(&args.out, (900, 560)).into_drawing_area();
+    let root = BitMapBackend::new(out, (900, 560)).into_drawing_area();
     root.fill(&WHITE)?;
-    let title = args.title.clone().unwrap_or_else(|| args.key.clone());
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 24))
         .margin(16)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d(0f64..x_max, (y_min - pad)..(y_max + pad))?;
-    let log_y = args.log_y;
+        .build_cartesian_2d(0f64..x_max.max(1.0), (y_min - pad)..(y_max + pad))?;
     chart
         .configure_mesh()
         .x_desc("step")
-        .y_desc(args.key.as_str())
+        .y_desc(y_desc)
         .x_label_formatter(&|x| format!("{x:.0}"))
         .y_label_formatter(&|y| short(if log_y { 10f64.powf(*y) } else { *y }))
         .label_style(("sans-serif", 14))
         .draw()?;
-    for (i, (label, points)) in series.iter().enumerate() {
+    for (i, c) in curves.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
+        if let Some(band) = &c.band {
+            let outline: Vec<(f64, f64)> = band
+                .iter()
+                .map(|b| (b.0, to_axis(b.2)))
+                .chain(band.iter().rev().map(|b| (b.0, to_axis(b.1))))
+                .collect();
+            chart.draw_series(std::iter::once(Polygon::new(outline, color.mix(0.15).filled())))?;
+        }
         chart
-            .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))?
-            .label(label.as_str())
+            .draw_series(LineSeries::new(c.points.iter().map(|&(x, y)| (x, to_axis(y))), color.stroke_width(2)))?
+            .label(c.label.as_str())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2)));
     }
     chart
@@ -117,7 +149,6 @@ pub fn run(args: &PlotArgs) -> Result<()> {
         .border_style(BLACK)
         .label_font(("sans-serif", 15))
         .draw()?;
-    root.present().with_context(|| format!("writing {}", args.out.display()))?;
-    println!("wrote {}", args.out.display());
+    root.present().with_context(|| format!("writing {}", out.display()))?;
     Ok(())
 }

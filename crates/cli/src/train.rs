@@ -83,15 +83,21 @@ impl TrainArgs {
         put("train.seed", self.seed.map(|v| v.to_string()));
         put("checkpoint.every", self.checkpoint_every.map(|v| v.to_string()));
         put("sample.every", self.sample_every.map(|v| v.to_string()));
-        for s in &self.sets {
-            let (k, v) = s.split_once('=').with_context(|| format!("--set {s}: expected SECTION.KEY=VALUE"))?;
-            sets.push((k.trim().into(), v.trim().into()));
-        }
         for (k, v) in sets {
             cfg.set(&k, &v).map_err(anyhow::Error::msg)?;
         }
+        apply_sets(&mut cfg, &self.sets)?;
         Ok((cfg, name))
     }
+}
+
+/// Applies `--set SECTION.KEY=VALUE` overrides in order.
+pub fn apply_sets(cfg: &mut TrainConfig, sets: &[String]) -> Result<()> {
+    for s in sets {
+        let (k, v) = s.split_once('=').with_context(|| format!("--set {s}: expected SECTION.KEY=VALUE"))?;
+        cfg.set(k.trim(), v.trim()).map_err(anyhow::Error::msg)?;
+    }
+    Ok(())
 }
 
 pub fn run(args: &TrainArgs) -> Result<()> {

@@ -221,3 +221,46 @@ fn plot_writes_a_png_and_names_bad_input() {
     let o = scalelong(&["plot", "--metrics", b.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert!(!o.status.success() && stderr(&o).contains("b.jsonl:2: no numeric `step` and `loss`"), "{}", stderr(&o));
 }
+
+#[test]
+fn study_runs_every_mode_resumes_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tiny.toml");
+    std::fs::write(&cfg, format!("{TINY}[diagnostics]\nevery = 2\nval_images = 4\nprobe_images = 2\n")).unwrap();
+    let out = dir.path().join("study");
+    let (cfg_s, out_s) = (cfg.to_str().unwrap(), out.to_str().unwrap());
+    let study = |steps: &str, jobs: &str| {
+        scalelong(
+            &["study", "--config", cfg_s, "--out", out_s, "--modes", "none,cs", "--seeds", "2"]
+                .iter()
+                .copied()
+                .chain(["--max-steps", steps, "--jobs", jobs])
+                .collect::<Vec<_>>(),
+        )
+    };
+    let o = study("4", "2");
+    assert!(o.status.success(), "{}", stderr(&o));
+    for png in ["feature_norm", "grad_norm", "loss", "val_loss", "robustness"] {
+        assert_eq!(image::open(out.join(format!("{png}.png"))).unwrap().width(), 900, "{png}");
+    }
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("| none | ") && report.contains("| cs:0.5 | "), "{report}");
+    assert!(report.contains("seeds 1234, 1235") && report.contains("4 steps"), "{report}");
+    // Longer runs continue where the first study stopped; finished runs are not trained again.
+    let o = study("6", "1");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("to_do=4"), "{}", stderr(&o));
+    let metrics = std::fs::read_to_string(out.join("runs/cs0.5-seed1235/metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=6).collect::<Vec<_>>());
+    let o = study("6", "1");
+    assert!(o.status.success() && stderr(&o).contains("to_do=0"), "{}", stderr(&o));
+    // Bad input is named.
+    let o = scalelong(&["study", "--config", cfg_s, "--out", out_s, "--modes", "none,cs:-2"]);
+    assert!(!o.status.success() && stderr(&o).contains("cs:-2"), "{}", stderr(&o));
+    let o = scalelong(&["study", "--config", cfg_s, "--out", out_s, "--set", "diagnostics.every=0"]);
+    assert!(!o.status.success() && stderr(&o).contains("diagnostics.every"), "{}", stderr(&o));
+}

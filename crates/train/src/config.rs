@@ -22,6 +22,8 @@ pub struct TrainConfig {
     pub log: LogConfig,
     #[serde(default)]
     pub sample: SampleConfig,
+    #[serde(default)]
+    pub diagnostics: DiagnosticsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -175,6 +177,38 @@ impl Default for SampleConfig {
     }
 }
 
+/// Stability diagnostics written into `metrics.jsonl` (definitions in docs/stability.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiagnosticsConfig {
+    /// Steps between diagnostics records (0 = off).
+    pub every: u64,
+    /// Dataset of the validation batch and the robustness probe, e.g. the test split
+    /// (`idx:DIR:t10k`); empty = the training data (then not held out).
+    pub val_data: String,
+    /// Images in the fixed validation batch.
+    pub val_images: usize,
+    /// Images per probe time in the robustness probe.
+    pub probe_images: usize,
+    /// Diffusion times t in (0, 1] at which robustness is measured.
+    pub probe_t: Vec<f64>,
+    /// Standard deviation of the input perturbation (pixels are in [-1, 1]).
+    pub probe_eps: f64,
+}
+
+impl Default for DiagnosticsConfig {
+    fn default() -> Self {
+        Self {
+            every: 100,
+            val_data: String::new(),
+            val_images: 64,
+            probe_images: 8,
+            probe_t: vec![0.1, 0.5, 0.9],
+            probe_eps: 1e-2,
+        }
+    }
+}
+
 impl TrainConfig {
     pub fn from_toml(text: &str, source: &str) -> Result<Self, String> {
         let cfg: Self = toml::from_str(text).map_err(|e| format!("config {source}: {e}"))?;
@@ -215,7 +249,8 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<(), String> {
         self.model.validate().map_err(|e| e.to_string())?;
         let t = &self.train;
-        let checks: [(bool, String); 9] = [
+        let d = &self.diagnostics;
+        let checks: [(bool, String); 12] = [
             (t.batch_size > 0, format!("train.batch_size = {} must be positive", t.batch_size)),
             (t.lr.is_finite() && t.lr >= 0.0, format!("train.lr = {} must be a finite number >= 0", t.lr)),
             (
@@ -228,6 +263,21 @@ impl TrainConfig {
             ((0.0..1.0).contains(&t.p_uncond), format!("train.p_uncond = {} must be in [0, 1)", t.p_uncond)),
             (t.grad_clip >= 0.0, format!("train.grad_clip = {} must be >= 0 (0 = off)", t.grad_clip)),
             (self.checkpoint.keep > 0, "checkpoint.keep must be at least 1".to_string()),
+            (
+                d.val_images > 0 && d.probe_images > 0,
+                format!(
+                    "diagnostics.val_images = {} and probe_images = {} must be at least 1",
+                    d.val_images, d.probe_images
+                ),
+            ),
+            (
+                !d.probe_t.is_empty() && d.probe_t.iter().all(|t| *t > 0.0 && *t <= 1.0),
+                format!("diagnostics.probe_t = {:?} must be a non-empty list of times in (0, 1]", d.probe_t),
+            ),
+            (
+                d.probe_eps.is_finite() && d.probe_eps > 0.0,
+                format!("diagnostics.probe_eps = {} must be a finite number > 0", d.probe_eps),
+            ),
         ];
         match checks.into_iter().find(|(ok, _)| !ok) {
             Some((_, msg)) => Err(msg),

@@ -4,9 +4,12 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod diagnostics;
 mod init;
 pub mod optim;
 pub mod sampling;
+pub mod stability;
+pub mod study;
 mod trainer;
 
 pub use config::TrainConfig;

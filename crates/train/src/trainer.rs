@@ -10,12 +10,13 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::VarBuilder;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use scalelong_backbones::UViT;
+use scalelong_backbones::{Taps, UViT};
 use scalelong_data::{DataPosition, DataSpec, ImageDataset, Loader, LoaderConfig};
 use scalelong_diffusion::{drop_labels, noise, Schedule, TrainingObjective};
 
 use crate::checkpoint::{self, FORMAT, FORMAT_KEY};
 use crate::config::{Fit, TrainConfig};
+use crate::diagnostics::{self, Diagnostics, Probe};
 use crate::init::SeededVars;
 use crate::optim::{AdamW, AdamWConfig};
 use crate::sampling::{self, Conditioning};
@@ -31,6 +32,8 @@ pub struct StepReport {
     /// True when the loss or a gradient was not finite and the update was skipped.
     pub skipped: bool,
     pub images: usize,
+    /// Stability diagnostics, on the steps `diagnostics.every` asks for.
+    pub diagnostics: Option<Diagnostics>,
 }
 
 /// Things a front end may want to show.
@@ -60,6 +63,7 @@ pub struct Trainer {
     skipped: u64,
     bad_in_a_row: u32,
     null_label: Option<u32>,
+    probe: Option<Probe>,
 }
 
 impl Trainer {
@@ -75,13 +79,17 @@ impl Trainer {
         };
         let dataset = Arc::new(loaded.map_err(candle_core::Error::wrap)?);
         let null_label = check_classes(&config, &dataset)?;
+        let objective = TrainingObjective::new(Schedule::Vp(config.train.schedule.sde()), config.train.prediction);
+        let probe = match config.diagnostics.every {
+            0 => None,
+            _ => Some(probe(&config, &dataset, &objective, device)?),
+        };
         let seeded = SeededVars::new(config.train.seed);
         let model = UViT::new(m, seeded.var_builder(device))?;
         let (names, vars): (Vec<String>, Vec<Var>) = seeded.vars().into_iter().unzip();
         let ema = vars.iter().map(|v| Ok(v.as_tensor().copy()?.detach())).collect::<Result<Vec<_>>>()?;
         let t = &config.train;
         let adam = AdamWConfig { beta1: t.beta1, beta2: t.beta2, eps: t.eps, weight_decay: t.weight_decay };
-        let objective = TrainingObjective::new(Schedule::Vp(t.schedule.sde()), t.prediction);
         let mut trainer = Self {
             run_dir: run_dir.to_path_buf(),
             device: device.clone(),
@@ -99,6 +107,7 @@ impl Trainer {
             skipped: 0,
             bad_in_a_row: 0,
             null_label,
+            probe,
             config,
         };
         if resume {
@@ -143,6 +152,9 @@ impl Trainer {
         let mut grads: Option<Vec<Tensor>> = None;
         let mut loss_sum = 0.0;
         let mut images = 0;
+        let every = self.config.diagnostics.every;
+        let diagnose = self.probe.is_some() && every > 0 && (self.step + 1).is_multiple_of(every);
+        let mut taps = diagnose.then(Taps::default);
         for _ in 0..t.grad_accum {
             let (dataset, config, position) = (&self.dataset, &self.config, self.position);
             let loader =
@@ -165,7 +177,11 @@ impl Trainer {
                 _ => None,
             };
             let nb = self.objective.noise_batch(&x0, &mut self.rng)?;
-            let out = compute.forward(&nb.x_t, &nb.t_input, labels.as_ref())?;
+            // Taps of the first micro-batch only: the diagnostics describe one forward pass.
+            let out = match taps.as_mut().filter(|t| t.blocks.is_empty()) {
+                Some(taps) => compute.forward_with_taps(&nb.x_t, &nb.t_input, labels.as_ref(), taps)?,
+                None => compute.forward(&nb.x_t, &nb.t_input, labels.as_ref())?,
+            };
             let loss = self.objective.loss(&out.to_dtype(DType::F32)?, &nb.target.to_dtype(DType::F32)?)?;
             let loss = (loss / t.grad_accum as f64)?;
             loss_sum += loss.to_scalar::<f32>()? as f64;
@@ -188,7 +204,8 @@ impl Trainer {
         // One device-to-host copy for the whole norm, not one per parameter.
         let per_param = grads.iter().map(|g| g.sqr()?.sum_all()).collect::<Result<Vec<_>>>()?;
         let per_param = Tensor::stack(&per_param, 0)?.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
-        let grad_norm = per_param.to_vec1::<f64>()?.iter().sum::<f64>().sqrt();
+        let squared = per_param.to_vec1::<f64>()?;
+        let grad_norm = squared.iter().sum::<f64>().sqrt();
         let skipped = !loss_sum.is_finite() || !grad_norm.is_finite();
         if skipped {
             self.skipped += 1;
@@ -215,7 +232,40 @@ impl Trainer {
             }
         }
         self.step += 1;
-        Ok(StepReport { step: self.step, loss: loss_sum, lr, grad_norm, skipped, images })
+        let diagnostics = match taps {
+            Some(taps) => Some(self.diagnose(&taps, &squared)?),
+            None => None,
+        };
+        Ok(StepReport { step: self.step, loss: loss_sum, lr, grad_norm, skipped, images, diagnostics })
+    }
+
+    /// The diagnostics record of the step just taken: forward-pass norms and gradients from that
+    /// step, validation loss and robustness of the weights after its update.
+    fn diagnose(&self, taps: &Taps, squared_grads: &[f64]) -> Result<Diagnostics> {
+        let probe = self.probe.as_ref().expect("diagnose only with a probe");
+        let f = diagnostics::from_taps(taps)?;
+        let skips = self.config.model.num_skips();
+        let model =
+            UViT::new(&self.config.model, VarBuilder::from_tensors(self.detached(false), DType::F32, &self.device))?;
+        let ema =
+            UViT::new(&self.config.model, VarBuilder::from_tensors(self.detached(true), DType::F32, &self.device))?;
+        Ok(Diagnostics {
+            feature_norm: f.feature_norm,
+            block_feature_norms: f.block_feature_norms,
+            skip_norms: f.skip_norms,
+            scaled_skip_norms: f.scaled_skip_norms,
+            gates: f.gates,
+            block_grad_norms: diagnostics::block_grad_norms(&self.names, squared_grads, skips),
+            val_loss: probe.val_loss(&model, &self.objective)?,
+            val_loss_ema: probe.val_loss(&ema, &self.objective)?,
+            robustness: probe.robustness(&model)?,
+        })
+    }
+
+    /// The current or EMA weights, detached (evaluation builds no autograd graph).
+    fn detached(&self, ema: bool) -> HashMap<String, Tensor> {
+        let ws = if ema { self.ema_weights() } else { self.weights() };
+        ws.into_iter().map(|(n, t)| (n, t.detach())).collect()
     }
 
     /// The model to run forward: the trained one in f32, or one on casts of its weights (gradients
@@ -247,9 +297,10 @@ impl Trainer {
                 window_n += 1;
             }
             window_images += r.images;
-            if r.step % cfg.log.every.max(1) == 0 || r.step == cfg.train.max_steps {
+            let log_now = r.step % cfg.log.every.max(1) == 0 || r.step == cfg.train.max_steps;
+            if log_now || r.diagnostics.is_some() {
                 let secs = window_start.elapsed().as_secs_f64().max(1e-9);
-                let line = serde_json::json!({
+                let mut line = serde_json::json!({
                     "step": r.step,
                     "loss": if window_n > 0 { window_loss / window_n as f64 } else { f64::NAN },
                     "lr": r.lr,
@@ -257,6 +308,13 @@ impl Trainer {
                     "img_per_s": window_images as f64 / secs,
                     "skipped_total": self.skipped,
                 });
+                if let (Some(d), Some(obj)) = (&r.diagnostics, line.as_object_mut()) {
+                    if let serde_json::Value::Object(fields) =
+                        serde_json::to_value(d).map_err(candle_core::Error::wrap)?
+                    {
+                        obj.extend(fields);
+                    }
+                }
                 writeln!(metrics, "{line}").map_err(|e| candle_core::Error::Msg(format!("metrics.jsonl: {e}")))?;
                 metrics.flush().map_err(|e| candle_core::Error::Msg(format!("metrics.jsonl: {e}")))?;
                 (window_loss, window_n, window_images, window_start) = (0.0, 0, 0, Instant::now());
@@ -386,6 +444,28 @@ impl Trainer {
         let cols = (s.n as f64).sqrt().ceil() as usize;
         scalelong_data::save_grid(&images, path, cols).map_err(candle_core::Error::wrap)
     }
+}
+
+/// The diagnostics probe, from `diagnostics.val_data` or else the training data.
+fn probe(config: &TrainConfig, train: &ImageDataset, objective: &TrainingObjective, device: &Device) -> Result<Probe> {
+    let d = &config.diagnostics;
+    let held_out;
+    let data = if d.val_data.is_empty() {
+        train
+    } else {
+        let spec: DataSpec = d
+            .val_data
+            .parse()
+            .map_err(|e| candle_core::Error::Msg(format!("diagnostics.val_data = {:?}: {e}", d.val_data)))?;
+        let m = &config.model;
+        let loaded = match config.data.fit {
+            Fit::Resize => spec.load(m.in_chans, m.img_size),
+            Fit::Pad => spec.load_padded(m.in_chans, m.img_size),
+        };
+        held_out = loaded.map_err(|e| candle_core::Error::Msg(format!("diagnostics.val_data: {e}")))?;
+        &held_out
+    };
+    Probe::new(data, objective, d, config.model.num_classes.is_some(), config.train.seed, device)
 }
 
 fn loader_config(c: &TrainConfig) -> LoaderConfig {

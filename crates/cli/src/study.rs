@@ -1,0 +1,305 @@
+//! `scalelong study`: one config trained once per long-skip scaling and seed, then a report with
+//! the stability measures and plots (docs/stability.md).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use scalelong_backbones::SkipScaling;
+use scalelong_train::stability::{mean, moving_average, sig3};
+use scalelong_train::study::{self, RunRecord, StudyRun};
+use scalelong_train::{checkpoint, Event, TrainConfig, Trainer};
+
+use crate::plot::{line_chart, Curve};
+
+#[derive(Debug, Args)]
+pub struct StudyArgs {
+    /// Training config of every run (diagnostics.every must be > 0).
+    #[arg(long)]
+    config: PathBuf,
+    /// Scalings to compare, comma-separated; the first is the baseline of the speed-up.
+    #[arg(long, value_delimiter = ',', default_value = "none,inv-sqrt2,cs,ls")]
+    modes: Vec<SkipScaling>,
+    /// Seeds per mode: the config's train.seed, +1, ...
+    #[arg(long, default_value_t = 3)]
+    seeds: usize,
+    /// Study folder: runs/<mode>-seed<seed>/, report.md and the PNG plots.
+    #[arg(long)]
+    out: PathBuf,
+    /// Runs at once, each in its own process with its share of the cores (1 = in this process).
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Optimizer steps per run (train.max_steps).
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Any other config field for every run: --set model.depth=16 (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    sets: Vec<String>,
+    /// Only (re)write the report from the runs already in --out.
+    #[arg(long)]
+    report_only: bool,
+    /// Report title (default: the config's name).
+    #[arg(long)]
+    title: Option<String>,
+    /// cpu, cuda or metal.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+pub fn run(args: &StudyArgs) -> Result<()> {
+    let mut base = TrainConfig::read(&args.config).map_err(anyhow::Error::msg)?;
+    if let Some(n) = args.max_steps {
+        base.set("train.max_steps", &n.to_string()).map_err(anyhow::Error::msg)?;
+    }
+    crate::train::apply_sets(&mut base, &args.sets)?;
+    let runs = study::plan(&base, &args.modes, args.seeds).map_err(anyhow::Error::msg)?;
+    let runs_dir = args.out.join("runs");
+    std::fs::create_dir_all(&runs_dir).with_context(|| format!("creating {}", runs_dir.display()))?;
+    std::fs::write(args.out.join("config.toml"), base.to_toml())
+        .with_context(|| format!("writing {}/config.toml", args.out.display()))?;
+    let started = Instant::now();
+    if !args.report_only {
+        let todo: Vec<&StudyRun> = runs.iter().filter(|r| !finished(&runs_dir.join(&r.name), &r.config)).collect();
+        tracing::info!(runs = runs.len(), to_do = todo.len(), jobs = args.jobs, out = %args.out.display(), "study");
+        if args.jobs <= 1 {
+            for (k, r) in todo.iter().enumerate() {
+                train_here(r, &runs_dir.join(&r.name), &args.device, k + 1, todo.len())?;
+            }
+        } else {
+            train_in_processes(&todo, &runs_dir, args)?;
+        }
+    }
+    let records = runs
+        .iter()
+        .map(|r| RunRecord::read(&runs_dir.join(&r.name).join("metrics.jsonl"), r.mode, r.seed))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    let name = args.config.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+    let title = args.title.clone().unwrap_or(name);
+    write_report(&args.out, &title, &base, args, &records, started.elapsed())?;
+    println!("wrote {}", args.out.join("report.md").display());
+    Ok(())
+}
+
+/// A run is finished when its newest checkpoint is at `max_steps`.
+fn finished(dir: &Path, config: &TrainConfig) -> bool {
+    checkpoint::list(&dir.join("checkpoints")).last().is_some_and(|(step, _)| *step >= config.train.max_steps)
+}
+
+fn train_here(r: &StudyRun, dir: &Path, device: &str, k: usize, n: usize) -> Result<()> {
+    let device = crate::device::device(device)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(dir.join("config.toml"), r.config.to_toml())
+        .with_context(|| format!("writing {}/config.toml", dir.display()))?;
+    let mut trainer = Trainer::new(r.config.clone(), dir, &device, candle_core::DType::F32, true)
+        .with_context(|| format!("run {}", r.name))?;
+    let bar = ProgressBar::new(r.config.train.max_steps).with_position(trainer.step());
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(format!("run {k}/{n}: {}", r.name));
+    trainer
+        .run(&mut |e| {
+            if let Event::Step(s) = e {
+                bar.set_position(s.step);
+            }
+        })
+        .with_context(|| format!("run {} ({})", r.name, dir.display()))?;
+    bar.finish();
+    Ok(())
+}
+
+/// Runs up to `jobs` `scalelong train --resume` processes at once, each on cores / jobs threads;
+/// their output goes to `<run>/train.log`.
+fn train_in_processes(todo: &[&StudyRun], runs_dir: &Path, args: &StudyArgs) -> Result<()> {
+    let exe = std::env::current_exe().context("locating the scalelong executable")?;
+    let threads = (std::thread::available_parallelism().map_or(1, |n| n.get()) / args.jobs).max(1);
+    let bar = ProgressBar::new(todo.len() as u64);
+    bar.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} runs {msg}").expect("valid"));
+    let mut queue = todo.iter();
+    let mut running: Vec<(&StudyRun, Child)> = Vec::new();
+    let mut failed = Vec::new();
+    loop {
+        while running.len() < args.jobs {
+            let Some(r) = queue.next() else { break };
+            let dir = runs_dir.join(&r.name);
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::write(dir.join("config.toml"), r.config.to_toml())?;
+            let log = std::fs::File::create(dir.join("train.log"))?;
+            let child = Command::new(&exe)
+                .args(["train", "--resume", "--device", &args.device, "--config"])
+                .arg(dir.join("config.toml"))
+                .arg("--run-dir")
+                .arg(&dir)
+                .env("RAYON_NUM_THREADS", threads.to_string())
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("starting {}", exe.display()))?;
+            running.push((r, child));
+        }
+        if running.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let mut still = Vec::new();
+        for (r, mut child) in running {
+            match child.try_wait()? {
+                None => still.push((r, child)),
+                Some(status) => {
+                    bar.inc(1);
+                    if !status.success() {
+                        failed.push(format!("{} (see {})", r.name, runs_dir.join(&r.name).join("train.log").display()));
+                    }
+                }
+            }
+        }
+        running = still;
+        bar.set_message(running.iter().map(|(r, _)| r.name.as_str()).collect::<Vec<_>>().join(", "));
+    }
+    bar.finish();
+    if !failed.is_empty() {
+        bail!("study runs failed: {}", failed.join("; "));
+    }
+    Ok(())
+}
+
+/// Mean over seeds per mode of one series, with the min..max band.
+fn curves(records: &[RunRecord], series: fn(&RunRecord) -> Vec<f64>) -> Vec<Curve> {
+    let mut modes: Vec<SkipScaling> = Vec::new();
+    for r in records {
+        if !modes.contains(&r.mode) {
+            modes.push(r.mode);
+        }
+    }
+    modes
+        .into_iter()
+        .map(|mode| {
+            let runs: Vec<&RunRecord> = records.iter().filter(|r| r.mode == mode).collect();
+            let values: Vec<Vec<f64>> = runs.iter().map(|r| series(r)).collect();
+            let len = values.iter().map(Vec::len).min().unwrap_or(0);
+            let steps = &runs[0].steps;
+            let at = |i: usize| values.iter().map(|v| v[i]).filter(|v| v.is_finite()).collect::<Vec<_>>();
+            let points = (0..len).map(|i| (steps[i] as f64, mean(&at(i)))).filter(|p| p.1.is_finite()).collect();
+            let band = (runs.len() > 1).then(|| {
+                (0..len)
+                    .filter_map(|i| {
+                        let v = at(i);
+                        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+                        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                        (lo.is_finite() && hi.is_finite()).then_some((steps[i] as f64, lo, hi))
+                    })
+                    .collect()
+            });
+            Curve { label: mode.to_string(), points, band }
+        })
+        .collect()
+}
+
+/// (file, title, y axis, series, log y).
+type Plot = (&'static str, &'static str, &'static str, fn(&RunRecord) -> Vec<f64>, bool);
+
+fn write_report(
+    out: &Path,
+    title: &str,
+    base: &TrainConfig,
+    args: &StudyArgs,
+    records: &[RunRecord],
+    took: Duration,
+) -> Result<()> {
+    let baseline = args.modes[0];
+    let summaries = study::summarize(records, baseline);
+    let plots: [Plot; 5] = [
+        ("feature_norm.png", "Norm of feature (last out-block)", "feature norm", |r| r.feature_norm.clone(), false),
+        ("grad_norm.png", "Global gradient norm", "gradient norm", |r| r.grad_norm.clone(), true),
+        ("loss.png", "Training loss (moving average of 5 records)", "loss", |r| moving_average(&r.loss, 5), true),
+        ("val_loss.png", "Validation loss, EMA weights", "val loss", |r| r.val_loss_ema.clone(), true),
+        ("robustness.png", "Input sensitivity ||f(x+d)-f(x)|| / ||d||", "robustness", |r| r.robustness.clone(), false),
+    ];
+    for (file, chart_title, y, series, log_y) in plots {
+        line_chart(&out.join(file), chart_title, y, &curves(records, series), log_y)?;
+    }
+    let m = &base.model;
+    let t = &base.train;
+    let d = &base.diagnostics;
+    let seeds: Vec<String> = {
+        let mut s: Vec<u64> = records.iter().map(|r| r.seed).collect();
+        s.dedup();
+        s.sort();
+        s.dedup();
+        s.iter().map(|s| s.to_string()).collect()
+    };
+    let mut md = format!("# Stability study: {title}\n\n");
+    md += &format!(
+        "U-ViT {img}x{img}x{ch}, patch {p}, width {w}, depth {depth} ({skips} long skips), {heads} heads; data `{data}`; \
+batch {b}, {steps} steps, AdamW lr {lr} (warm-up {warm}), betas ({b1}, {b2}), weight decay {wd}, gradient clip {clip}, \
+EMA {ema}; seeds {seeds}. Diagnostics every {every} steps; validation batch of {vi} images from `{val}`; \
+robustness at t = {pt:?} with {pi} images, perturbation std {eps}.\n\n",
+        img = m.img_size,
+        ch = m.in_chans,
+        p = m.patch_size,
+        w = m.embed_dim,
+        depth = m.depth,
+        skips = m.num_skips(),
+        heads = m.num_heads,
+        data = base.data.spec,
+        b = t.batch_size,
+        steps = t.max_steps,
+        lr = t.lr,
+        warm = t.warmup_steps,
+        b1 = t.beta1,
+        b2 = t.beta2,
+        wd = t.weight_decay,
+        clip = if t.grad_clip > 0.0 { t.grad_clip.to_string() } else { "off".into() },
+        ema = t.ema_decay,
+        seeds = seeds.join(", "),
+        every = d.every,
+        vi = d.val_images,
+        val = if d.val_data.is_empty() { "the training data" } else { &d.val_data },
+        pt = d.probe_t,
+        pi = d.probe_images,
+        eps = d.probe_eps,
+    );
+    md += &format!(
+        "Every value is mean ± sample standard deviation over the seeds. Baseline of the speed-up: `{baseline}`. \
+Definitions in the scalelong repository's docs/stability.md \
+(\"final\" = mean of the last {tail} records; change = mean absolute relative change between records; \
+spread = coefficient of variation in windows of {win} records).\n\n",
+        tail = study::TAIL,
+        win = study::WINDOW
+    );
+    md += &study::table(&summaries);
+    md += &format!("\nFinal feature norm, largest first: {}.\n", study::feature_norm_ordering(&summaries));
+    if let Some(holds) = study::paper_ordering_holds(&summaries) {
+        md += &format!(
+            "The paper's ordering (none > inv-sqrt2 > both of ls and cs) {} in this study.\n",
+            if holds { "holds" } else { "does not hold" }
+        );
+    }
+    md += "\n## Per run\n\n| run | final feature norm | final val loss (EMA) | robustness |\n|---|---|---|---|\n";
+    for r in records {
+        md += &format!(
+            "| {}, seed {} | {} | {} | {} |\n",
+            r.mode,
+            r.seed,
+            sig3(study::tail(&r.feature_norm)),
+            sig3(study::tail(&r.val_loss_ema)),
+            sig3(study::tail(&r.robustness))
+        );
+    }
+    md += "\n## Plots\n\nMean over seeds; the shaded band is the min..max over seeds.\n\n";
+    for (file, chart_title, ..) in plots {
+        md += &format!("![{chart_title}]({file})\n\n");
+    }
+    if !args.report_only {
+        md += &format!("This invocation took {:.0} min.\n", took.as_secs_f64() / 60.0);
+    }
+    let path = out.join("report.md");
+    std::fs::write(&path, md).with_context(|| format!("writing {}", path.display()))
+}

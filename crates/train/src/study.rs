@@ -1,0 +1,285 @@
+//! A stability study: one config trained once per scaling mode and seed (same data order, same
+//! initial weights for the parameters the modes share), then compared. Running the runs is the
+//! caller's job (`scalelong study`); this module plans them, reads their records and writes the
+//! report's numbers. Definitions: docs/stability.md.
+
+use std::path::Path;
+
+use scalelong_backbones::SkipScaling;
+
+use crate::stability::{mean, mean_abs_relative_change, sig3, steps_to_reach, tail_mean, windowed_spread, Spread};
+use crate::TrainConfig;
+
+/// Records averaged for a "final" value, and the moving-average window for reaching a target.
+pub const TAIL: usize = 5;
+/// Window of the windowed spread (records).
+pub const WINDOW: usize = 5;
+
+/// One run of a study.
+#[derive(Debug, Clone)]
+pub struct StudyRun {
+    pub mode: SkipScaling,
+    pub seed: u64,
+    /// Folder name: `<mode>-seed<seed>` (`cs:0.5` becomes `cs0.5`).
+    pub name: String,
+    pub config: TrainConfig,
+}
+
+/// The runs of a study: `seeds` seeds (the config's seed, +1, ...) for each mode, seed-major so
+/// an interrupted study has whole seeds done.
+pub fn plan(base: &TrainConfig, modes: &[SkipScaling], seeds: usize) -> Result<Vec<StudyRun>, String> {
+    if base.diagnostics.every == 0 {
+        return Err("a study needs diagnostics: diagnostics.every must be > 0".into());
+    }
+    if modes.is_empty() || seeds == 0 {
+        return Err("a study needs at least one mode and one seed".into());
+    }
+    let mut runs = Vec::new();
+    for k in 0..seeds as u64 {
+        for &mode in modes {
+            let mut config = base.clone();
+            config.model.scaling = mode;
+            config.train.seed = base.train.seed + k;
+            let seed = config.train.seed;
+            let name = format!("{}-seed{seed}", mode.to_string().replace(':', ""));
+            runs.push(StudyRun { mode, seed, name, config });
+        }
+    }
+    Ok(runs)
+}
+
+/// The diagnostics series of one run, read back from its `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRecord {
+    pub mode: SkipScaling,
+    pub seed: u64,
+    pub steps: Vec<u64>,
+    pub feature_norm: Vec<f64>,
+    pub grad_norm: Vec<f64>,
+    pub loss: Vec<f64>,
+    pub val_loss: Vec<f64>,
+    pub val_loss_ema: Vec<f64>,
+    /// Mean over the probe times.
+    pub robustness: Vec<f64>,
+}
+
+impl RunRecord {
+    /// Reads the lines that carry diagnostics.
+    pub fn read(path: &Path, mode: SkipScaling, seed: u64) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut r = Self {
+            mode,
+            seed,
+            steps: vec![],
+            feature_norm: vec![],
+            grad_norm: vec![],
+            loss: vec![],
+            val_loss: vec![],
+            val_loss_ema: vec![],
+            robustness: vec![],
+        };
+        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let v: serde_json::Value =
+                serde_json::from_str(line).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
+            if v.get("feature_norm").is_none() {
+                continue;
+            }
+            let num = |k: &str| {
+                v[k].as_f64().ok_or_else(|| format!("{}:{}: `{k}` missing or not a number", path.display(), i + 1))
+            };
+            let rob = v["robustness"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|x| x.as_f64()).collect::<Vec<_>>())
+                .filter(|a| !a.is_empty())
+                .ok_or_else(|| format!("{}:{}: `robustness` missing", path.display(), i + 1))?;
+            r.steps.push(num("step")? as u64);
+            r.feature_norm.push(num("feature_norm")?);
+            r.grad_norm.push(num("grad_norm")?);
+            // The loss of a window with only skipped steps is NaN (written as null).
+            r.loss.push(v["loss"].as_f64().unwrap_or(f64::NAN));
+            r.val_loss.push(num("val_loss")?);
+            r.val_loss_ema.push(num("val_loss_ema")?);
+            r.robustness.push(mean(&rob));
+        }
+        if r.steps.is_empty() {
+            return Err(format!("{}: no diagnostics records (diagnostics.every = 0?)", path.display()));
+        }
+        Ok(r)
+    }
+}
+
+/// One mode's row of the study table, each value with its spread over seeds.
+#[derive(Debug, Clone)]
+pub struct ModeSummary {
+    pub mode: SkipScaling,
+    /// Mean of the last [`TAIL`] feature-norm records.
+    pub final_feature_norm: Spread,
+    /// Mean absolute relative change of the feature norm between records.
+    pub feature_change: Spread,
+    /// Windowed coefficient of variation of the feature norm.
+    pub feature_spread: Spread,
+    /// Mean absolute relative change of the gradient norm between records.
+    pub grad_change: Spread,
+    /// Mean of the last [`TAIL`] robustness records.
+    pub robustness: Spread,
+    /// Mean of the last [`TAIL`] EMA validation losses.
+    pub final_val_loss: Spread,
+    /// Steps until the moving average of the EMA validation loss reaches the baseline run's final
+    /// value (same seed); runs that never reach it count as their last step.
+    pub steps_to_target: Spread,
+    /// Seeds that reached the target.
+    pub reached: usize,
+    /// Baseline steps over this mode's steps, per seed.
+    pub speedup: Spread,
+}
+
+/// Summarises the runs per mode (in the order the modes first appear), against `baseline`.
+pub fn summarize(records: &[RunRecord], baseline: SkipScaling) -> Vec<ModeSummary> {
+    let mut modes: Vec<SkipScaling> = Vec::new();
+    for r in records {
+        if !modes.contains(&r.mode) {
+            modes.push(r.mode);
+        }
+    }
+    let reach = |r: &RunRecord| -> Option<(Option<u64>, u64)> {
+        let base = records.iter().find(|b| b.mode == baseline && b.seed == r.seed)?;
+        let target = tail_mean(&base.val_loss_ema, TAIL);
+        let base_steps = steps_to_reach(&base.steps, &base.val_loss_ema, target, TAIL)?;
+        Some((steps_to_reach(&r.steps, &r.val_loss_ema, target, TAIL), base_steps))
+    };
+    modes
+        .into_iter()
+        .map(|mode| {
+            let runs: Vec<&RunRecord> = records.iter().filter(|r| r.mode == mode).collect();
+            let over = |f: &dyn Fn(&RunRecord) -> f64| Spread::of(&runs.iter().map(|r| f(r)).collect::<Vec<_>>());
+            let reached: Vec<(Option<u64>, u64, u64)> = runs
+                .iter()
+                .filter_map(|r| reach(r).map(|(s, b)| (s, b, *r.steps.last().expect("non-empty"))))
+                .collect();
+            let steps: Vec<f64> = reached.iter().map(|(s, _, last)| s.unwrap_or(*last) as f64).collect();
+            let speedup: Vec<f64> = reached.iter().map(|(s, b, last)| *b as f64 / s.unwrap_or(*last) as f64).collect();
+            ModeSummary {
+                mode,
+                final_feature_norm: over(&|r| tail_mean(&r.feature_norm, TAIL)),
+                feature_change: over(&|r| mean_abs_relative_change(&r.feature_norm)),
+                feature_spread: over(&|r| windowed_spread(&r.feature_norm, WINDOW)),
+                grad_change: over(&|r| mean_abs_relative_change(&r.grad_norm)),
+                robustness: over(&|r| tail_mean(&r.robustness, TAIL)),
+                final_val_loss: over(&|r| tail_mean(&r.val_loss_ema, TAIL)),
+                steps_to_target: Spread::of(&steps),
+                reached: reached.iter().filter(|r| r.0.is_some()).count(),
+                speedup: Spread::of(&speedup),
+            }
+        })
+        .collect()
+}
+
+/// The study table as Markdown.
+pub fn table(summaries: &[ModeSummary]) -> String {
+    let mut s = String::from(
+        "| mode | final feature norm | feature norm change | feature norm spread | grad norm change | robustness | final val loss (EMA) | steps to baseline's final val loss | reached | speed-up |\n|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for m in summaries {
+        // Runs that never reached the target count as their last step: a bound, not a value.
+        let bound = |sign: &str| if m.reached < m.steps_to_target.n { sign.to_string() } else { String::new() };
+        s += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {}{} | {}/{} | {}{} |\n",
+            m.mode,
+            m.final_feature_norm,
+            m.feature_change,
+            m.feature_spread,
+            m.grad_change,
+            m.robustness,
+            m.final_val_loss,
+            bound("≥ "),
+            m.steps_to_target,
+            m.reached,
+            m.steps_to_target.n,
+            bound("≤ "),
+            m.speedup
+        );
+    }
+    s
+}
+
+/// The "final" value of a series: the mean of its last [`TAIL`] records.
+pub fn tail(y: &[f64]) -> f64 {
+    tail_mean(y, TAIL)
+}
+
+/// Whether the final feature norms follow the paper's ordering, none > inv-sqrt2 > (ls and cs);
+/// `None` unless all four modes are in the study.
+pub fn paper_ordering_holds(summaries: &[ModeSummary]) -> Option<bool> {
+    let norm = |mode: SkipScaling| summaries.iter().find(|m| m.mode == mode).map(|m| m.final_feature_norm.mean);
+    let cs = summaries.iter().find(|m| matches!(m.mode, SkipScaling::Constant { .. }))?.final_feature_norm.mean;
+    let (none, inv, ls) = (norm(SkipScaling::None)?, norm(SkipScaling::InvSqrt2)?, norm(SkipScaling::Learned)?);
+    Some(none > inv && inv > ls && inv > cs)
+}
+
+/// The modes ordered by final feature norm, largest first, e.g. `none (2.1e4) > cs:0.5 (1.0e4)`.
+pub fn feature_norm_ordering(summaries: &[ModeSummary]) -> String {
+    let mut v: Vec<&ModeSummary> = summaries.iter().collect();
+    v.sort_by(|a, b| b.final_feature_norm.mean.total_cmp(&a.final_feature_norm.mean));
+    v.iter().map(|m| format!("{} ({})", m.mode, sig3(m.final_feature_norm.mean))).collect::<Vec<_>>().join(" > ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(mode: SkipScaling, seed: u64, feature: &[f64], val: &[f64]) -> RunRecord {
+        let n = feature.len();
+        RunRecord {
+            mode,
+            seed,
+            steps: (1..=n as u64).map(|k| 10 * k).collect(),
+            feature_norm: feature.to_vec(),
+            grad_norm: vec![1.0; n],
+            loss: val.to_vec(),
+            val_loss: val.to_vec(),
+            val_loss_ema: val.to_vec(),
+            robustness: vec![2.0; n],
+        }
+    }
+
+    #[test]
+    fn summary_by_hand() {
+        let cs = SkipScaling::Constant { kappa: 0.5 };
+        // Baseline: val loss ends at mean(last 5) = 0.5, first reached (moving average of 5) at
+        // its last record, step 100. CS reaches it at step 50.
+        let none_val = [1.0, 0.9, 0.8, 0.7, 0.6, 0.6, 0.55, 0.5, 0.45, 0.4];
+        let cs_val = [0.8, 0.6, 0.5, 0.3, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2];
+        let records = vec![
+            record(SkipScaling::None, 1, &[2.0; 10], &none_val),
+            record(cs, 1, &[1.0; 10], &cs_val),
+            record(SkipScaling::None, 2, &[4.0; 10], &none_val),
+            record(cs, 2, &[1.0; 10], &none_val),
+        ];
+        let s = summarize(&records, SkipScaling::None);
+        assert_eq!(s.len(), 2);
+        assert_eq!((s[0].mode, s[1].mode), (SkipScaling::None, cs));
+        assert_eq!((s[0].final_feature_norm.mean, s[1].final_feature_norm.mean), (3.0, 1.0));
+        assert_eq!(s[0].feature_change.mean, 0.0);
+        assert_eq!((s[0].steps_to_target.mean, s[0].speedup.mean), (100.0, 1.0));
+        // CS seed 1: moving average of 5 after step 40 is 0.55, after step 50 it is 0.48 <= 0.5.
+        assert_eq!((s[1].steps_to_target.min, s[1].steps_to_target.max), (50.0, 100.0));
+        assert_eq!((s[1].speedup.min, s[1].speedup.max, s[1].reached), (1.0, 2.0, 2));
+        assert!(feature_norm_ordering(&s).starts_with("none (3.00) > cs:0.5 (1.00)"));
+        let t = table(&s);
+        assert!(t.contains("| cs:0.5 | 1.00 ± 0 |") && t.contains("| 2/2 | 1.50 ± 0.707 |"), "{t}");
+    }
+
+    #[test]
+    fn plan_runs_every_mode_per_seed() {
+        let text = "[model]\nimg_size = 8\npatch_size = 2\nin_chans = 1\nembed_dim = 16\ndepth = 2\nnum_heads = 2\n";
+        let base = TrainConfig::from_toml(text, "test").unwrap();
+        let modes: Vec<SkipScaling> = ["none", "cs"].iter().map(|m| m.parse().unwrap()).collect();
+        let runs = plan(&base, &modes, 2).unwrap();
+        let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["none-seed1234", "cs0.5-seed1234", "none-seed1235", "cs0.5-seed1235"]);
+        assert_eq!(runs[1].config.model.scaling, modes[1]);
+        let mut off = base.clone();
+        off.diagnostics.every = 0;
+        assert!(plan(&off, &modes, 1).unwrap_err().contains("diagnostics.every"));
+    }
+}

@@ -1,4 +1,4 @@
-//! Diffusion backbones whose long skip connections are scaled as ScaleLong proposes.
+//! Diffusion backbones (U-ViT, diffusers' conv UNet2DModel) whose long skip connections are scaled as ScaleLong proposes.
 //!
 //! Each backbone is a plain struct built from a `VarBuilder` with the official parameter names and
 //! takes its skip scaling from [`scalelong_lsc_scaling::SkipScaling`]. [`checkpoint`] loads official
@@ -11,13 +11,19 @@ macro_rules! fail {
     };
 }
 
+mod backbone;
 pub mod checkpoint;
 mod nn;
 pub mod params;
+mod skip;
 mod taps;
+pub mod unet;
 pub mod uvit;
+pub mod weights;
 
+pub use backbone::Backbone;
 pub use nn::LayerNorm;
 pub use scalelong_lsc_scaling::SkipScaling;
 pub use taps::Taps;
+pub use unet::{UNet2D, UNet2DConfig};
 pub use uvit::{UViT, UViTConfig};

@@ -8,8 +8,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use clap::Args;
 use rand::SeedableRng;
-use scalelong_backbones::{UViT, UViTConfig};
-use scalelong_diffusion::{noise, Schedule, VpSde};
+use scalelong_backbones::{weights, Backbone, UNet2D, UNet2DConfig, UViT, UViTConfig};
+use scalelong_diffusion::{noise, BetaSchedule, DiscreteSchedule, Schedule, VpSde};
 use scalelong_train::sampling::{self, Conditioning};
 use scalelong_train::{checkpoint, TrainConfig};
 
@@ -19,13 +19,22 @@ use crate::model_spec::ModelArgs;
 pub struct SampleArgs {
     /// A checkpoint: ours (checkpoints/step_N.safetensors, architecture inside), or official U-ViT
     /// weights (nnet_ema.pth or .safetensors) with --preset or --config.
+    #[arg(long, required_unless_present = "weights", conflicts_with = "weights")]
+    checkpoint: Option<PathBuf>,
+    /// Pretrained diffusers UNet2DModel weights: hf://OWNER/REPO[@REVISION][/SUBFOLDER] (through the
+    /// Hugging Face cache, HF_HOME / HF_HUB_CACHE), or a folder with config.json and
+    /// diffusion_pytorch_model.safetensors. --scaling applies a constant scaling to their skips.
     #[arg(long)]
-    checkpoint: PathBuf,
+    weights: Option<String>,
+    /// Never touch the network: use only the Hugging Face cache (also HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    offline: bool,
     #[command(flatten)]
     model: ModelArgs,
-    /// dpm-solver (DPM-Solver fast), euler-ode (probability-flow ODE) or euler-sde (reverse SDE).
-    #[arg(long, default_value = "dpm-solver")]
-    sampler: String,
+    /// VP-SDE models (U-ViT): dpm-solver (default), euler-ode or euler-sde. Discrete-schedule
+    /// models (diffusers UNets): ddim (default), dpm-solver++ or ddpm.
+    #[arg(long)]
+    sampler: Option<String>,
     /// Network evaluations (DPM-Solver) or steps (Euler).
     #[arg(long, default_value_t = 50)]
     steps: usize,
@@ -66,35 +75,87 @@ pub struct SampleArgs {
 }
 
 struct Loaded {
-    model: UViT,
-    sde: VpSde,
+    model: Backbone,
+    schedule: Schedule,
     null_label: Option<u32>,
 }
 
 fn load(args: &SampleArgs, device: &Device) -> Result<Loaded> {
-    if checkpoint::is_training_checkpoint(&args.checkpoint) {
-        let ck = checkpoint::load(&args.checkpoint, device)?;
-        let cfg = TrainConfig::from_toml(ck.meta("config")?, &args.checkpoint.display().to_string())
+    let Some(checkpoint) = &args.checkpoint else {
+        let spec = args.weights.as_deref().expect("clap requires --checkpoint or --weights");
+        return load_diffusers(spec, args, device);
+    };
+    if checkpoint::is_training_checkpoint(checkpoint) {
+        let ck = checkpoint::load(checkpoint, device)?;
+        let cfg = TrainConfig::from_toml(ck.meta("config")?, &checkpoint.display().to_string())
             .map_err(anyhow::Error::msg)?;
         let weights: HashMap<String, Tensor> = ck.group(if args.no_ema { "model" } else { "ema" });
         let model = UViT::new(&cfg.model, VarBuilder::from_tensors(weights, DType::F32, device))?;
         let null_label = ck.meta("null_label").ok().and_then(|v| v.parse().ok());
-        return Ok(Loaded { model, sde: cfg.train.schedule.sde(), null_label });
+        return Ok(Loaded { model: model.into(), schedule: Schedule::Vp(cfg.train.schedule.sde()), null_label });
     }
     if args.model.preset.is_none() && args.model.config.is_none() {
         bail!(
             "{} is not a scalelong training checkpoint, so its architecture is unknown: pass --preset NAME or --config FILE",
-            args.checkpoint.display()
+            checkpoint.display()
         );
     }
     let cfg: UViTConfig = args.model.resolve()?;
-    let model = UViT::from_checkpoint(&cfg, &args.checkpoint, DType::F32, device)?;
+    let model = UViT::from_checkpoint(&cfg, checkpoint, DType::F32, device)?;
     let sde = match args.schedule.as_str() {
         "vp-linear" => VpSde::LINEAR,
         "vp-cosine" => VpSde::COSINE,
         s => bail!("--schedule {s}: expected vp-linear or vp-cosine"),
     };
-    Ok(Loaded { model, sde, null_label: None })
+    Ok(Loaded { model: model.into(), schedule: Schedule::Vp(sde), null_label: None })
+}
+
+/// A diffusers UNet2DModel and its noise schedule (scheduler_config.json, or DDPM's linear one).
+fn load_diffusers(spec: &str, args: &SampleArgs, device: &Device) -> Result<Loaded> {
+    let files = weights::resolve(spec, weights::offline_from_env(args.offline))?;
+    let text = std::fs::read_to_string(&files.config).with_context(|| format!("reading {}", files.config.display()))?;
+    let class: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", files.config.display()))?;
+    if let Some(name) = class["_class_name"].as_str().filter(|n| *n != "UNet2DModel") {
+        bail!("{}: `_class_name` = {name} is not supported: expected UNet2DModel", files.config.display());
+    }
+    let mut cfg = UNet2DConfig::from_json(&text, &files.config.display().to_string())?;
+    if let Some(s) = args.model.scaling {
+        cfg = cfg.with_scaling(s);
+        cfg.validate().map_err(anyhow::Error::msg)?;
+    }
+    let model = UNet2D::from_checkpoint(&cfg, &files.weights, DType::F32, device)?;
+    let schedule = match &files.scheduler {
+        Some(p) => discrete_schedule(p)?,
+        None => DiscreteSchedule::new(BetaSchedule::Linear { start: 1e-4, end: 0.02 }, 1000),
+    };
+    tracing::info!(config = %files.config.display(), weights = %files.weights.display(), steps = schedule.len(), "loaded UNet2DModel");
+    Ok(Loaded { model: model.into(), schedule: Schedule::Discrete(schedule), null_label: None })
+}
+
+/// The training schedule in a diffusers `scheduler_config.json` (epsilon prediction only).
+fn discrete_schedule(path: &Path) -> Result<DiscreteSchedule> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+    let prediction = v["prediction_type"].as_str().unwrap_or("epsilon");
+    if prediction != "epsilon" {
+        bail!("{}: `prediction_type` = {prediction} is not supported: expected epsilon", path.display());
+    }
+    if !v["trained_betas"].is_null() {
+        bail!("{}: `trained_betas` is not supported: expected null", path.display());
+    }
+    let n = v["num_train_timesteps"].as_u64().unwrap_or(1000) as usize;
+    let (start, end) = (v["beta_start"].as_f64().unwrap_or(1e-4), v["beta_end"].as_f64().unwrap_or(0.02));
+    let kind = match v["beta_schedule"].as_str().unwrap_or("linear") {
+        "linear" => BetaSchedule::Linear { start, end },
+        "scaled_linear" => BetaSchedule::ScaledLinear { start, end },
+        "squaredcos_cap_v2" => BetaSchedule::SquaredcosCapV2,
+        other => bail!(
+            "{}: `beta_schedule` = {other} is not supported: expected linear, scaled_linear or squaredcos_cap_v2",
+            path.display()
+        ),
+    };
+    Ok(DiscreteSchedule::new(kind, n))
 }
 
 fn read_noise(path: &Path, device: &Device) -> Result<Tensor> {
@@ -113,9 +174,9 @@ fn read_noise(path: &Path, device: &Device) -> Result<Tensor> {
 
 pub fn run(args: &SampleArgs) -> Result<()> {
     let device = crate::device::device(&args.device)?;
-    let Loaded { model, sde, null_label } = load(args, &device)?;
-    let cfg = model.config().clone();
-    let shape = (args.n, cfg.in_chans, cfg.img_size, cfg.img_size);
+    let Loaded { model, schedule, null_label } = load(args, &device)?;
+    let size = model.image_size().context("the model's config has no sample_size")?;
+    let shape = (args.n, model.in_channels(), size, size);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
     let x = match &args.init_noise {
         Some(p) => {
@@ -135,7 +196,7 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         None => noise::randn(shape, DType::F32, &device, &mut rng)?,
     };
     let n = x.dim(0)?;
-    let labels = match (cfg.num_classes, args.class) {
+    let labels = match (model.num_classes(), args.class) {
         (None, Some(_)) => bail!("--class given but the model is unconditional"),
         (None, None) => None,
         (Some(k), Some(c)) if c as usize >= k => bail!("--class {c}: the model has classes 0..{k}"),
@@ -150,13 +211,18 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         (Some(s), Some(null)) => Some((s, null)),
         (Some(_), None) => bail!("--guidance needs a model trained for classifier-free guidance (train.p_uncond > 0)"),
     };
-    let sampler = sampling::vp_sampler(&args.sampler, args.steps, sde)?;
+    let sampler = match &schedule {
+        Schedule::Vp(sde) => sampling::vp_sampler(args.sampler.as_deref().unwrap_or("dpm-solver"), args.steps, *sde)?,
+        Schedule::Discrete(d) => {
+            sampling::discrete_sampler(args.sampler.as_deref().unwrap_or("ddim"), args.steps, d.clone())?
+        }
+    };
     let started = std::time::Instant::now();
     let images = sampling::sample(
         &model,
         sampler.as_ref(),
         &x,
-        &Conditioning { labels, guidance, clip_x0: args.clip_x0.then_some(Schedule::Vp(sde)) },
+        &Conditioning { labels, guidance, clip_x0: args.clip_x0.then_some(schedule.clone()) },
         &mut rng,
     )?;
     tracing::info!(images = n, seconds = started.elapsed().as_secs_f64(), "sampled");

@@ -1,13 +1,28 @@
-//! Sampling a trained U-ViT: samplers by name, and grids of samples.
+//! Sampling a trained model: samplers by name, and grids of samples.
 
 use candle_core::{Result, Tensor};
 use rand::RngCore;
-use scalelong_backbones::UViT;
-use scalelong_diffusion::samplers::{DpmSolverFast, EulerMaruyama, EulerOde, Sampler};
-use scalelong_diffusion::{ClipX0, Guided, NoisePredictor, Schedule, VpSde};
+use scalelong_backbones::Backbone;
+use scalelong_diffusion::samplers::{Ddim, Ddpm, DpmSolverFast, DpmSolverPP2M, EulerMaruyama, EulerOde, Sampler};
+use scalelong_diffusion::{ClipX0, DiscreteSchedule, Guided, NoisePredictor, Schedule, VpSde};
 
 /// The samplers that fit a continuous VP-SDE model, by command-line name.
 pub const VP_SAMPLERS: &[&str] = &["dpm-solver", "euler-ode", "euler-sde"];
+
+/// The samplers that fit a discrete (DDPM-style) schedule, by command-line name.
+pub const DISCRETE_SAMPLERS: &[&str] = &["ddim", "dpm-solver++", "ddpm"];
+
+pub fn discrete_sampler(name: &str, steps: usize, schedule: DiscreteSchedule) -> Result<Box<dyn Sampler>> {
+    Ok(match name {
+        "ddim" => Box::new(Ddim::new(schedule, steps, 0.0)),
+        "dpm-solver++" | "dpmpp-2m" => Box::new(DpmSolverPP2M::new(schedule, steps)),
+        "ddpm" => Box::new(Ddpm::new(schedule, steps)),
+        _ => candle_core::bail!(
+            "unknown sampler `{name}` for a discrete-schedule model: expected one of {}",
+            DISCRETE_SAMPLERS.join(", ")
+        ),
+    })
+}
 
 pub fn vp_sampler(name: &str, steps: usize, sde: VpSde) -> Result<Box<dyn Sampler>> {
     Ok(match name {
@@ -33,7 +48,7 @@ pub struct Conditioning {
 
 /// Samples `x_init.dim(0)` images from `model`.
 pub fn sample(
-    model: &UViT,
+    model: &Backbone,
     sampler: &dyn Sampler,
     x_init: &Tensor,
     cond: &Conditioning,

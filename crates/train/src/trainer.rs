@@ -435,7 +435,7 @@ impl Trainer {
         };
         let clip_x0 = s.clip_x0.then(|| Schedule::Vp(self.config.train.schedule.sde()));
         let images = sampling::sample(
-            &model,
+            &model.into(),
             sampler.as_ref(),
             &x,
             &Conditioning { labels, guidance: None, clip_x0 },

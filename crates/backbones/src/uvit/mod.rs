@@ -15,36 +15,14 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, Init, Linear, VarBuilder};
 use scalelong_lsc_scaling::{Calibration, SkipScaling};
 
+use crate::skip::SkipScale;
+
 use std::path::Path;
 
 use crate::checkpoint;
 use crate::nn::{linear, torch_default_init, LayerNorm, TRUNC_NORMAL_002};
 use crate::params::ParamSpec;
 use crate::taps::Taps;
-
-/// How one out-block scales the skip it merges.
-#[derive(Debug, Clone)]
-enum SkipScale {
-    Identity,
-    Constant(f64),
-    Gate(Calibration),
-}
-
-impl SkipScale {
-    fn apply(&self, skip: &Tensor, taps: Option<&mut Taps>) -> Result<Tensor> {
-        match self {
-            Self::Identity => Ok(skip.clone()),
-            Self::Constant(c) => skip * *c,
-            Self::Gate(cal) => {
-                let gate = cal.gate(skip)?;
-                if let Some(taps) = taps {
-                    taps.gates.push(gate.clone());
-                }
-                skip.broadcast_mul(&gate)
-            }
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct UViT {
@@ -100,13 +78,9 @@ impl UViT {
             SkipScaling::LearnedPerSkip => {
                 (0..n).map(|k| Ok(SkipScale::Gate(gate(vb.pp(format!("se.{k}")))?))).collect::<Result<_>>()?
             }
-            constant => (0..n)
-                .map(|k| match constant.constant_coefficient(n - k, n) {
-                    Some(1.0) => SkipScale::Identity,
-                    Some(coef) => SkipScale::Constant(coef),
-                    None => unreachable!("learned modes handled above"),
-                })
-                .collect(),
+            constant => {
+                (0..n).map(|k| SkipScale::constant(constant, n - k, n).expect("learned modes handled above")).collect()
+            }
         };
         let norm = LayerNorm::new(d, LayerNorm::DEFAULT_EPS, vb.pp("norm"))?;
         let decoder_pred = linear(d, p * p * ch, true, vb.pp("decoder_pred"))?;

@@ -21,7 +21,7 @@ pub mod unet;
 pub mod uvit;
 pub mod weights;
 
-pub use backbone::Backbone;
+pub use backbone::{Backbone, ModelConfig};
 pub use nn::LayerNorm;
 pub use scalelong_lsc_scaling::SkipScaling;
 pub use taps::Taps;

@@ -48,7 +48,8 @@ impl HubSpec {
         Some(Ok(Self { owner: owner.into(), name: name.into(), revision, subfolder }))
     }
 
-    fn in_subfolder(&self, file: &str) -> String {
+    /// `file` inside the spec's subfolder.
+    pub fn in_subfolder(&self, file: &str) -> String {
         match &self.subfolder {
             Some(s) => format!("{s}/{file}"),
             None => file.to_string(),

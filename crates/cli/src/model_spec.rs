@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use scalelong_backbones::uvit::PRESETS;
-use scalelong_backbones::{SkipScaling, UViTConfig};
+use scalelong_backbones::{ModelConfig, SkipScaling, UViTConfig};
 use scalelong_train::TrainConfig;
 
 #[derive(Debug, Clone, Args)]
@@ -46,5 +46,8 @@ pub fn read_config(path: &Path) -> Result<UViTConfig> {
     if path.extension().is_some_and(|e| e == "json") {
         return UViTConfig::from_official_json(&text).with_context(|| format!("in config {}", path.display()));
     }
-    Ok(TrainConfig::from_toml(&text, &path.display().to_string()).map_err(anyhow::Error::msg)?.model)
+    match TrainConfig::from_toml(&text, &path.display().to_string()).map_err(anyhow::Error::msg)?.model {
+        ModelConfig::UViT(c) => Ok(c),
+        ModelConfig::UNet2D(_) => bail!("{}: a UNet2D config; this command takes U-ViT configs", path.display()),
+    }
 }

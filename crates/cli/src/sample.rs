@@ -90,9 +90,9 @@ fn load(args: &SampleArgs, device: &Device) -> Result<Loaded> {
         let cfg = TrainConfig::from_toml(ck.meta("config")?, &checkpoint.display().to_string())
             .map_err(anyhow::Error::msg)?;
         let weights: HashMap<String, Tensor> = ck.group(if args.no_ema { "model" } else { "ema" });
-        let model = UViT::new(&cfg.model, VarBuilder::from_tensors(weights, DType::F32, device))?;
+        let model = cfg.model.build(VarBuilder::from_tensors(weights, DType::F32, device))?;
         let null_label = ck.meta("null_label").ok().and_then(|v| v.parse().ok());
-        return Ok(Loaded { model: model.into(), schedule: Schedule::Vp(cfg.train.schedule.sde()), null_label });
+        return Ok(Loaded { model, schedule: Schedule::Vp(cfg.train.schedule.sde()), null_label });
     }
     if args.model.preset.is_none() && args.model.config.is_none() {
         bail!(

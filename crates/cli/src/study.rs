@@ -237,17 +237,11 @@ fn write_report(
     };
     let mut md = format!("# Stability study: {title}\n\n");
     md += &format!(
-        "U-ViT {img}x{img}x{ch}, patch {p}, width {w}, depth {depth} ({skips} long skips), {heads} heads; data `{data}`; \
+        "{model}; data `{data}`; \
 batch {b}, {steps} steps, AdamW lr {lr} (warm-up {warm}), betas ({b1}, {b2}), weight decay {wd}, gradient clip {clip}, \
 EMA {ema}; seeds {seeds}. Diagnostics every {every} steps; validation batch of {vi} images from `{val}`; \
 robustness at t = {pt:?} with {pi} images, perturbation std {eps}.\n\n",
-        img = m.img_size,
-        ch = m.in_chans,
-        p = m.patch_size,
-        w = m.embed_dim,
-        depth = m.depth,
-        skips = m.num_skips(),
-        heads = m.num_heads,
+        model = m.describe(),
         data = base.data.spec,
         b = t.batch_size,
         steps = t.max_steps,

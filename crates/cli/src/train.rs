@@ -34,6 +34,10 @@ pub struct TrainArgs {
     /// Long-skip scaling (model.scaling): none, inv-sqrt2, cs:KAPPA, ls, ls-per-skip.
     #[arg(long)]
     scaling: Option<SkipScaling>,
+    /// Start from pretrained weights (train.init_from): a weights file, a diffusers folder, or
+    /// hf://OWNER/REPO[@REVISION][/SUBFOLDER]. Their shapes must fit [model]; LS gates start fresh.
+    #[arg(long)]
+    init_from: Option<String>,
     /// Seed of the initial weights, data order and noise (train.seed).
     #[arg(long)]
     seed: Option<u64>,
@@ -81,6 +85,7 @@ impl TrainArgs {
         put("train.lr", self.lr.map(|v| format!("{v:e}")));
         put("model.scaling", self.scaling.map(|v| toml::Value::String(v.to_string()).to_string()));
         put("train.seed", self.seed.map(|v| v.to_string()));
+        put("train.init_from", self.init_from.as_ref().map(|v| toml::Value::String(v.clone()).to_string()));
         put("checkpoint.every", self.checkpoint_every.map(|v| v.to_string()));
         put("sample.every", self.sample_every.map(|v| v.to_string()));
         for (k, v) in sets {
@@ -112,7 +117,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             args.dtype
         );
     }
-    tracing::info!(run_dir = %run_dir.display(), data = %cfg.data.spec, scaling = %cfg.model.scaling, "loading data and model");
+    tracing::info!(run_dir = %run_dir.display(), data = %cfg.data.spec, arch = cfg.model.arch(), scaling = %cfg.model.scaling(), "loading data and model");
     let mut trainer = Trainer::new(cfg.clone(), &run_dir, &device, dtype, args.resume)?;
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     std::fs::write(run_dir.join("config.toml"), cfg.to_toml())

@@ -333,4 +333,32 @@ fn sample_pretrained_unet_from_the_hub_cache_offline() {
     // A sampler of the other family is refused by name.
     let o = run("hf://scalelong-test/tiny-unet", &dir.path().join("e.png"), &cache, &["--sampler", "dpm-solver"]);
     assert!(!o.status.success() && stderr(&o).contains("ddim"), "{}", stderr(&o));
+
+    // Fine-tuning the pretrained UNet with CS switched on, from the cache, offline.
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(Path::new(&snapshot).join("config.json")).unwrap()).unwrap();
+    let mut model = toml::Table::new();
+    model.insert("arch".into(), "unet2d".into());
+    for (k, v) in config.as_object().unwrap() {
+        if !v.is_null() && !k.starts_with('_') {
+            model.insert(k.clone(), toml::Value::try_from(v).unwrap());
+        }
+    }
+    let toml_cfg = format!(
+        "[model]\n{}\n[train]\nbatch_size = 2\nwarmup_steps = 1\n[checkpoint]\nevery = 0\n[sample]\nevery = 0\nn = 1\nsteps = 2\n",
+        toml::to_string(&model).unwrap()
+    );
+    let cfg = dir.path().join("finetune.toml");
+    std::fs::write(&cfg, toml_cfg).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_scalelong"))
+        .args(["train", "--config", cfg.to_str().unwrap(), "--run-dir"])
+        .arg(dir.path().join("ft"))
+        .args(["--init-from", "hf://scalelong-test/tiny-unet", "--scaling", "cs:0.5", "--max-steps", "2"])
+        .env("HF_HUB_CACHE", &cache)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("initialised from pretrained weights"), "{}", stderr(&o));
+    assert!(dir.path().join("ft/checkpoints/step_00000002.safetensors").is_file());
 }

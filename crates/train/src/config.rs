@@ -4,14 +4,15 @@
 
 use std::path::Path;
 
-use scalelong_backbones::UViTConfig;
+use scalelong_backbones::ModelConfig;
 use scalelong_diffusion::{Prediction, VpSde};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
-    pub model: UViTConfig,
+    /// The backbone: a U-ViT, or `arch = "unet2d"` and diffusers' UNet2DModel keys.
+    pub model: ModelConfig,
     #[serde(default)]
     pub data: DataConfig,
     #[serde(default)]
@@ -102,6 +103,9 @@ pub struct OptimConfig {
     pub schedule: NoiseSchedule,
     /// Stop after this many non-finite steps in a row.
     pub max_nonfinite: u32,
+    /// Start from pretrained weights: a weights file, a diffusers folder, or hf://OWNER/REPO
+    /// (empty = from the seed). Ignored when resuming.
+    pub init_from: String,
 }
 
 impl Default for OptimConfig {
@@ -125,6 +129,7 @@ impl Default for OptimConfig {
             prediction: Prediction::Eps,
             schedule: NoiseSchedule::VpLinear,
             max_nonfinite: 10,
+            init_from: String::new(),
         }
     }
 }
@@ -320,7 +325,7 @@ mod tests {
         cfg.set("model.scaling", "cs:0.7").unwrap();
         cfg.set("data.spec", "idx:/data/fashion").unwrap();
         assert_eq!(cfg.train.batch_size, 64);
-        assert_eq!(cfg.model.scaling.to_string(), "cs:0.7");
+        assert_eq!(cfg.model.scaling().to_string(), "cs:0.7");
         assert_eq!(cfg.data.spec, "idx:/data/fashion");
         let err = cfg.set("train.batchsize", "64").unwrap_err();
         assert!(err.contains("unknown field `batchsize`"), "{err}");

@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Result, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use scalelong_backbones::{Taps, UViT};
+use scalelong_backbones::{Backbone, Taps};
 use scalelong_data::{make_batch, DataPosition, ImageDataset, LoaderConfig};
 use scalelong_diffusion::{noise, TrainingObjective};
 use serde::Serialize;
@@ -49,16 +49,17 @@ pub fn mean_sample_norm(x: &Tensor) -> Result<f64> {
     Ok(n.to_scalar::<f32>()? as f64)
 }
 
-/// Which block a parameter belongs to, as an index in execution order for a model with
-/// `skips` long skips; `None` for embeddings and the output head.
-pub fn block_index(name: &str, skips: usize) -> Option<usize> {
+/// Which block a parameter belongs to, as an index in execution order for a model with `n`
+/// encoder blocks (U-ViT `in_blocks.k`, UNet `down_blocks.k`), a `mid_block` and `n` decoder
+/// blocks (`out_blocks.k`, `up_blocks.k`); `None` for embeddings and the output head.
+pub fn block_index(name: &str, n: usize) -> Option<usize> {
     let numbered = |prefix: &str| name.strip_prefix(prefix)?.split('.').next()?.parse::<usize>().ok();
-    if let Some(k) = numbered("in_blocks.") {
+    if let Some(k) = numbered("in_blocks.").or_else(|| numbered("down_blocks.")) {
         Some(k)
     } else if name.starts_with("mid_block.") {
-        Some(skips)
+        Some(n)
     } else {
-        numbered("out_blocks.").map(|k| skips + 1 + k)
+        numbered("out_blocks.").or_else(|| numbered("up_blocks.")).map(|k| n + 1 + k)
     }
 }
 
@@ -169,13 +170,13 @@ impl Probe {
     }
 
     /// Loss of `model` on the validation batch.
-    pub fn val_loss(&self, model: &UViT, objective: &TrainingObjective) -> Result<f64> {
+    pub fn val_loss(&self, model: &Backbone, objective: &TrainingObjective) -> Result<f64> {
         let out = model.forward(&self.val_x_t, &self.val_t, self.val_labels.as_ref())?.detach();
         Ok(objective.loss(&out, &self.val_target)?.to_scalar::<f32>()? as f64)
     }
 
     /// Input sensitivity of `model` at each probe time.
-    pub fn robustness(&self, model: &UViT) -> Result<Vec<f64>> {
+    pub fn robustness(&self, model: &Backbone) -> Result<Vec<f64>> {
         let out = model.forward(&self.rob_x, &self.rob_t, self.rob_labels.as_ref())?.detach();
         let n = self.rob_images * self.rob_times;
         let diff = (out.narrow(0, n, n)? - out.narrow(0, 0, n)?)?.flatten_from(1)?.sqr()?.sum(1)?.sqrt()?;

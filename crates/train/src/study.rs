@@ -38,7 +38,7 @@ pub fn plan(base: &TrainConfig, modes: &[SkipScaling], seeds: usize) -> Result<V
     for k in 0..seeds as u64 {
         for &mode in modes {
             let mut config = base.clone();
-            config.model.scaling = mode;
+            config.model.set_scaling(mode);
             config.train.seed = base.train.seed + k;
             let seed = config.train.seed;
             let name = format!("{}-seed{seed}", mode.to_string().replace(':', ""));
@@ -277,7 +277,7 @@ mod tests {
         let runs = plan(&base, &modes, 2).unwrap();
         let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["none-seed1234", "cs0.5-seed1234", "none-seed1235", "cs0.5-seed1235"]);
-        assert_eq!(runs[1].config.model.scaling, modes[1]);
+        assert_eq!(runs[1].config.model.scaling(), modes[1]);
         let mut off = base.clone();
         off.diagnostics.every = 0;
         assert!(plan(&off, &modes, 1).unwrap_err().contains("diagnostics.every"));

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::VarBuilder;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use scalelong_backbones::{Taps, UViT};
+use scalelong_backbones::{checkpoint as weights_file, weights, Backbone, Taps};
 use scalelong_data::{DataPosition, DataSpec, ImageDataset, Loader, LoaderConfig};
 use scalelong_diffusion::{drop_labels, noise, Schedule, TrainingObjective};
 
@@ -50,7 +50,7 @@ pub struct Trainer {
     device: Device,
     dtype: DType,
     names: Vec<String>,
-    model: UViT,
+    model: Backbone,
     opt: AdamW,
     ema: Vec<Tensor>,
     objective: TrainingObjective,
@@ -74,8 +74,8 @@ impl Trainer {
         let spec: DataSpec = config.data.spec.parse().map_err(candle_core::Error::wrap)?;
         let m = &config.model;
         let loaded = match config.data.fit {
-            Fit::Resize => spec.load(m.in_chans, m.img_size),
-            Fit::Pad => spec.load_padded(m.in_chans, m.img_size),
+            Fit::Resize => spec.load(m.in_channels(), m.image_size()),
+            Fit::Pad => spec.load_padded(m.in_channels(), m.image_size()),
         };
         let dataset = Arc::new(loaded.map_err(candle_core::Error::wrap)?);
         let null_label = check_classes(&config, &dataset)?;
@@ -85,7 +85,7 @@ impl Trainer {
             _ => Some(probe(&config, &dataset, &objective, device)?),
         };
         let seeded = SeededVars::new(config.train.seed);
-        let model = UViT::new(m, seeded.var_builder(device))?;
+        let model = m.build(seeded.var_builder(device))?;
         let (names, vars): (Vec<String>, Vec<Var>) = seeded.vars().into_iter().unzip();
         let ema = vars.iter().map(|v| Ok(v.as_tensor().copy()?.detach())).collect::<Result<Vec<_>>>()?;
         let t = &config.train;
@@ -110,12 +110,46 @@ impl Trainer {
             probe,
             config,
         };
-        if resume {
-            if let Some((_, path)) = checkpoint::list(&trainer.checkpoint_dir()).pop() {
-                trainer.restore(&path)?;
-            }
+        match checkpoint::list(&trainer.checkpoint_dir()).pop().filter(|_| resume) {
+            Some((_, path)) => trainer.restore(&path)?,
+            None if !trainer.config.train.init_from.is_empty() => trainer.init_from()?,
+            None => {}
         }
         Ok(trainer)
+    }
+
+    /// Starts from pretrained weights (`train.init_from`): every parameter the file has, with the
+    /// shape the model wants; LS calibration networks (`se.*`) the file lacks keep their fresh
+    /// initialisation. Anything else missing, unexpected or wrongly shaped is an error naming it.
+    fn init_from(&mut self) -> Result<()> {
+        let spec = self.config.train.init_from.clone();
+        let offline = weights::offline_from_env(false);
+        let path = match Path::new(&spec).is_file() {
+            true => PathBuf::from(&spec),
+            false => weights::resolve(&spec, offline)?.weights,
+        };
+        let tensors = match checkpoint::is_training_checkpoint(&path) {
+            true => checkpoint::load(&path, &self.device)?.group("ema"),
+            false => weights_file::read_tensors(&path, &self.device)?,
+        };
+        let specs: Vec<_> = self
+            .config
+            .model
+            .param_specs()?
+            .into_iter()
+            .filter(|p| !p.name.starts_with("se.") || tensors.contains_key(&p.name))
+            .collect();
+        weights_file::check(&format!("train.init_from {}", path.display()), &specs, &tensors)?;
+        for (name, var) in self.names.iter().zip(self.opt.params()) {
+            if let Some(t) = tensors.get(name) {
+                var.set(&t.to_dtype(DType::F32)?.to_device(&self.device)?)?;
+            }
+        }
+        for (e, p) in self.ema.iter_mut().zip(self.opt.params()) {
+            *e = p.as_tensor().copy()?.detach();
+        }
+        tracing::info!(from = %path.display(), tensors = specs.len(), "initialised from pretrained weights");
+        Ok(())
     }
 
     pub fn step(&self) -> u64 {
@@ -166,7 +200,7 @@ impl Trainer {
             let x0 = Tensor::from_vec(batch.images, (b, c, h, w), &Device::Cpu)?
                 .to_device(&self.device)?
                 .to_dtype(self.dtype)?;
-            let labels = match (&batch.labels, self.config.model.num_classes) {
+            let labels = match (&batch.labels, self.config.model.num_classes()) {
                 (Some(l), Some(_)) => {
                     let y = Tensor::new(l.as_slice(), &self.device)?;
                     Some(match self.null_label {
@@ -244,11 +278,10 @@ impl Trainer {
     fn diagnose(&self, taps: &Taps, squared_grads: &[f64]) -> Result<Diagnostics> {
         let probe = self.probe.as_ref().expect("diagnose only with a probe");
         let f = diagnostics::from_taps(taps)?;
-        let skips = self.config.model.num_skips();
+        let skips = self.config.model.encoder_blocks();
         let model =
-            UViT::new(&self.config.model, VarBuilder::from_tensors(self.detached(false), DType::F32, &self.device))?;
-        let ema =
-            UViT::new(&self.config.model, VarBuilder::from_tensors(self.detached(true), DType::F32, &self.device))?;
+            self.config.model.build(VarBuilder::from_tensors(self.detached(false), DType::F32, &self.device))?;
+        let ema = self.config.model.build(VarBuilder::from_tensors(self.detached(true), DType::F32, &self.device))?;
         Ok(Diagnostics {
             feature_norm: f.feature_norm,
             block_feature_norms: f.block_feature_norms,
@@ -270,7 +303,7 @@ impl Trainer {
 
     /// The model to run forward: the trained one in f32, or one on casts of its weights (gradients
     /// flow back through the casts to the f32 master weights).
-    fn compute_model(&self) -> Result<UViT> {
+    fn compute_model(&self) -> Result<Backbone> {
         if self.dtype == DType::F32 {
             return Ok(self.model.clone());
         }
@@ -279,7 +312,7 @@ impl Trainer {
             .into_iter()
             .map(|(n, t)| Ok((n, t.to_dtype(self.dtype)?)))
             .collect::<Result<HashMap<_, _>>>()?;
-        UViT::new(&self.config.model, VarBuilder::from_tensors(ts, self.dtype, &self.device))
+        self.config.model.build(VarBuilder::from_tensors(ts, self.dtype, &self.device))
     }
 
     /// Trains until `train.max_steps`, writing metrics, checkpoints and sample grids into the run
@@ -347,7 +380,7 @@ impl Trainer {
         }
         let meta: HashMap<String, String> = [
             (FORMAT_KEY, FORMAT.to_string()),
-            ("arch", "uvit".to_string()),
+            ("arch", self.config.model.arch().to_string()),
             ("config", self.config.to_toml()),
             ("step", self.step.to_string()),
             ("adam_step", self.opt.step.to_string()),
@@ -420,13 +453,14 @@ impl Trainer {
     /// Samples a grid from the EMA weights (fixed noise, so grids from different steps compare).
     pub fn sample_grid(&self, path: &Path) -> Result<()> {
         let ema: HashMap<String, Tensor> = self.ema_weights().into_iter().collect();
-        let model = UViT::new(&self.config.model, VarBuilder::from_tensors(ema, DType::F32, &self.device))?;
+        let model = self.config.model.build(VarBuilder::from_tensors(ema, DType::F32, &self.device))?;
         let s = &self.config.sample;
         let sampler = sampling::vp_sampler(&s.sampler, s.steps, self.config.train.schedule.sde())?;
         let m = &self.config.model;
         let mut rng = ChaCha8Rng::seed_from_u64(self.config.train.seed.wrapping_add(1));
-        let x = noise::randn((s.n, m.in_chans, m.img_size, m.img_size), DType::F32, &self.device, &mut rng)?;
-        let labels = match m.num_classes {
+        let size = m.image_size();
+        let x = noise::randn((s.n, m.in_channels(), size, size), DType::F32, &self.device, &mut rng)?;
+        let labels = match m.num_classes() {
             Some(_) => Some(Tensor::new(
                 (0..s.n as u32).map(|i| i % self.dataset.num_classes().max(1) as u32).collect::<Vec<_>>(),
                 &self.device,
@@ -435,7 +469,7 @@ impl Trainer {
         };
         let clip_x0 = s.clip_x0.then(|| Schedule::Vp(self.config.train.schedule.sde()));
         let images = sampling::sample(
-            &model.into(),
+            &model,
             sampler.as_ref(),
             &x,
             &Conditioning { labels, guidance: None, clip_x0 },
@@ -459,13 +493,13 @@ fn probe(config: &TrainConfig, train: &ImageDataset, objective: &TrainingObjecti
             .map_err(|e| candle_core::Error::Msg(format!("diagnostics.val_data = {:?}: {e}", d.val_data)))?;
         let m = &config.model;
         let loaded = match config.data.fit {
-            Fit::Resize => spec.load(m.in_chans, m.img_size),
-            Fit::Pad => spec.load_padded(m.in_chans, m.img_size),
+            Fit::Resize => spec.load(m.in_channels(), m.image_size()),
+            Fit::Pad => spec.load_padded(m.in_channels(), m.image_size()),
         };
         held_out = loaded.map_err(|e| candle_core::Error::Msg(format!("diagnostics.val_data: {e}")))?;
         &held_out
     };
-    Probe::new(data, objective, d, config.model.num_classes.is_some(), config.train.seed, device)
+    Probe::new(data, objective, d, config.model.num_classes().is_some(), config.train.seed, device)
 }
 
 fn loader_config(c: &TrainConfig) -> LoaderConfig {
@@ -475,7 +509,7 @@ fn loader_config(c: &TrainConfig) -> LoaderConfig {
 /// For a class-conditional model, checks the class count against the data; returns the "no class"
 /// label when training for classifier-free guidance.
 fn check_classes(config: &TrainConfig, data: &ImageDataset) -> Result<Option<u32>> {
-    let Some(n) = config.model.num_classes else { return Ok(None) };
+    let Some(n) = config.model.num_classes() else { return Ok(None) };
     if data.labels().is_none() {
         candle_core::bail!("model.num_classes = {n} but the dataset {} has no labels", data.source);
     }

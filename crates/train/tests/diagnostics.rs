@@ -109,7 +109,7 @@ fn learned_scaling_reports_its_gates_and_shares_the_other_initial_weights() {
         let diff = (&ls_weights[&name] - &w).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert_eq!(diff, 0.0, "{name}");
     }
-    assert_eq!(tiny("ls").model.scaling, SkipScaling::Learned);
+    assert_eq!(tiny("ls").model.scaling(), SkipScaling::Learned);
 }
 
 #[test]

@@ -130,7 +130,8 @@ fn resuming_with_another_model_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     train(tiny(3), dir.path(), false);
     let mut other = tiny(6);
-    other.model.embed_dim = 32;
+    let scalelong_backbones::ModelConfig::UViT(m) = &mut other.model else { panic!("a U-ViT config") };
+    m.embed_dim = 32;
     let err = Trainer::new(other, dir.path(), &Device::Cpu, DType::F32, true).err().unwrap().to_string();
     assert!(err.contains("different model"), "{err}");
     // A truncated checkpoint is a clear error too.

@@ -52,9 +52,9 @@ pub struct UNet2DConfig {
     #[serde(default = "silu")]
     pub act_fn: String,
     /// `null` means one head per block (head dim = channels).
-    #[serde(default = "eight")]
+    #[serde(default = "eight", with = "nullable")]
     pub attention_head_dim: Option<usize>,
-    #[serde(default = "thirty_two")]
+    #[serde(default = "thirty_two", with = "nullable")]
     pub norm_num_groups: Option<usize>,
     #[serde(default)]
     pub attn_norm_num_groups: Option<usize>,
@@ -80,6 +80,34 @@ pub struct UNet2DConfig {
     /// Ours: how the long skips are scaled (not a diffusers key).
     #[serde(default)]
     pub scaling: SkipScaling,
+}
+
+/// An optional number whose default is not `None`: `null` in JSON; TOML has no null, so there it
+/// is written `"none"`. Either spelling is read.
+mod nullable {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<usize>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(n) => s.serialize_u64(*n as u64),
+            None => s.serialize_str("none"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(usize),
+            Text(String),
+        }
+        match Option::<Raw>::deserialize(d)? {
+            None => Ok(None),
+            Some(Raw::Number(n)) => Ok(Some(n)),
+            Some(Raw::Text(t)) if t == "none" => Ok(None),
+            Some(Raw::Text(t)) => Err(serde::de::Error::custom(format!("{t:?}: expected a number, null or \"none\""))),
+        }
+    }
 }
 
 fn three() -> usize {

@@ -72,6 +72,7 @@ impl From<UNet2D> for Backbone {
 
 /// Which backbone to build: the `[model]` table of a training config. `arch = "unet2d"` selects
 /// diffusers' UNet2DModel (its `config.json` keys); without `arch` it is a U-ViT.
+#[allow(clippy::large_enum_variant)] // one per run; boxing would only obscure the match arms
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelConfig {
     UViT(UViTConfig),

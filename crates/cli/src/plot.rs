@@ -78,7 +78,7 @@ pub fn run(args: &PlotArgs) -> Result<()> {
         .map(|m| read_series(m, &args.key, args.smooth).map(|(label, points)| Curve { label, points, band: None }))
         .collect::<Result<Vec<_>>>()?;
     let title = args.title.clone().unwrap_or_else(|| args.key.clone());
-    line_chart(&args.out, &title, &args.key, &series, args.log_y)?;
+    line_chart(&args.out, &title, &args.key, &series, args.log_y, SeriesLabelPosition::UpperRight)?;
     println!("wrote {}", args.out.display());
     Ok(())
 }
@@ -92,7 +92,14 @@ pub struct Curve {
 }
 
 /// Draws `curves` against `step` into a PNG.
-pub fn line_chart(out: &Path, title: &str, y_desc: &str, curves: &[Curve], log_y: bool) -> Result<()> {
+pub fn line_chart(
+    out: &Path,
+    title: &str,
+    y_desc: &str,
+    curves: &[Curve],
+    log_y: bool,
+    legend: SeriesLabelPosition,
+) -> Result<()> {
     plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
         .map_err(|_| anyhow::anyhow!("embedded font unreadable"))?;
     // A log axis is a linear axis over log10 values, labelled with the values themselves.
@@ -145,6 +152,7 @@ pub fn line_chart(out: &Path, title: &str, y_desc: &str, curves: &[Curve], log_y
     }
     chart
         .configure_series_labels()
+        .position(legend)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .label_font(("sans-serif", 15))

@@ -14,6 +14,7 @@ use scalelong_train::study::{self, RunRecord, StudyRun};
 use scalelong_train::{checkpoint, Event, TrainConfig, Trainer};
 
 use crate::plot::{line_chart, Curve};
+use plotters::prelude::SeriesLabelPosition::{self, LowerRight, UpperLeft, UpperRight};
 
 #[derive(Debug, Args)]
 pub struct StudyArgs {
@@ -202,8 +203,8 @@ fn curves(records: &[RunRecord], series: fn(&RunRecord) -> Vec<f64>) -> Vec<Curv
         .collect()
 }
 
-/// (file, title, y axis, series, log y).
-type Plot = (&'static str, &'static str, &'static str, fn(&RunRecord) -> Vec<f64>, bool);
+/// (file, title, y axis, series, log y, where the legend goes).
+type Plot = (&'static str, &'static str, &'static str, fn(&RunRecord) -> Vec<f64>, bool, SeriesLabelPosition);
 
 fn write_report(
     out: &Path,
@@ -216,14 +217,35 @@ fn write_report(
     let baseline = args.modes[0];
     let summaries = study::summarize(records, baseline);
     let plots: [Plot; 5] = [
-        ("feature_norm.png", "Norm of feature (last out-block)", "feature norm", |r| r.feature_norm.clone(), false),
-        ("grad_norm.png", "Global gradient norm", "gradient norm", |r| r.grad_norm.clone(), true),
-        ("loss.png", "Training loss (moving average of 5 records)", "loss", |r| moving_average(&r.loss, 5), true),
-        ("val_loss.png", "Validation loss, EMA weights", "val loss", |r| r.val_loss_ema.clone(), true),
-        ("robustness.png", "Input sensitivity ||f(x+d)-f(x)|| / ||d||", "robustness", |r| r.robustness.clone(), false),
+        (
+            "feature_norm.png",
+            "Norm of feature (last out-block)",
+            "feature norm",
+            |r| r.feature_norm.clone(),
+            false,
+            UpperLeft,
+        ),
+        ("grad_norm.png", "Global gradient norm", "gradient norm", |r| r.grad_norm.clone(), true, UpperRight),
+        (
+            "loss.png",
+            "Training loss (moving average of 5 records)",
+            "loss",
+            |r| moving_average(&r.loss, 5),
+            true,
+            UpperRight,
+        ),
+        ("val_loss.png", "Validation loss, EMA weights", "val loss", |r| r.val_loss_ema.clone(), true, UpperRight),
+        (
+            "robustness.png",
+            "Input sensitivity ||f(x+d)-f(x)|| / ||d||",
+            "robustness",
+            |r| r.robustness.clone(),
+            false,
+            LowerRight,
+        ),
     ];
-    for (file, chart_title, y, series, log_y) in plots {
-        line_chart(&out.join(file), chart_title, y, &curves(records, series), log_y)?;
+    for (file, chart_title, y, series, log_y, legend) in &plots {
+        line_chart(&out.join(file), chart_title, y, &curves(records, *series), *log_y, legend.clone())?;
     }
     let m = &base.model;
     let t = &base.train;
@@ -276,6 +298,11 @@ spread = coefficient of variation in windows of {win} records).\n\n",
             if holds { "holds" } else { "does not hold" }
         );
     }
+    md += &format!(
+        "\n## Final norm of every block\n\nMean over seeds of each block's output norm (mean of the last {} records), in execution order; `out1` merges the innermost skip, the last `out` block's norm is the feature norm above.\n\n",
+        study::TAIL
+    );
+    md += &study::block_table(&summaries, base.model.encoder_blocks());
     md += "\n## Per run\n\n| run | final feature norm | final val loss (EMA) | robustness |\n|---|---|---|---|\n";
     for r in records {
         md += &format!(
@@ -288,7 +315,7 @@ spread = coefficient of variation in windows of {win} records).\n\n",
         );
     }
     md += "\n## Plots\n\nMean over seeds; the shaded band is the min..max over seeds.\n\n";
-    for (file, chart_title, ..) in plots {
+    for (file, chart_title, ..) in &plots {
         md += &format!("![{chart_title}]({file})\n\n");
     }
     if !args.report_only {

@@ -61,6 +61,8 @@ pub struct RunRecord {
     pub val_loss_ema: Vec<f64>,
     /// Mean over the probe times.
     pub robustness: Vec<f64>,
+    /// Every block's output norm, per record.
+    pub block_feature_norms: Vec<Vec<f64>>,
 }
 
 impl RunRecord {
@@ -77,6 +79,7 @@ impl RunRecord {
             val_loss: vec![],
             val_loss_ema: vec![],
             robustness: vec![],
+            block_feature_norms: vec![],
         };
         for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             let v: serde_json::Value =
@@ -100,6 +103,8 @@ impl RunRecord {
             r.val_loss.push(num("val_loss")?);
             r.val_loss_ema.push(num("val_loss_ema")?);
             r.robustness.push(mean(&rob));
+            let blocks = v["block_feature_norms"].as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).collect());
+            r.block_feature_norms.push(blocks.unwrap_or_default());
         }
         if r.steps.is_empty() {
             return Err(format!("{}: no diagnostics records (diagnostics.every = 0?)", path.display()));
@@ -114,6 +119,10 @@ pub struct ModeSummary {
     pub mode: SkipScaling,
     /// Mean of the last [`TAIL`] feature-norm records.
     pub final_feature_norm: Spread,
+    /// The same divided by the baseline run's with the same seed (a paired comparison).
+    pub feature_norm_ratio: Spread,
+    /// Final norm of every block (mean of the last [`TAIL`] records), averaged over seeds.
+    pub final_block_norms: Vec<f64>,
     /// Mean absolute relative change of the feature norm between records.
     pub feature_change: Spread,
     /// Windowed coefficient of variation of the feature norm.
@@ -158,9 +167,24 @@ pub fn summarize(records: &[RunRecord], baseline: SkipScaling) -> Vec<ModeSummar
                 .collect();
             let steps: Vec<f64> = reached.iter().map(|(s, _, last)| s.unwrap_or(*last) as f64).collect();
             let speedup: Vec<f64> = reached.iter().map(|(s, b, last)| *b as f64 / s.unwrap_or(*last) as f64).collect();
+            let ratio = |r: &RunRecord| {
+                let base = records.iter().find(|b| b.mode == baseline && b.seed == r.seed);
+                base.map_or(f64::NAN, |b| tail_mean(&r.feature_norm, TAIL) / tail_mean(&b.feature_norm, TAIL))
+            };
+            let blocks: Vec<Vec<f64>> = runs
+                .iter()
+                .map(|r| {
+                    let tail = &r.block_feature_norms[r.block_feature_norms.len().saturating_sub(TAIL)..];
+                    let width = tail.iter().map(Vec::len).min().unwrap_or(0);
+                    (0..width).map(|k| mean(&tail.iter().map(|b| b[k]).collect::<Vec<_>>())).collect()
+                })
+                .collect();
+            let width = blocks.iter().map(Vec::len).min().unwrap_or(0);
             ModeSummary {
                 mode,
                 final_feature_norm: over(&|r| tail_mean(&r.feature_norm, TAIL)),
+                feature_norm_ratio: over(&ratio),
+                final_block_norms: (0..width).map(|k| mean(&blocks.iter().map(|b| b[k]).collect::<Vec<_>>())).collect(),
                 feature_change: over(&|r| mean_abs_relative_change(&r.feature_norm)),
                 feature_spread: over(&|r| windowed_spread(&r.feature_norm, WINDOW)),
                 grad_change: over(&|r| mean_abs_relative_change(&r.grad_norm)),
@@ -177,15 +201,16 @@ pub fn summarize(records: &[RunRecord], baseline: SkipScaling) -> Vec<ModeSummar
 /// The study table as Markdown.
 pub fn table(summaries: &[ModeSummary]) -> String {
     let mut s = String::from(
-        "| mode | final feature norm | feature norm change | feature norm spread | grad norm change | robustness | final val loss (EMA) | steps to baseline's final val loss | reached | speed-up |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        "| mode | final feature norm | vs baseline, same seed | feature norm change | feature norm spread | grad norm change | robustness | final val loss (EMA) | steps to baseline's final val loss | reached | speed-up |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for m in summaries {
         // Runs that never reached the target count as their last step: a bound, not a value.
         let bound = |sign: &str| if m.reached < m.steps_to_target.n { sign.to_string() } else { String::new() };
         s += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {}{} | {}/{} | {}{} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {}{} | {}/{} | {}{} |\n",
             m.mode,
             m.final_feature_norm,
+            m.feature_norm_ratio,
             m.feature_change,
             m.feature_spread,
             m.grad_change,
@@ -198,6 +223,24 @@ pub fn table(summaries: &[ModeSummary]) -> String {
             bound("≤ "),
             m.speedup
         );
+    }
+    s
+}
+
+/// Final norm of every block per mode (mean over seeds), blocks named `in1..inN`, `mid`, `out1..outN`
+/// in execution order for `n` encoder blocks (so `out1` merges the innermost skip).
+pub fn block_table(summaries: &[ModeSummary], n: usize) -> String {
+    let width = summaries.iter().map(|m| m.final_block_norms.len()).min().unwrap_or(0);
+    let name = |k: usize| match k.cmp(&n) {
+        std::cmp::Ordering::Less => format!("in{}", k + 1),
+        std::cmp::Ordering::Equal => "mid".to_string(),
+        std::cmp::Ordering::Greater => format!("out{}", k - n),
+    };
+    let mut s =
+        format!("| mode | {} |\n|---|{}\n", (0..width).map(name).collect::<Vec<_>>().join(" | "), "---|".repeat(width));
+    for m in summaries {
+        let cells: Vec<String> = m.final_block_norms[..width].iter().map(|v| sig3(*v)).collect();
+        s += &format!("| {} | {} |\n", m.mode, cells.join(" | "));
     }
     s
 }
@@ -239,6 +282,7 @@ mod tests {
             val_loss: val.to_vec(),
             val_loss_ema: val.to_vec(),
             robustness: vec![2.0; n],
+            block_feature_norms: feature.iter().map(|f| vec![1.0, *f]).collect(),
         }
     }
 
@@ -265,8 +309,13 @@ mod tests {
         assert_eq!((s[1].steps_to_target.min, s[1].steps_to_target.max), (50.0, 100.0));
         assert_eq!((s[1].speedup.min, s[1].speedup.max, s[1].reached), (1.0, 2.0, 2));
         assert!(feature_norm_ordering(&s).starts_with("none (3.00) > cs:0.5 (1.00)"));
+        // Paired by seed: 1/2 and 1/4.
+        assert_eq!((s[1].feature_norm_ratio.min, s[1].feature_norm_ratio.max), (0.25, 0.5));
         let t = table(&s);
-        assert!(t.contains("| cs:0.5 | 1.00 ± 0 |") && t.contains("| 2/2 | 1.50 ± 0.707 |"), "{t}");
+        assert!(t.contains("| cs:0.5 | 1.00 ± 0 | 0.375 ± 0.177 |") && t.contains("| 2/2 | 1.50 ± 0.707 |"), "{t}");
+        assert_eq!(s[0].final_block_norms, vec![1.0, 3.0]);
+        let b = block_table(&s, 0);
+        assert!(b.contains("| mode | mid | out1 |") && b.contains("| none | 1.00 | 3.00 |"), "{b}");
     }
 
     #[test]

@@ -88,6 +88,12 @@ impl ModelConfig {
                 if c.sample_size.is_none() {
                     candle_core::bail!("model.sample_size must be set to train a UNet2D");
                 }
+                if c.dropout != 0.0 {
+                    candle_core::bail!(
+                        "model.dropout = {}: training with dropout is not implemented; expected 0",
+                        c.dropout
+                    );
+                }
                 Ok(())
             }
         }

@@ -1,4 +1,7 @@
-//! Project chores: `cargo xtask ci` runs what CI runs (format, lints, tests).
+//! Project chores: `cargo xtask ci` runs what CI runs (format, lints, tests); `cargo xtask bench`
+//! measures training and sampling speed against PyTorch.
+
+mod bench;
 
 use std::process::Command;
 
@@ -16,7 +19,13 @@ struct Cli {
 enum Task {
     /// Check formatting, run clippy with warnings denied, and run the test suite (as .ci/run does).
     Ci,
+    /// Time a training step and a sampling step per model and scaling mode, ours and PyTorch's.
+    Bench(bench::BenchArgs),
 }
+
+/// The allocator the `scalelong` binary uses, so the bench times what users run.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn cargo(args: &[&str]) -> Result<()> {
     eprintln!("$ cargo {}", args.join(" "));
@@ -28,7 +37,11 @@ fn cargo(args: &[&str]) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    // As in the CLI: never hand freed memory back to the OS (option 15 = purge delay).
+    // SAFETY: set before any other thread exists.
+    unsafe { libmimalloc_sys::mi_option_set(15, -1) };
     match Cli::parse().command {
+        Task::Bench(args) => bench::run(args),
         Task::Ci => {
             cargo(&["fmt", "--all", "--", "--check"])?;
             cargo(&["clippy", "--workspace", "--all-targets", "--release", "--", "-D", "warnings"])?;

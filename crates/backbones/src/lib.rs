@@ -13,6 +13,7 @@ macro_rules! fail {
 
 mod backbone;
 pub mod checkpoint;
+mod flops;
 mod nn;
 pub mod params;
 mod skip;

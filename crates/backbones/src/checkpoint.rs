@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::VarBuilder;
 
 use crate::params::ParamSpec;
 
@@ -86,4 +87,18 @@ pub fn check(source: &str, specs: &[ParamSpec], tensors: &HashMap<String, Tensor
         fail!("checkpoint {source} does not fit the model ({} problems):\n  {}", problems.len(), problems.join("\n  "));
     }
     Ok(())
+}
+
+/// Reads `path`, checks it against `specs` (one error naming every problem) and builds the model
+/// from its tensors.
+pub fn load_checked<M>(
+    path: &Path,
+    specs: &[ParamSpec],
+    dtype: DType,
+    device: &Device,
+    build: impl FnOnce(VarBuilder) -> Result<M>,
+) -> Result<M> {
+    let tensors = read_tensors(path, device)?;
+    check(&path.display().to_string(), specs, &tensors)?;
+    build(VarBuilder::from_tensors(tensors, dtype, device))
 }

@@ -166,10 +166,7 @@ impl UNet2D {
     /// Loads `diffusion_pytorch_model.safetensors` (or a `.pth` state dict) as diffusers saved it;
     /// missing, unexpected or wrongly shaped tensors give one error naming all of them.
     pub fn from_checkpoint(config: &UNet2DConfig, path: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let specs = Self::param_specs(config)?;
-        let tensors = checkpoint::read_tensors(path, device)?;
-        checkpoint::check(&path.display().to_string(), &specs, &tensors)?;
-        Self::new(config, VarBuilder::from_tensors(tensors, dtype, device))
+        checkpoint::load_checked(path, &Self::param_specs(config)?, dtype, device, |vb| Self::new(config, vb))
     }
 
     pub fn config(&self) -> &UNet2DConfig {

@@ -109,6 +109,18 @@ class UViT(nn.Module):
         return self.final_layer(h)
 
 
+def peak_rss_mb():
+    # VmHWM is this process's own peak; ru_maxrss would include the parent's peak inherited at exec.
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main():
     case = json.loads(sys.argv[1])
     torch.set_num_threads(case["threads"])
@@ -151,7 +163,7 @@ def main():
             step()
             times.append((time.perf_counter() - start) * 1e3)
         out[f"{name}_ms"] = times
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mb"] = peak_rss_mb()
     out["torch"] = torch.__version__
     print(json.dumps(out))
 

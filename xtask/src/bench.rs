@@ -118,8 +118,48 @@ fn peak_mb() -> f64 {
     kb.unwrap_or(f64::NAN) / 1024.0
 }
 
-/// (train step ms, sample step ms, peak MB) of our implementation.
-fn time_ours(cfg: &ModelConfig, batch: usize, args: &BenchArgs, device: &Device) -> Result<(Vec<f64>, Vec<f64>, f64)> {
+/// One case, as the parent hands it to a child process (`xtask bench-case JSON`).
+#[derive(Serialize, serde::Deserialize)]
+struct Case {
+    model: String,
+    scaling: SkipScaling,
+    batch: usize,
+    warmup: usize,
+    repeats: usize,
+    device: String,
+}
+
+/// What a case measured; the PyTorch script prints the same fields.
+#[derive(Serialize, serde::Deserialize)]
+struct Measured {
+    train_ms: Vec<f64>,
+    sample_ms: Vec<f64>,
+    peak_rss_mb: f64,
+    #[serde(default)]
+    torch: String,
+}
+
+fn device(name: &str) -> Result<Device> {
+    Ok(match name {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::new_cuda(0)?,
+        "metal" => Device::new_metal(0)?,
+        d => bail!("--device {d}: expected cpu, cuda or metal"),
+    })
+}
+
+/// Runs one case in this process and prints its JSON. Every case gets a fresh process, so its
+/// peak memory is its own and what it kept (the allocator never returns memory) cannot crowd
+/// the next case or the PyTorch process.
+pub fn run_case(json: &str) -> Result<()> {
+    let case: Case = serde_json::from_str(json)?;
+    let cfg = model(&case.model, case.scaling)?;
+    let measured = time_ours(&cfg, &case, &device(&case.device)?)?;
+    println!("{}", serde_json::to_string(&measured)?);
+    Ok(())
+}
+
+fn time_ours(cfg: &ModelConfig, case: &Case, device: &Device) -> Result<Measured> {
     reset_peak();
     let seeded = SeededVars::new(0);
     let model = cfg.build(seeded.var_builder(device))?;
@@ -127,23 +167,23 @@ fn time_ours(cfg: &ModelConfig, batch: usize, args: &BenchArgs, device: &Device)
     let adam = AdamWConfig { beta1: 0.99, beta2: 0.999, eps: 1e-8, weight_decay: 0.03 };
     let mut opt = AdamW::new(vars, adam)?;
     let size = cfg.image_size();
-    let shape = (batch, cfg.in_channels(), size, size);
+    let shape = (case.batch, cfg.in_channels(), size, size);
     let x = Tensor::randn(0f32, 1.0, shape, device)?;
     let eps = Tensor::randn(0f32, 1.0, shape, device)?;
-    let t = (Tensor::rand(0f32, 1.0, batch, device)? * 999.0)?;
+    let t = (Tensor::rand(0f32, 1.0, case.batch, device)? * 999.0)?;
     let mut train = || -> Result<()> {
         let loss = (model.forward(&x, &t, None)? - &eps)?.sqr()?.mean_all()?;
         let store = loss.backward()?;
         let grads = opt
             .params()
             .iter()
-            .map(|v| store.get(v.as_tensor()).cloned().unwrap_or(v.zeros_like().unwrap()))
-            .collect::<Vec<_>>();
+            .map(|v| store.get(v.as_tensor()).cloned().map_or_else(|| v.zeros_like(), Ok))
+            .collect::<candle_core::Result<Vec<_>>>()?;
         opt.step(&grads, 1e-4)?;
         device.synchronize()?;
         Ok(())
     };
-    let train_ms = timed(&mut train, args)?;
+    let train_ms = timed(&mut train, case)?;
     let detached = seeded.vars().into_iter().map(|(n, v)| (n, v.as_tensor().detach())).collect();
     let frozen = cfg.build(VarBuilder::from_tensors(detached, DType::F32, device))?;
     let mut sample = || -> Result<()> {
@@ -151,15 +191,15 @@ fn time_ours(cfg: &ModelConfig, batch: usize, args: &BenchArgs, device: &Device)
         device.synchronize()?;
         Ok(())
     };
-    let sample_ms = timed(&mut sample, args)?;
-    Ok((train_ms, sample_ms, peak_mb()))
+    let sample_ms = timed(&mut sample, case)?;
+    Ok(Measured { train_ms, sample_ms, peak_rss_mb: peak_mb(), torch: String::new() })
 }
 
-fn timed(step: &mut dyn FnMut() -> Result<()>, args: &BenchArgs) -> Result<Vec<f64>> {
-    for _ in 0..args.warmup {
+fn timed(step: &mut dyn FnMut() -> Result<()>, case: &Case) -> Result<Vec<f64>> {
+    for _ in 0..case.warmup {
         step()?;
     }
-    (0..args.repeats.max(1))
+    (0..case.repeats.max(1))
         .map(|_| {
             let start = Instant::now();
             step()?;
@@ -168,21 +208,18 @@ fn timed(step: &mut dyn FnMut() -> Result<()>, args: &BenchArgs) -> Result<Vec<f
         .collect()
 }
 
-#[derive(serde::Deserialize)]
-struct Reference {
-    train_ms: Vec<f64>,
-    sample_ms: Vec<f64>,
-    peak_rss_mb: f64,
-    torch: String,
+/// Runs `command` and reads the JSON line it prints last.
+fn measured(mut command: Command, what: &str) -> Result<Measured> {
+    let out = command.output().with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        bail!("{what} failed ({}): {}", out.status, err.lines().last().unwrap_or(""));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim().lines().last().unwrap_or("")).with_context(|| format!("reading {what}'s JSON"))
 }
 
-fn time_reference(
-    python: &str,
-    cfg: &ModelConfig,
-    batch: usize,
-    args: &BenchArgs,
-    threads: usize,
-) -> Result<Reference> {
+fn time_reference(python: &str, cfg: &ModelConfig, case: &Case, threads: usize) -> Result<Measured> {
     let (arch, config) = match cfg {
         ModelConfig::UViT(c) => ("uvit", serde_json::to_value(c)?),
         ModelConfig::UNet2D(c) => ("unet2d", serde_json::to_value(c)?),
@@ -191,34 +228,19 @@ fn time_reference(
         SkipScaling::Constant { kappa } => ("cs".to_string(), kappa),
         s => (s.to_string(), 0.5),
     };
-    let case = serde_json::json!({
-        "arch": arch, "config": config, "scaling": scaling, "kappa": kappa, "batch": batch,
-        "warmup": args.warmup, "repeats": args.repeats.max(1), "threads": threads,
+    let json = serde_json::json!({
+        "arch": arch, "config": config, "scaling": scaling, "kappa": kappa, "batch": case.batch,
+        "warmup": case.warmup, "repeats": case.repeats, "threads": threads,
     });
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench_reference.py");
-    let out = Command::new(python)
-        .arg(&script)
-        .arg(case.to_string())
-        .output()
-        .with_context(|| format!("running {python}"))?;
-    if !out.status.success() {
-        bail!("{python} {}: {}", script.display(), String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
-    }
-    let line = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(line.trim().lines().last().unwrap_or("")).context("reading the reference's JSON")
+    let mut command = Command::new(python);
+    command.arg(&script).arg(json.to_string());
+    measured(command, &format!("{python} {}", script.display()))
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    let device = match args.device.as_str() {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::new_cuda(0)?,
-        "metal" => Device::new_metal(0)?,
-        d => bail!("--device {d}: expected cpu, cuda or metal"),
-    };
+    device(&args.device)?;
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    // candle and its GEMM read this; set before the first op.
-    // SAFETY: no other thread has started yet.
-    unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
     let models: Vec<String> = match (args.models.is_empty(), args.quick) {
         (false, _) => args.models.clone(),
         (true, true) => vec!["small-uvit".into(), "small-unet".into()],
@@ -230,6 +252,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .clone()
         .or_else(|| std::env::var("SCALELONG_BENCH_PYTHON").ok())
         .unwrap_or_else(|| "python3".into());
+    let dir = PathBuf::from("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let json = dir.join(format!("{}.json", chrono::Local::now().format("%Y-%m-%d-%H%M%S")));
     let mut rows = Vec::new();
     let mut torch_version = None;
     for name in &models {
@@ -241,36 +266,41 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     continue;
                 }
             };
-            let case = format!("{name}/{mode}/b{batch}");
-            eprintln!("bench {case} (ours)");
-            let (train, sample, peak) = time_ours(&cfg, batch, &args, &device)?;
-            let reference = match (python.as_str(), args.device.as_str()) {
-                ("none", _) => None,
-                (py, _) => {
-                    eprintln!("bench {case} (PyTorch)");
-                    match time_reference(py, &cfg, batch, &args, threads) {
-                        Ok(r) => Some(r),
-                        Err(e) => {
-                            eprintln!("  no reference: {e:#}");
-                            None
-                        }
-                    }
+            let label = format!("{name}/{mode}/b{batch}");
+            let case = Case {
+                model: name.clone(),
+                scaling: mode,
+                batch,
+                warmup: args.warmup,
+                repeats: args.repeats.max(1),
+                device: args.device.clone(),
+            };
+            eprintln!("bench {label} (ours)");
+            // candle and its GEMM read RAYON_NUM_THREADS.
+            let mut child = Command::new(std::env::current_exe()?);
+            child.args(["bench-case", &serde_json::to_string(&case)?]).env("RAYON_NUM_THREADS", threads.to_string());
+            let ours = measured(child, &format!("bench-case {label}"))?;
+            let reference = match python.as_str() {
+                "none" => None,
+                py => {
+                    eprintln!("bench {label} (PyTorch)");
+                    time_reference(py, &cfg, &case, threads).map_err(|e| eprintln!("  no reference: {e:#}")).ok()
                 }
             };
             if let Some(r) = &reference {
                 torch_version = Some(r.torch.clone());
             }
             let flops = cfg.forward_flops() * batch as f64;
-            for (step, ours, theirs, work) in [
-                ("train", &train, reference.as_ref().map(|r| &r.train_ms), 3.0 * flops),
-                ("sample", &sample, reference.as_ref().map(|r| &r.sample_ms), flops),
+            for (step, mine, theirs, work) in [
+                ("train", &ours.train_ms, reference.as_ref().map(|r| &r.train_ms), 3.0 * flops),
+                ("sample", &ours.sample_ms, reference.as_ref().map(|r| &r.sample_ms), flops),
             ] {
-                let ms = median(ours);
-                let lo = ours.iter().copied().fold(f64::INFINITY, f64::min);
-                let hi = ours.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let ms = median(mine);
+                let lo = mine.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = mine.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                 let reference_ms = theirs.map(|t| median(t));
                 rows.push(Row {
-                    case: format!("{case}/{step}"),
+                    case: format!("{label}/{step}"),
                     model: name.clone(),
                     scaling: mode.to_string(),
                     batch,
@@ -281,20 +311,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     ratio: reference_ms.map(|r| ms / r),
                     images_per_s: batch as f64 / (ms / 1e3),
                     gflops: work / (ms / 1e3) / 1e9,
-                    ours_peak_mb: peak,
+                    ours_peak_mb: ours.peak_rss_mb,
                     reference_peak_mb: reference.as_ref().map(|r| r.peak_rss_mb),
                 });
             }
+            // Written after every case: a long matrix that stops halfway keeps what it measured.
+            let md = table(&rows, threads, &args.device, torch_version.as_deref());
+            std::fs::write(&json, serde_json::to_string_pretty(&rows)?)?;
+            std::fs::write(json.with_extension("md"), &md)?;
         }
     }
-    let dir = PathBuf::from("target/bench");
-    std::fs::create_dir_all(&dir)?;
-    let stamp = chrono::Local::now().format("%Y-%m-%d-%H%M%S").to_string();
-    let json = dir.join(format!("{stamp}.json"));
-    std::fs::write(&json, serde_json::to_string_pretty(&rows)?)?;
-    let md = table(&rows, threads, &args.device, torch_version.as_deref());
-    std::fs::write(dir.join(format!("{stamp}.md")), &md)?;
-    println!("{md}");
+    println!("{}", table(&rows, threads, &args.device, torch_version.as_deref()));
     eprintln!("wrote {} and .md", json.display());
     Ok(())
 }

@@ -21,6 +21,9 @@ enum Task {
     Ci,
     /// Time a training step and a sampling step per model and scaling mode, ours and PyTorch's.
     Bench(bench::BenchArgs),
+    /// One bench case in a fresh process (used by `bench`).
+    #[command(hide = true)]
+    BenchCase { json: String },
 }
 
 /// The allocator the `scalelong` binary uses, so the bench times what users run.
@@ -42,6 +45,7 @@ fn main() -> Result<()> {
     unsafe { libmimalloc_sys::mi_option_set(15, -1) };
     match Cli::parse().command {
         Task::Bench(args) => bench::run(args),
+        Task::BenchCase { json } => bench::run_case(&json),
         Task::Ci => {
             cargo(&["fmt", "--all", "--", "--check"])?;
             cargo(&["clippy", "--workspace", "--all-targets", "--release", "--", "-D", "warnings"])?;

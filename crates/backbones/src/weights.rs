@@ -109,9 +109,12 @@ fn from_local(path: &Path) -> Result<WeightFiles> {
 
 #[cfg(feature = "hub")]
 fn from_hub(spec: &HubSpec, offline: bool) -> Result<WeightFiles> {
-    use hf_hub::{HFClientSync, HFError};
-    let client =
-        HFClientSync::new().map_err(|e| candle_core::Error::Msg(format!("{spec}: Hugging Face client: {e}")))?;
+    use hf_hub::{HFClient, HFClientSync, HFError};
+    let hub_err = |e: HFError| candle_core::Error::Msg(format!("{spec}: Hugging Face client: {e}"));
+    // hf-hub resolves the cache (HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub); errors name it.
+    let client = HFClient::new().map_err(hub_err)?;
+    let cache = client.cache_dir().to_path_buf();
+    let client = HFClientSync::from_inner(client).map_err(hub_err)?;
     let repo = client.model(spec.owner.clone(), spec.name.clone());
     let get = |file: &str| -> Result<Option<PathBuf>> {
         let request = repo.download_file().filename(file).local_files_only(offline);
@@ -120,7 +123,7 @@ fn from_hub(spec: &HubSpec, offline: bool) -> Result<WeightFiles> {
             Err(HFError::EntryNotFound { .. }) => Ok(None),
             Err(HFError::LocalEntryNotFound { .. }) => Err(candle_core::Error::Msg(format!(
                 "{spec}: `{file}` is not in the Hugging Face cache ({}) and the Hub is offline (--offline or HF_HUB_OFFLINE): run once online to fetch it, or `huggingface-cli download {}/{}{}`",
-                cache_dir().display(),
+                cache.display(),
                 spec.owner,
                 spec.name,
                 spec.revision.as_ref().map(|r| format!(" --revision {r}")).unwrap_or_default()
@@ -148,19 +151,6 @@ fn from_hub(spec: &HubSpec, offline: bool) -> Result<WeightFiles> {
 #[cfg(not(feature = "hub"))]
 fn from_hub(spec: &HubSpec, _offline: bool) -> Result<WeightFiles> {
     fail!("{spec}: this build has no Hugging Face Hub support (enable the `hub` feature of scalelong-backbones)")
-}
-
-/// The Hub cache directory as huggingface_hub resolves it: `HF_HUB_CACHE`, else `HF_HOME/hub`,
-/// else `~/.cache/huggingface/hub`.
-pub fn cache_dir() -> PathBuf {
-    if let Some(p) = std::env::var_os("HF_HUB_CACHE") {
-        return PathBuf::from(p);
-    }
-    if let Some(p) = std::env::var_os("HF_HOME") {
-        return PathBuf::from(p).join("hub");
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
-    home.join(".cache/huggingface/hub")
 }
 
 #[cfg(test)]

@@ -173,13 +173,7 @@ fn train_in_processes(todo: &[&StudyRun], runs_dir: &Path, args: &StudyArgs) -> 
 
 /// Mean over seeds per mode of one series, with the min..max band.
 fn curves(records: &[RunRecord], series: fn(&RunRecord) -> Vec<f64>) -> Vec<Curve> {
-    let mut modes: Vec<SkipScaling> = Vec::new();
-    for r in records {
-        if !modes.contains(&r.mode) {
-            modes.push(r.mode);
-        }
-    }
-    modes
+    study::modes(records)
         .into_iter()
         .map(|mode| {
             let runs: Vec<&RunRecord> = records.iter().filter(|r| r.mode == mode).collect();

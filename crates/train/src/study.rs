@@ -142,21 +142,26 @@ pub struct ModeSummary {
     pub speedup: Spread,
 }
 
-/// Summarises the runs per mode (in the order the modes first appear), against `baseline`.
-pub fn summarize(records: &[RunRecord], baseline: SkipScaling) -> Vec<ModeSummary> {
+/// The modes of a study, in the order they first appear.
+pub fn modes(records: &[RunRecord]) -> Vec<SkipScaling> {
     let mut modes: Vec<SkipScaling> = Vec::new();
     for r in records {
         if !modes.contains(&r.mode) {
             modes.push(r.mode);
         }
     }
+    modes
+}
+
+/// Summarises the runs per mode (in the order the modes first appear), against `baseline`.
+pub fn summarize(records: &[RunRecord], baseline: SkipScaling) -> Vec<ModeSummary> {
     let reach = |r: &RunRecord| -> Option<(Option<u64>, u64)> {
         let base = records.iter().find(|b| b.mode == baseline && b.seed == r.seed)?;
         let target = tail_mean(&base.val_loss_ema, TAIL);
         let base_steps = steps_to_reach(&base.steps, &base.val_loss_ema, target, TAIL)?;
         Some((steps_to_reach(&r.steps, &r.val_loss_ema, target, TAIL), base_steps))
     };
-    modes
+    modes(records)
         .into_iter()
         .map(|mode| {
             let runs: Vec<&RunRecord> = records.iter().filter(|r| r.mode == mode).collect();

@@ -72,12 +72,7 @@ impl Trainer {
     pub fn new(config: TrainConfig, run_dir: &Path, device: &Device, dtype: DType, resume: bool) -> Result<Self> {
         config.validate().map_err(candle_core::Error::Msg)?;
         let spec: DataSpec = config.data.spec.parse().map_err(candle_core::Error::wrap)?;
-        let m = &config.model;
-        let loaded = match config.data.fit {
-            Fit::Resize => spec.load(m.in_channels(), m.image_size()),
-            Fit::Pad => spec.load_padded(m.in_channels(), m.image_size()),
-        };
-        let dataset = Arc::new(loaded.map_err(candle_core::Error::wrap)?);
+        let dataset = Arc::new(load_data(&config, &spec).map_err(candle_core::Error::wrap)?);
         let null_label = check_classes(&config, &dataset)?;
         let objective = TrainingObjective::new(Schedule::Vp(config.train.schedule.sde()), config.train.prediction);
         let probe = match config.diagnostics.every {
@@ -85,7 +80,7 @@ impl Trainer {
             _ => Some(probe(&config, &dataset, &objective, device)?),
         };
         let seeded = SeededVars::new(config.train.seed);
-        let model = m.build(seeded.var_builder(device))?;
+        let model = config.model.build(seeded.var_builder(device))?;
         let (names, vars): (Vec<String>, Vec<Var>) = seeded.vars().into_iter().unzip();
         let ema = vars.iter().map(|v| Ok(v.as_tensor().copy()?.detach())).collect::<Result<Vec<_>>>()?;
         let t = &config.train;
@@ -491,15 +486,20 @@ fn probe(config: &TrainConfig, train: &ImageDataset, objective: &TrainingObjecti
             .val_data
             .parse()
             .map_err(|e| candle_core::Error::Msg(format!("diagnostics.val_data = {:?}: {e}", d.val_data)))?;
-        let m = &config.model;
-        let loaded = match config.data.fit {
-            Fit::Resize => spec.load(m.in_channels(), m.image_size()),
-            Fit::Pad => spec.load_padded(m.in_channels(), m.image_size()),
-        };
-        held_out = loaded.map_err(|e| candle_core::Error::Msg(format!("diagnostics.val_data: {e}")))?;
+        held_out =
+            load_data(config, &spec).map_err(|e| candle_core::Error::Msg(format!("diagnostics.val_data: {e}")))?;
         &held_out
     };
     Probe::new(data, objective, d, config.model.num_classes().is_some(), config.train.seed, device)
+}
+
+/// A dataset brought to the model's channels and size as `data.fit` says.
+fn load_data(config: &TrainConfig, spec: &DataSpec) -> std::result::Result<ImageDataset, scalelong_data::DataError> {
+    let m = &config.model;
+    match config.data.fit {
+        Fit::Resize => spec.load(m.in_channels(), m.image_size()),
+        Fit::Pad => spec.load_padded(m.in_channels(), m.image_size()),
+    }
 }
 
 fn loader_config(c: &TrainConfig) -> LoaderConfig {

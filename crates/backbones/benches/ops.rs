@@ -1,11 +1,16 @@
 //! The ops a training step spends its time in, forward and forward + backward, at the sizes of
 //! U-ViT-S/2 (tokens 257, width 512) and the DDPM CIFAR-10 UNet (3x3 convs, GroupNorm 32) with a
 //! small batch: `cargo bench -p scalelong-backbones` (divan prints median and spread per op).
+//! Each op runs as ours (`scalelong_backbones::ops`) and as candle's (candle-nn or composed from
+//! candle's primitives), forward (`fwd`) and forward + backward (`bwd`).
 
-use candle_core::{DType, Device, Module, Result, Tensor, Var};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
+use candle_core::{DType, Device, Module, Result, Tensor, Var, D};
+use candle_nn::VarBuilder;
+use scalelong_backbones::ops::{conv2d, normalize_chunks, softmax_last_dim, Conv2dParams};
 use scalelong_backbones::unet::SpatialAttention;
-use scalelong_backbones::LayerNorm;
+
+/// Implementation and pass of one measurement.
+const CASES: [&str; 4] = ["ours/fwd", "ours/bwd", "candle/fwd", "candle/bwd"];
 
 fn main() {
     divan::main();
@@ -15,9 +20,10 @@ fn randn(shape: &[usize]) -> Tensor {
     Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap()
 }
 
-/// Runs `f` on a fresh input; with `backward`, also its gradient (through a `Var` input).
-fn run(x: &Tensor, backward: bool, f: &dyn Fn(&Tensor) -> Result<Tensor>) {
-    if backward {
+/// Runs `ours` or `candle` (as `case` says) on `x`; for `bwd`, also its gradient (through a `Var`).
+fn run(x: &Tensor, case: &str, ours: &dyn Fn(&Tensor) -> Result<Tensor>, candle: &dyn Fn(&Tensor) -> Result<Tensor>) {
+    let f = if case.starts_with("ours") { ours } else { candle };
+    if case.ends_with("bwd") {
         let v = Var::from_tensor(x).unwrap();
         let grads = f(v.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
         divan::black_box(grads);
@@ -26,37 +32,56 @@ fn run(x: &Tensor, backward: bool, f: &dyn Fn(&Tensor) -> Result<Tensor>) {
     }
 }
 
-#[divan::bench(args = [false, true])]
-fn matmul_tokens_x_width(bencher: divan::Bencher, backward: bool) {
-    // One U-ViT linear layer on a batch of 8: (8, 257, 512) x (512, 2048).
+#[divan::bench(args = ["fwd", "bwd"])]
+fn matmul_tokens_x_width(bencher: divan::Bencher, case: &str) {
+    // One U-ViT linear layer on a batch of 8: (8, 257, 512) x (512, 2048); candle's GEMM only.
     let (x, w) = (randn(&[8, 257, 512]), randn(&[512, 2048]));
-    bencher.bench_local(|| run(&x, backward, &|x| x.broadcast_matmul(&w)));
+    let f = |x: &Tensor| x.broadcast_matmul(&w);
+    bencher.bench_local(|| run(&x, case, &f, &f));
 }
 
-#[divan::bench(args = [false, true])]
-fn conv2d_3x3_128ch_32px(bencher: divan::Bencher, backward: bool) {
-    let conv =
-        Conv2d::new(randn(&[128, 128, 3, 3]), Some(randn(&[128])), Conv2dConfig { padding: 1, ..Default::default() });
+#[divan::bench(args = CASES)]
+fn conv2d_3x3_128ch_32px(bencher: divan::Bencher, case: &str) {
+    let (x, w) = (randn(&[8, 128, 32, 32]), randn(&[128, 128, 3, 3]));
+    let p = Conv2dParams { padding: 1, stride: 1 };
+    bencher.bench_local(|| run(&x, case, &|x| conv2d(x, &w, p), &|x| x.conv2d(&w, 1, 1, 1, 1)));
+}
+
+/// Candle-nn's GroupNorm and our LayerNorm before the fused op: the same normalisation from
+/// candle's primitives (mean, centre, variance, divide), without the affine part.
+fn composed_norm(x: &Tensor, chunk: usize) -> Result<Tensor> {
+    let rows = x.reshape((x.elem_count() / chunk, chunk))?;
+    let centred = rows.broadcast_sub(&rows.mean_keepdim(D::Minus1)?)?;
+    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    centred.broadcast_div(&(var + 1e-5)?.sqrt()?)?.reshape(x.shape())
+}
+
+#[divan::bench(args = CASES)]
+fn group_norm_32_groups(bencher: divan::Bencher, case: &str) {
+    // 128 channels in 32 groups at 32x32: chunks of 4 channels x 1024 pixels.
     let x = randn(&[8, 128, 32, 32]);
-    bencher.bench_local(|| run(&x, backward, &|x| conv.forward(x)));
+    bencher.bench_local(|| run(&x, case, &|x| normalize_chunks(x, 4096, 1e-5), &|x| composed_norm(x, 4096)));
 }
 
-#[divan::bench(args = [false, true])]
-fn group_norm_32_groups(bencher: divan::Bencher, backward: bool) {
-    let gn = GroupNorm::new(randn(&[128]), randn(&[128]), 128, 32, 1e-6).unwrap();
-    let x = randn(&[8, 128, 32, 32]);
-    bencher.bench_local(|| run(&x, backward, &|x| gn.forward(x)));
-}
-
-#[divan::bench(args = [false, true])]
-fn layer_norm_width_512(bencher: divan::Bencher, backward: bool) {
-    let ln = LayerNorm::new(512, 1e-5, VarBuilder::zeros(DType::F32, &Device::Cpu)).unwrap();
+#[divan::bench(args = CASES)]
+fn layer_norm_width_512(bencher: divan::Bencher, case: &str) {
     let x = randn(&[8, 257, 512]);
-    bencher.bench_local(|| run(&x, backward, &|x| ln.forward(x)));
+    bencher.bench_local(|| run(&x, case, &|x| normalize_chunks(x, 512, 1e-5), &|x| composed_norm(x, 512)));
 }
 
-#[divan::bench(args = [false, true])]
-fn attention_16x16_256ch(bencher: divan::Bencher, backward: bool) {
+#[divan::bench(args = CASES)]
+fn softmax_257_tokens(bencher: divan::Bencher, case: &str) {
+    // U-ViT-S attention scores of a batch of 8: 8 heads, 257 x 257.
+    let x = randn(&[8, 8, 257, 257]);
+    let composed = |x: &Tensor| {
+        let e = x.broadcast_sub(&x.max_keepdim(D::Minus1)?.detach())?.exp()?;
+        e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+    };
+    bencher.bench_local(|| run(&x, case, &softmax_last_dim, &composed));
+}
+
+#[divan::bench(args = ["fwd", "bwd"])]
+fn attention_16x16_256ch(bencher: divan::Bencher, case: &str) {
     // The DDPM UNet's attention at 16x16 (256 channels, one head), with its GroupNorm.
     let vb = VarBuilder::from_tensors(
         [
@@ -79,5 +104,6 @@ fn attention_16x16_256ch(bencher: divan::Bencher, backward: bool) {
     );
     let attn = SpatialAttention::new(256, 256, 32, 1e-6, 1.0, vb).unwrap();
     let x = randn(&[8, 256, 16, 16]);
-    bencher.bench_local(|| run(&x, backward, &|x| attn.forward(x)));
+    let f = |x: &Tensor| attn.forward(x);
+    bencher.bench_local(|| run(&x, case, &f, &f));
 }

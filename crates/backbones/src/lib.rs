@@ -15,6 +15,7 @@ mod backbone;
 pub mod checkpoint;
 mod flops;
 mod nn;
+pub mod ops;
 pub mod params;
 mod skip;
 mod taps;
@@ -23,7 +24,7 @@ pub mod uvit;
 pub mod weights;
 
 pub use backbone::{Backbone, ModelConfig};
-pub use nn::LayerNorm;
+pub use nn::{Conv2d, GroupNorm, LayerNorm};
 pub use scalelong_lsc_scaling::SkipScaling;
 pub use taps::Taps;
 pub use unet::{UNet2D, UNet2DConfig};

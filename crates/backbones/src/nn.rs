@@ -1,10 +1,13 @@
 //! Layers with a correct backward pass and the official initialisations.
 //!
 //! candle 0.11's fused `softmax_last_dim` and `layer_norm` (and `LayerNorm::forward` on contiguous
-//! input) return no gradient, so the ops here are composed from primitives that have one.
+//! input) return no gradient; the layers here run on [`crate::ops`], which has one.
 
-use candle_core::{Module, Result, Tensor, D};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
+
+pub(crate) use crate::ops::softmax_last_dim;
+use crate::ops::{conv2d, normalize_chunks, Conv2dParams};
 
 /// timm's `trunc_normal_(std=0.02)` truncates at ±2 (absolute), i.e. 100 standard deviations:
 /// a plain normal is the same distribution for every practical purpose.
@@ -23,7 +26,7 @@ pub(crate) fn torch_default_init(fan_in: usize) -> Init {
     Init::Uniform { lo: -bound, up: bound }
 }
 
-/// LayerNorm over the last axis with affine weight and bias, composed so that it has a gradient.
+/// LayerNorm over the last axis with affine weight and bias.
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
     weight: Tensor,
@@ -45,19 +48,65 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
-        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        let normed = normalize_chunks(x, self.weight.elem_count(), self.eps)?;
         normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
     }
 }
 
-/// Softmax over the last axis. The max is detached: softmax is shift-invariant, so no gradient
-/// flows through it and tracking it would only cost time.
-pub(crate) fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+/// GroupNorm over `(B, C, ...)` with per-channel affine weight and bias, as `nn.GroupNorm`.
+#[derive(Debug, Clone)]
+pub struct GroupNorm {
+    weight: Tensor,
+    bias: Tensor,
+    groups: usize,
+    eps: f64,
+}
+
+impl GroupNorm {
+    pub fn new(weight: Tensor, bias: Tensor, groups: usize, eps: f64) -> Result<Self> {
+        let channels = weight.elem_count();
+        if groups == 0 || !channels.is_multiple_of(groups) || bias.elem_count() != channels {
+            candle_core::bail!("GroupNorm: {channels} channels (bias {}) in {groups} groups", bias.elem_count());
+        }
+        Ok(Self { weight, bias, groups, eps })
+    }
+}
+
+impl Module for GroupNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, c) = (x.dim(0)?, x.dim(1)?);
+        if c != self.weight.elem_count() {
+            candle_core::bail!("GroupNorm: input {:?} has not {} channels", x.shape(), self.weight.elem_count());
+        }
+        let normed = normalize_chunks(x, x.elem_count() / (b * self.groups), self.eps)?;
+        let mut affine = vec![1; x.rank()];
+        affine[1] = c;
+        normed.broadcast_mul(&self.weight.reshape(affine.as_slice())?)?.broadcast_add(&self.bias.reshape(affine)?)
+    }
+}
+
+/// `nn.Conv2d` (groups 1, dilation 1) with an optional bias.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    params: Conv2dParams,
+}
+
+impl Conv2d {
+    pub fn new(weight: Tensor, bias: Option<Tensor>, params: Conv2dParams) -> Self {
+        Self { weight, bias, params }
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = conv2d(x, &self.weight, self.params)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
+            None => Ok(y),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -3,12 +3,13 @@
 //! `Upsample2D`.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Init, Linear, VarBuilder};
+use candle_nn::{Init, Linear, VarBuilder};
 
-use crate::nn::{softmax_last_dim, torch_default_init};
+use crate::nn::{softmax_last_dim, torch_default_init, Conv2d, GroupNorm};
+use crate::ops::Conv2dParams;
 
 /// `nn.Conv2d` with PyTorch's default initialisation.
-pub(crate) fn conv2d(cin: usize, cout: usize, k: usize, cfg: Conv2dConfig, vb: VarBuilder) -> Result<Conv2d> {
+pub(crate) fn conv2d(cin: usize, cout: usize, k: usize, cfg: Conv2dParams, vb: VarBuilder) -> Result<Conv2d> {
     let init = torch_default_init(cin * k * k);
     let w = vb.get_with_hints((cout, cin, k, k), "weight", init)?;
     let b = vb.get_with_hints(cout, "bias", init)?;
@@ -21,15 +22,14 @@ pub(crate) fn linear(cin: usize, cout: usize, vb: VarBuilder) -> Result<Linear> 
     Ok(Linear::new(vb.get_with_hints((cout, cin), "weight", init)?, Some(vb.get_with_hints(cout, "bias", init)?)))
 }
 
-/// candle's `GroupNorm` is composed from primitives, so it has a gradient.
+/// `nn.GroupNorm` with PyTorch's initialisation (weight 1, bias 0).
 pub(crate) fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<GroupNorm> {
     let w = vb.get_with_hints(channels, "weight", Init::Const(1.0))?;
     let b = vb.get_with_hints(channels, "bias", Init::Const(0.0))?;
-    GroupNorm::new(w, b, channels, groups, eps)
+    GroupNorm::new(w, b, groups, eps)
 }
 
-pub(crate) const PAD1: Conv2dConfig =
-    Conv2dConfig { padding: 1, stride: 1, dilation: 1, groups: 1, cudnn_fwd_algo: None };
+pub(crate) const PAD1: Conv2dParams = Conv2dParams { padding: 1, stride: 1 };
 
 #[derive(Debug, Clone)]
 pub struct ResnetBlock2D {
@@ -62,7 +62,7 @@ impl ResnetBlock2D {
             norm2: group_norm(groups, cout, eps, vb.pp("norm2"))?,
             conv2: conv2d(cout, cout, 3, PAD1, vb.pp("conv2"))?,
             conv_shortcut: match cin != cout {
-                true => Some(conv2d(cin, cout, 1, Conv2dConfig::default(), vb.pp("conv_shortcut"))?),
+                true => Some(conv2d(cin, cout, 1, Conv2dParams { padding: 0, stride: 1 }, vb.pp("conv_shortcut"))?),
                 false => None,
             },
             scale_shift,
@@ -161,7 +161,7 @@ pub struct Downsample2D {
 
 impl Downsample2D {
     pub fn new(channels: usize, padding: usize, vb: VarBuilder) -> Result<Self> {
-        let cfg = Conv2dConfig { padding, stride: 2, ..Default::default() };
+        let cfg = Conv2dParams { padding, stride: 2 };
         Ok(Self { conv: conv2d(channels, channels, 3, cfg, vb.pp("conv"))?, pad_right_bottom: padding == 0 })
     }
 }

@@ -39,7 +39,7 @@ pub struct UViT {
     skip_scales: Vec<SkipScale>,
     norm: LayerNorm,
     decoder_pred: Linear,
-    final_layer: candle_nn::Conv2d,
+    final_layer: crate::nn::Conv2d,
 }
 
 impl UViT {
@@ -85,10 +85,10 @@ impl UViT {
         let norm = LayerNorm::new(d, LayerNorm::DEFAULT_EPS, vb.pp("norm"))?;
         let decoder_pred = linear(d, p * p * ch, true, vb.pp("decoder_pred"))?;
         let fl_init = torch_default_init(ch * 9);
-        let final_layer = candle_nn::Conv2d::new(
+        let final_layer = crate::nn::Conv2d::new(
             vb.get_with_hints((ch, ch, 3, 3), "final_layer.weight", fl_init)?,
             Some(vb.get_with_hints(ch, "final_layer.bias", fl_init)?),
-            candle_nn::Conv2dConfig { padding: 1, ..Default::default() },
+            crate::ops::Conv2dParams { padding: 1, stride: 1 },
         );
         Ok(Self {
             config: c.clone(),

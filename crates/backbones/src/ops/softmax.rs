@@ -1,0 +1,98 @@
+//! Softmax over the last axis, one pass forward and one backward.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
+
+use super::{contiguous, fused, sum_by, Float};
+
+/// Softmax over the last axis (max-subtracted, so it does not overflow).
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    match fused(x) {
+        true => x.contiguous()?.apply_op1(Softmax),
+        false => composed(x),
+    }
+}
+
+/// The same from candle's primitive ops (other devices and dtypes; the tests' reference).
+pub(super) fn composed(x: &Tensor) -> Result<Tensor> {
+    // The max is detached: softmax is shift-invariant, so no gradient flows through it.
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+fn row_len(l: &Layout) -> usize {
+    l.dims().last().copied().unwrap_or(1).max(1)
+}
+
+struct Softmax;
+
+fn softmax<T: Float>(x: &[T], n: usize) -> Vec<T> {
+    let mut y = vec![T::zero(); x.len()];
+    y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(y, x)| {
+        let max = x.iter().copied().fold(T::neg_infinity(), T::max);
+        let mut sum = T::zero();
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = (x - max).exp();
+            sum = sum + *y;
+        }
+        let inv = sum.recip();
+        y.iter_mut().for_each(|y| *y = *y * inv);
+    });
+    y
+}
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "softmax-last-dim"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let n = row_len(l);
+        let y = match s {
+            CpuStorage::F32(x) => CpuStorage::F32(softmax(contiguous(x, l, self.name())?, n)),
+            CpuStorage::F64(x) => CpuStorage::F64(softmax(contiguous(x, l, self.name())?, n)),
+            _ => bail!("{}: f32 or f64 only, got {:?}", self.name(), s.dtype()),
+        };
+        Ok((y, l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(y.apply_op2_no_bwd(&g.contiguous()?, &SoftmaxGrad)?))
+    }
+}
+
+/// dx = y * (g - sum(g * y)) per row.
+struct SoftmaxGrad;
+
+fn softmax_grad<T: Float>(y: &[T], g: &[T], n: usize) -> Vec<T> {
+    let mut dx = vec![T::zero(); y.len()];
+    dx.par_chunks_mut(n).zip(y.par_chunks(n)).zip(g.par_chunks(n)).for_each(|((dx, y), g)| {
+        let dot = sum_by(y, g, |y, g| y * g);
+        for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(g) {
+            *dx = y * (g - dot);
+        }
+    });
+    dx
+}
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "softmax-last-dim-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let n = row_len(l1);
+        let dx = match (s1, s2) {
+            (CpuStorage::F32(y), CpuStorage::F32(g)) => {
+                CpuStorage::F32(softmax_grad(contiguous(y, l1, self.name())?, contiguous(g, l2, self.name())?, n))
+            }
+            (CpuStorage::F64(y), CpuStorage::F64(g)) => {
+                CpuStorage::F64(softmax_grad(contiguous(y, l1, self.name())?, contiguous(g, l2, self.name())?, n))
+            }
+            _ => bail!("{}: f32 or f64 only, got {:?} and {:?}", self.name(), s1.dtype(), s2.dtype()),
+        };
+        Ok((dx, l1.shape().clone()))
+    }
+}

@@ -1,0 +1,137 @@
+//! Each fused op against candle's composed ops (and candle's own conv2d): values and gradients,
+//! f64 and f32, over shapes that exercise padding, stride, 1x1 kernels and odd sizes.
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+
+use super::*;
+
+/// Largest |a - b| relative to the largest |b|.
+fn rel_err(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let scale = b.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?.max(1e-30);
+    Ok((a - b)?.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()? / scale)
+}
+
+/// Compares `fused(inputs)` with `reference(inputs)`, and the gradients of `sum(out * probe)`.
+fn check(
+    shapes: &[&[usize]],
+    dtype: DType,
+    tol: f64,
+    fused: impl Fn(&[Tensor]) -> Result<Tensor>,
+    reference: impl Fn(&[Tensor]) -> Result<Tensor>,
+) -> Result<()> {
+    let dev = Device::Cpu;
+    let vars = shapes
+        .iter()
+        .map(|s| Var::from_tensor(&Tensor::randn(0f64, 1.0, *s, &dev)?.to_dtype(dtype)?))
+        .collect::<Result<Vec<_>>>()?;
+    let inputs: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let (ours, want) = (fused(&inputs)?, reference(&inputs)?);
+    assert_eq!(ours.dims(), want.dims());
+    assert!(rel_err(&ours, &want)? < tol, "output off by {}", rel_err(&ours, &want)?);
+    let probe = Tensor::randn(0f64, 1.0, ours.shape(), &dev)?.to_dtype(dtype)?;
+    let (g_ours, g_want) = ((ours * &probe)?.sum_all()?.backward()?, (want * &probe)?.sum_all()?.backward()?);
+    for (i, v) in vars.iter().enumerate() {
+        let (a, b) = (g_ours.get(v).expect("fused op lost a gradient"), g_want.get(v).expect("no reference gradient"));
+        assert!(rel_err(a, b)? < tol, "gradient of input {i} off by {}", rel_err(a, b)?);
+    }
+    Ok(())
+}
+
+#[test]
+fn conv2d_matches_candle() -> Result<()> {
+    // (x, w, padding, stride): 3x3 same, strided with and without padding, 1x1, odd and tall.
+    let cases: [(&[usize], &[usize], usize, usize); 6] = [
+        (&[2, 3, 8, 8], &[4, 3, 3, 3], 1, 1),
+        (&[3, 4, 9, 7], &[5, 4, 3, 3], 1, 2),
+        (&[1, 2, 8, 8], &[3, 2, 3, 3], 0, 2),
+        (&[2, 6, 5, 5], &[3, 6, 1, 1], 0, 1),
+        (&[2, 2, 7, 8], &[2, 2, 2, 3], 2, 3),
+        (&[5, 3, 4, 4], &[2, 3, 3, 3], 0, 1),
+    ];
+    for (x, w, padding, stride) in cases {
+        let p = Conv2dParams { padding, stride };
+        for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+            check(&[x, w], dtype, tol, |t| conv2d(&t[0], &t[1], p), |t| t[0].conv2d(&t[1], padding, stride, 1, 1))?;
+        }
+    }
+    Ok(())
+}
+
+/// Where the stride leaves input rows unused, candle's own conv2d backward fails (a shape error in
+/// its transposed convolution); ours is checked against finite differences there.
+#[test]
+fn conv2d_gradient_with_leftover_rows() -> Result<()> {
+    let dev = Device::Cpu;
+    let p = Conv2dParams { padding: 0, stride: 2 };
+    let x0 = Tensor::randn(0f64, 1.0, (1, 2, 6, 5), &dev)?;
+    let w = Tensor::randn(0f64, 1.0, (3, 2, 3, 2), &dev)?;
+    let probe = Tensor::randn(0f64, 1.0, conv2d(&x0, &w, p)?.shape(), &dev)?;
+    let loss = |x: &Tensor| -> Result<f64> { (conv2d(x, &w, p)? * &probe)?.sum_all()?.to_scalar::<f64>() };
+    let x = Var::from_tensor(&x0)?;
+    let grad = (conv2d(x.as_tensor(), &w, p)? * &probe)?.sum_all()?.backward()?;
+    let grad = grad.get(&x).expect("no gradient").flatten_all()?.to_vec1::<f64>()?;
+    let base = x0.flatten_all()?.to_vec1::<f64>()?;
+    for (i, g) in grad.iter().enumerate() {
+        let at = |d: f64| -> Result<f64> {
+            let mut v = base.clone();
+            v[i] += d;
+            loss(&Tensor::from_vec(v, x0.shape(), &dev)?)
+        };
+        let fd = (at(1e-6)? - at(-1e-6)?) / 2e-6;
+        assert!((fd - g).abs() < 1e-6, "element {i}: finite differences {fd}, gradient {g}");
+    }
+    Ok(())
+}
+
+#[test]
+fn normalize_chunks_matches_composed() -> Result<()> {
+    for (shape, chunk) in [(&[3usize, 7][..], 7), (&[2, 4, 3, 3], 18), (&[2, 5, 16], 16), (&[1, 64], 64)] {
+        for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+            check(
+                &[shape],
+                dtype,
+                tol,
+                |t| normalize_chunks(&t[0], chunk, 1e-5),
+                |t| norm::composed(&t[0], chunk, 1e-5),
+            )?;
+        }
+    }
+    assert!(normalize_chunks(&Tensor::zeros(10, DType::F32, &Device::Cpu)?, 3, 1e-5).is_err());
+    Ok(())
+}
+
+#[test]
+fn softmax_matches_composed() -> Result<()> {
+    for shape in [&[4usize, 9][..], &[2, 3, 5, 17], &[1, 1]] {
+        for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+            check(&[shape], dtype, tol, |t| softmax_last_dim(&t[0]), |t| softmax::composed(&t[0]))?;
+        }
+    }
+    // Shifted far from zero: no overflow.
+    let big = Tensor::new(&[[1000f32, 1000.0, 1001.0]], &Device::Cpu)?;
+    let s = softmax_last_dim(&big)?.to_vec2::<f32>()?;
+    assert!(s[0].iter().all(|v| v.is_finite()) && (s[0].iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    Ok(())
+}
+
+#[test]
+fn non_contiguous_inputs_are_handled() -> Result<()> {
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1.0, (2, 8, 8, 3), &dev)?.permute((0, 3, 1, 2))?;
+    let w = Tensor::randn(0f32, 1.0, (4, 3, 3, 3), &dev)?;
+    let p = Conv2dParams { padding: 1, stride: 1 };
+    assert!(rel_err(&conv2d(&x, &w, p)?, &x.conv2d(&w, 1, 1, 1, 1)?)? < 1e-5);
+    let t = Tensor::randn(0f32, 1.0, (6, 5), &dev)?.t()?;
+    assert!(rel_err(&softmax_last_dim(&t)?, &softmax::composed(&t)?)? < 1e-5);
+    Ok(())
+}
+
+#[test]
+fn conv2d_rejects_mismatched_channels() -> Result<()> {
+    let dev = Device::Cpu;
+    let x = Tensor::zeros((1, 3, 4, 4), DType::F32, &dev)?;
+    let w = Tensor::zeros((2, 4, 3, 3), DType::F32, &dev)?;
+    let err = conv2d(&x, &w, Conv2dParams { padding: 1, stride: 1 }).unwrap_err().to_string();
+    assert!(err.contains("input channels"), "{err}");
+    Ok(())
+}

@@ -6,7 +6,7 @@
 
 use candle_core::{DType, Device, Module, Result, Tensor, Var, D};
 use candle_nn::VarBuilder;
-use scalelong_backbones::ops::{conv2d, normalize_chunks, softmax_last_dim, Conv2dParams};
+use scalelong_backbones::ops::{conv2d, group_norm, layer_norm, softmax_last_dim, Conv2dParams};
 use scalelong_backbones::unet::SpatialAttention;
 
 /// Implementation and pass of one measurement.
@@ -44,29 +44,33 @@ fn matmul_tokens_x_width(bencher: divan::Bencher, case: &str) {
 fn conv2d_3x3_128ch_32px(bencher: divan::Bencher, case: &str) {
     let (x, w) = (randn(&[8, 128, 32, 32]), randn(&[128, 128, 3, 3]));
     let p = Conv2dParams { padding: 1, stride: 1 };
-    bencher.bench_local(|| run(&x, case, &|x| conv2d(x, &w, p), &|x| x.conv2d(&w, 1, 1, 1, 1)));
+    bencher.bench_local(|| run(&x, case, &|x| conv2d(x, &w, None, p), &|x| x.conv2d(&w, 1, 1, 1, 1)));
 }
 
 /// Candle-nn's GroupNorm and our LayerNorm before the fused op: the same normalisation from
-/// candle's primitives (mean, centre, variance, divide), without the affine part.
-fn composed_norm(x: &Tensor, chunk: usize) -> Result<Tensor> {
+/// candle's primitives (mean, centre, variance, divide, scale, shift).
+fn composed_norm(x: &Tensor, chunk: usize, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     let rows = x.reshape((x.elem_count() / chunk, chunk))?;
     let centred = rows.broadcast_sub(&rows.mean_keepdim(D::Minus1)?)?;
     let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-    centred.broadcast_div(&(var + 1e-5)?.sqrt()?)?.reshape(x.shape())
+    let normed = centred.broadcast_div(&(var + 1e-5)?.sqrt()?)?.reshape(x.shape())?;
+    normed.broadcast_mul(w)?.broadcast_add(b)
 }
 
 #[divan::bench(args = CASES)]
 fn group_norm_32_groups(bencher: divan::Bencher, case: &str) {
     // 128 channels in 32 groups at 32x32: chunks of 4 channels x 1024 pixels.
-    let x = randn(&[8, 128, 32, 32]);
-    bencher.bench_local(|| run(&x, case, &|x| normalize_chunks(x, 4096, 1e-5), &|x| composed_norm(x, 4096)));
+    let (x, w, b) = (randn(&[8, 128, 32, 32]), randn(&[128]), randn(&[128]));
+    let (w4, b4) = (w.reshape((1, 128, 1, 1)).unwrap(), b.reshape((1, 128, 1, 1)).unwrap());
+    let ours = |x: &Tensor| group_norm(x, &w, &b, 32, 1e-5);
+    bencher.bench_local(|| run(&x, case, &ours, &|x| composed_norm(x, 4096, &w4, &b4)));
 }
 
 #[divan::bench(args = CASES)]
 fn layer_norm_width_512(bencher: divan::Bencher, case: &str) {
-    let x = randn(&[8, 257, 512]);
-    bencher.bench_local(|| run(&x, case, &|x| normalize_chunks(x, 512, 1e-5), &|x| composed_norm(x, 512)));
+    let (x, w, b) = (randn(&[8, 257, 512]), randn(&[512]), randn(&[512]));
+    let ours = |x: &Tensor| layer_norm(x, &w, &b, 1e-5);
+    bencher.bench_local(|| run(&x, case, &ours, &|x| composed_norm(x, 512, &w, &b)));
 }
 
 #[divan::bench(args = CASES)]

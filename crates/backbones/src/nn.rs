@@ -7,7 +7,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
 
 pub(crate) use crate::ops::softmax_last_dim;
-use crate::ops::{conv2d, normalize_chunks, Conv2dParams};
+use crate::ops::{conv2d, group_norm, layer_norm, Conv2dParams};
 
 /// timm's `trunc_normal_(std=0.02)` truncates at ±2 (absolute), i.e. 100 standard deviations:
 /// a plain normal is the same distribution for every practical purpose.
@@ -48,8 +48,7 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let normed = normalize_chunks(x, self.weight.elem_count(), self.eps)?;
-        normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+        layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }
 
@@ -74,14 +73,7 @@ impl GroupNorm {
 
 impl Module for GroupNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, c) = (x.dim(0)?, x.dim(1)?);
-        if c != self.weight.elem_count() {
-            candle_core::bail!("GroupNorm: input {:?} has not {} channels", x.shape(), self.weight.elem_count());
-        }
-        let normed = normalize_chunks(x, x.elem_count() / (b * self.groups), self.eps)?;
-        let mut affine = vec![1; x.rank()];
-        affine[1] = c;
-        normed.broadcast_mul(&self.weight.reshape(affine.as_slice())?)?.broadcast_add(&self.bias.reshape(affine)?)
+        group_norm(x, &self.weight, &self.bias, self.groups, self.eps)
     }
 }
 
@@ -101,11 +93,7 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = conv2d(x, &self.weight, self.params)?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
-            None => Ok(y),
-        }
+        conv2d(x, &self.weight, self.bias.as_ref(), self.params)
     }
 }
 

@@ -5,11 +5,11 @@
 //! three are one GEMM per image on an im2col buffer that lives only inside the call.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{contiguous, fused, Float};
+use super::{contiguous, fused, sum_by, Float};
 
 /// Symmetric zero padding and stride of a convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,12 +18,24 @@ pub struct Conv2dParams {
     pub stride: usize,
 }
 
-/// `x (B, Cin, H, W)` convolved with `w (Cout, Cin, kh, kw)`, as PyTorch's `F.conv2d` without bias.
-pub fn conv2d(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor> {
-    if fused(x) && x.dtype() == w.dtype() {
-        return x.contiguous()?.apply_op2(&w.contiguous()?, Conv { p });
+/// `x (B, Cin, H, W)` convolved with `w (Cout, Cin, kh, kw)` plus `bias (Cout)`, as `F.conv2d`.
+pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams) -> Result<Tensor> {
+    let cout = w.dim(0)?;
+    if let Some(b) = bias.filter(|b| b.elem_count() != cout) {
+        bail!("conv2d: bias {:?} does not match the {cout} output channels of weight {:?}", b.shape(), w.shape());
     }
-    x.conv2d(w, p.padding, p.stride, 1, 1)
+    if fused(x) && x.dtype() == w.dtype() && bias.is_none_or(|b| b.dtype() == x.dtype()) {
+        let bias = match bias {
+            Some(b) => b.flatten_all()?,
+            None => Tensor::zeros(cout, x.dtype(), x.device())?,
+        };
+        return x.contiguous()?.apply_op3(&w.contiguous()?, &bias, Conv { p });
+    }
+    let y = x.conv2d(w, p.padding, p.stride, 1, 1)?;
+    match bias {
+        Some(b) => y.broadcast_add(&b.reshape((1, cout, 1, 1))?),
+        None => Ok(y),
+    }
 }
 
 /// Sizes of one convolution.
@@ -196,11 +208,12 @@ struct Conv {
     p: Conv2dParams,
 }
 
-fn conv_fwd<T: Float>(x: &[T], wt: &[T], g: Geom) -> Vec<T> {
+fn conv_fwd<T: Float>(x: &[T], wt: &[T], bias: &[T], g: Geom) -> Vec<T> {
     let (k, l, par) = (g.k(), g.l(), g.parallelism());
     let mut out = vec![T::zero(); g.b * g.cout * l];
     let images = out.par_chunks_mut(g.cout * l).zip(x.par_chunks(g.cin * g.h * g.w));
     images.for_each_init(Vec::new, |col, (out, x)| {
+        out.chunks_mut(l).zip(bias).for_each(|(row, &b)| row.fill(b));
         let col: &[T] = match g.pointwise() {
             true => x,
             false => {
@@ -209,37 +222,54 @@ fn conv_fwd<T: Float>(x: &[T], wt: &[T], g: Geom) -> Vec<T> {
                 col
             }
         };
-        gemm(out, (g.cout, l, k), (wt, k, 1), (col, l, 1), false, par);
+        gemm(out, (g.cout, l, k), (wt, k, 1), (col, l, 1), true, par);
     });
     out
 }
 
-impl CustomOp2 for Conv {
+impl CustomOp3 for Conv {
     fn name(&self) -> &'static str {
         "conv2d-im2col"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = Geom::from_weight(l1.dims(), l2.dims(), self.p)?;
-        let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(w)) => {
-                CpuStorage::F32(conv_fwd(contiguous(x, l1, self.name())?, contiguous(w, l2, self.name())?, g))
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (g, op) = (Geom::from_weight(l1.dims(), l2.dims(), self.p)?, self.name());
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
+                CpuStorage::F32(conv_fwd(contiguous(x, l1, op)?, contiguous(w, l2, op)?, contiguous(b, l3, op)?, g))
             }
-            (CpuStorage::F64(x), CpuStorage::F64(w)) => {
-                CpuStorage::F64(conv_fwd(contiguous(x, l1, self.name())?, contiguous(w, l2, self.name())?, g))
+            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
+                CpuStorage::F64(conv_fwd(contiguous(x, l1, op)?, contiguous(w, l2, op)?, contiguous(b, l3, op)?, g))
             }
-            _ => bail!("{}: f32 or f64 only, got {:?} and {:?}", self.name(), s1.dtype(), s2.dtype()),
+            _ => bail!("{op}: f32 or f64 only, got {:?} and {:?}", s1.dtype(), s2.dtype()),
         };
         Ok((out, Shape::from((g.b, g.cout, g.oh, g.ow))))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let x_dims: [usize; 4] = x.dims4()?.into();
-        let (_, _, kh, kw) = w.dims4()?;
+        let (cout, cin, kh, kw) = w.dims4()?;
         let dx = grad.apply_op2_no_bwd(w, &InputGrad { p: self.p, x_dims })?;
-        let dw = x.apply_op2_no_bwd(&grad, &WeightGrad { p: self.p, kernel: (kh, kw) })?;
-        Ok((Some(dx), Some(dw)))
+        let dwb = x.apply_op2_no_bwd(&grad, &WeightGrad { p: self.p, kernel: (kh, kw) })?;
+        let dw = dwb.narrow(0, 0, cout * cin * kh * kw)?.reshape(w.shape())?;
+        let db = dwb.narrow(0, cout * cin * kh * kw, cout)?.reshape(b.shape())?;
+        Ok((Some(dx), Some(dw), Some(db)))
     }
 }
 
@@ -287,7 +317,8 @@ impl CustomOp2 for InputGrad {
     }
 }
 
-/// dW from the input and the output gradient: the sum over images of g col^T.
+/// `[dW, dbias]` from the input and the output gradient: the sums over images of g col^T and of
+/// g's rows.
 struct WeightGrad {
     p: Conv2dParams,
     kernel: (usize, usize),
@@ -297,8 +328,10 @@ fn weight_grad<T: Float>(x: &[T], grad: &[T], g: Geom) -> Vec<T> {
     let (k, l, par) = (g.k(), g.l(), g.parallelism());
     let images = x.par_chunks(g.cin * g.h * g.w).zip(grad.par_chunks(g.cout * l));
     let per_thread = images.fold(
-        || (vec![T::zero(); g.cout * k], Vec::new()),
+        || (vec![T::zero(); g.cout * (k + 1)], Vec::new()),
         |(mut dw, mut col), (x, grad)| {
+            let db = &mut dw[g.cout * k..];
+            db.iter_mut().zip(grad.chunks(l)).for_each(|(db, row)| *db = *db + sum_by(row, row, |v, _| v));
             let col_ref: &[T] = match g.pointwise() {
                 true => x,
                 false => {
@@ -315,7 +348,7 @@ fn weight_grad<T: Float>(x: &[T], grad: &[T], g: Geom) -> Vec<T> {
         a.iter_mut().zip(b).for_each(|(a, b)| *a = *a + b);
         a
     };
-    per_thread.map(|(dw, _)| dw).reduce(|| vec![T::zero(); g.cout * k], sum)
+    per_thread.map(|(dw, _)| dw).reduce(|| vec![T::zero(); g.cout * (k + 1)], sum)
 }
 
 impl CustomOp2 for WeightGrad {
@@ -338,6 +371,6 @@ impl CustomOp2 for WeightGrad {
             }
             _ => bail!("{}: f32 or f64 only, got {:?} and {:?}", self.name(), s1.dtype(), s2.dtype()),
         };
-        Ok((dw, Shape::from((g.cout, g.cin, g.kh, g.kw))))
+        Ok((dw, Shape::from(g.cout * (g.k() + 1))))
     }
 }

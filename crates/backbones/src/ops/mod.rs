@@ -13,7 +13,7 @@ mod softmax;
 mod tests;
 
 pub use conv::{conv2d, Conv2dParams};
-pub use norm::normalize_chunks;
+pub use norm::{group_norm, layer_norm};
 pub use softmax::softmax_last_dim;
 
 use candle_core::{bail, DType, Layout, Result, Tensor};

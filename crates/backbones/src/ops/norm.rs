@@ -1,30 +1,154 @@
-//! Normalisation over contiguous chunks: LayerNorm normalises each row of the last axis, GroupNorm
-//! each group's channels and pixels (contiguous in NCHW). The affine part stays with the caller.
+//! LayerNorm and GroupNorm with their affine part, one pass forward and one backward.
+//!
+//! Both normalise runs of consecutive elements (`chunk`: a row of the last axis; a group's
+//! channels and pixels, contiguous in NCHW) and scale each channel, whose elements come in runs
+//! of `inner` (1 for LayerNorm, the pixels of a channel for GroupNorm).
 
 use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, D};
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use super::{contiguous, fused, sum_by, Float};
 
-/// `(x - mean) / sqrt(var + eps)` over each run of `chunk` consecutive elements of `x` (in
-/// row-major order), with the biased variance, as PyTorch's layer and group norms.
-pub fn normalize_chunks(x: &Tensor, chunk: usize, eps: f64) -> Result<Tensor> {
-    if chunk == 0 || !x.elem_count().is_multiple_of(chunk) {
-        bail!("normalize_chunks: chunk {chunk} does not divide the {} elements of {:?}", x.elem_count(), x.shape());
-    }
-    match fused(x) {
-        true => x.contiguous()?.apply_op1(Normalize { chunk, eps }),
-        false => composed(x, chunk, eps),
-    }
+/// `nn.LayerNorm` over the last axis: `(x - mean) / sqrt(var + eps) * weight + bias`.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let channels = x.dim(D::Minus1)?;
+    let norm = AffineNorm { chunk: channels, inner: 1, channels, eps };
+    norm.apply(x, weight, bias, x.rank() - 1)
 }
 
-/// The same from candle's primitive ops (other devices and dtypes; the tests' reference).
-pub(super) fn composed(x: &Tensor, chunk: usize, eps: f64) -> Result<Tensor> {
-    let rows = x.reshape((x.elem_count() / chunk, chunk))?;
-    let centred = rows.broadcast_sub(&rows.mean_keepdim(D::Minus1)?)?;
-    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-    centred.broadcast_div(&(var + eps)?.sqrt()?)?.reshape(x.shape())
+/// `nn.GroupNorm` over `x (B, C, ...)`: statistics per image and group of `C / groups` channels.
+pub fn group_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, groups: usize, eps: f64) -> Result<Tensor> {
+    let channels = x.dim(1)?;
+    if groups == 0 || !channels.is_multiple_of(groups) {
+        bail!("group_norm: {channels} channels do not split into {groups} groups");
+    }
+    let inner = x.dims()[2..].iter().product::<usize>();
+    let norm = AffineNorm { chunk: channels / groups * inner, inner, channels, eps };
+    norm.apply(x, weight, bias, 1)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct AffineNorm {
+    chunk: usize,
+    inner: usize,
+    channels: usize,
+    eps: f64,
+}
+
+impl AffineNorm {
+    /// Runs the fused op, or candle's primitives where it does not apply; `axis` is the channel axis.
+    fn apply(self, x: &Tensor, weight: &Tensor, bias: &Tensor, axis: usize) -> Result<Tensor> {
+        for (name, p) in [("weight", weight), ("bias", bias)] {
+            if p.elem_count() != self.channels {
+                bail!("norm: {name} {:?} does not match the {} channels of {:?}", p.shape(), self.channels, x.shape());
+            }
+        }
+        if fused(x) && weight.dtype() == x.dtype() && bias.dtype() == x.dtype() {
+            return x.contiguous()?.apply_op3(&weight.flatten_all()?, &bias.flatten_all()?, self);
+        }
+        let mut affine = vec![1; x.rank()];
+        affine[axis] = self.channels;
+        let normed = self.composed(x)?;
+        normed.broadcast_mul(&weight.reshape(affine.as_slice())?)?.broadcast_add(&bias.reshape(affine)?)
+    }
+
+    /// The normalisation from candle's primitive ops (other devices and dtypes; the tests' reference).
+    fn composed(&self, x: &Tensor) -> Result<Tensor> {
+        let rows = x.reshape((x.elem_count() / self.chunk, self.chunk))?;
+        let centred = rows.broadcast_sub(&rows.mean_keepdim(D::Minus1)?)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        centred.broadcast_div(&(var + self.eps)?.sqrt()?)?.reshape(x.shape())
+    }
+
+    /// Channel of run `r` of chunk `ci`.
+    fn channel(&self, ci: usize, r: usize) -> usize {
+        (ci * (self.chunk / self.inner) + r) % self.channels
+    }
+
+    fn fwd<T: Float>(&self, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
+        let mut y = vec![T::zero(); x.len()];
+        y.par_chunks_mut(self.chunk).zip(x.par_chunks(self.chunk)).enumerate().for_each(|(ci, (y, x))| {
+            let (mean, rstd) = moments(x, self.eps);
+            if self.inner == 1 {
+                for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
+                    *y = (x - mean) * rstd * w + b;
+                }
+                return;
+            }
+            for (r, (y, x)) in y.chunks_mut(self.inner).zip(x.chunks(self.inner)).enumerate() {
+                let c = self.channel(ci, r);
+                let (scale, shift) = (rstd * w[c], b[c] - mean * rstd * w[c]);
+                y.iter_mut().zip(x).for_each(|(y, &x)| *y = x * scale + shift);
+            }
+        });
+        y
+    }
+
+    /// `[dx, dweight, dbias]` flattened into one buffer.
+    fn bwd<T: Float>(&self, x: &[T], w: &[T], g: &[T]) -> Vec<T> {
+        let (n, c) = (x.len(), self.channels);
+        let mut out = vec![T::zero(); n + 2 * c];
+        let (dx, dparams) = out.split_at_mut(n);
+        let chunks = dx.par_chunks_mut(self.chunk).zip(x.par_chunks(self.chunk)).zip(g.par_chunks(self.chunk));
+        let per_thread = chunks.enumerate().fold(
+            || vec![T::zero(); 2 * c],
+            |mut acc, (ci, ((dx, x), g))| {
+                self.chunk_bwd(ci, x, w, g, dx, &mut acc);
+                acc
+            },
+        );
+        let sum = per_thread.reduce(
+            || vec![T::zero(); 2 * c],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(a, b)| *a = *a + b);
+                a
+            },
+        );
+        dparams.copy_from_slice(&sum);
+        out
+    }
+
+    /// dx of one chunk: rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) with dxhat = g * w;
+    /// adds the chunk's sum(g * xhat) and sum(g) per channel to `acc = [dweight, dbias]`.
+    fn chunk_bwd<T: Float>(&self, ci: usize, x: &[T], w: &[T], g: &[T], dx: &mut [T], acc: &mut [T]) {
+        let (mean, rstd) = moments(x, self.eps);
+        let (dw, db) = acc.split_at_mut(self.channels);
+        let (mut s1, mut s2) = (T::zero(), T::zero());
+        if self.inner == 1 {
+            for (i, (&x, &g)) in x.iter().zip(g).enumerate() {
+                let xhat = (x - mean) * rstd;
+                dw[i] = dw[i] + g * xhat;
+                db[i] = db[i] + g;
+                s1 = s1 + g * w[i];
+                s2 = s2 + g * w[i] * xhat;
+            }
+        } else {
+            for (r, (x, g)) in x.chunks(self.inner).zip(g.chunks(self.inner)).enumerate() {
+                let ch = self.channel(ci, r);
+                let (sum_g, sum_gx) = (sum_by(g, g, |g, _| g), sum_by(x, g, |x, g| g * (x - mean)) * rstd);
+                dw[ch] = dw[ch] + sum_gx;
+                db[ch] = db[ch] + sum_g;
+                s1 = s1 + sum_g * w[ch];
+                s2 = s2 + sum_gx * w[ch];
+            }
+        }
+        let len = T::from_usize(x.len()).unwrap();
+        let (m1, m2) = (s1 / len, s2 / len);
+        if self.inner == 1 {
+            for (((dx, &x), &g), &w) in dx.iter_mut().zip(x).zip(g).zip(w) {
+                *dx = rstd * (g * w - m1 - (x - mean) * rstd * m2);
+            }
+            return;
+        }
+        let runs = dx.chunks_mut(self.inner).zip(x.chunks(self.inner)).zip(g.chunks(self.inner));
+        for (r, ((dx, x), g)) in runs.enumerate() {
+            let w = w[self.channel(ci, r)];
+            for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
+                *dx = rstd * (g * w - m1 - (x - mean) * rstd * m2);
+            }
+        }
+    }
 }
 
 /// Mean and 1/sqrt(var + eps) of one chunk, two-pass for accuracy.
@@ -35,80 +159,92 @@ fn moments<T: Float>(x: &[T], eps: f64) -> (T, T) {
     (mean, (var + T::from_f64(eps).unwrap()).sqrt().recip())
 }
 
-struct Normalize {
-    chunk: usize,
-    eps: f64,
-}
-
-impl Normalize {
-    fn fwd<T: Float>(&self, x: &[T]) -> Vec<T> {
-        let mut y = vec![T::zero(); x.len()];
-        y.par_chunks_mut(self.chunk).zip(x.par_chunks(self.chunk)).for_each(|(y, x)| {
-            let (mean, rstd) = moments(x, self.eps);
-            y.iter_mut().zip(x).for_each(|(y, &x)| *y = (x - mean) * rstd);
-        });
-        y
-    }
-}
-
-impl CustomOp1 for Normalize {
+impl CustomOp3 for AffineNorm {
     fn name(&self) -> &'static str {
-        "normalize-chunks"
+        "affine-norm"
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let y = match s {
-            CpuStorage::F32(x) => CpuStorage::F32(self.fwd(contiguous(x, l, self.name())?)),
-            CpuStorage::F64(x) => CpuStorage::F64(self.fwd(contiguous(x, l, self.name())?)),
-            _ => bail!("{}: f32 or f64 only, got {:?}", self.name(), s.dtype()),
-        };
-        Ok((y, l.shape().clone()))
-    }
-
-    fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
-        let grad = x.apply_op2_no_bwd(&g.contiguous()?, &NormalizeGrad { chunk: self.chunk, eps: self.eps })?;
-        Ok(Some(grad))
-    }
-}
-
-/// dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) per chunk, xhat recomputed from x.
-struct NormalizeGrad {
-    chunk: usize,
-    eps: f64,
-}
-
-impl NormalizeGrad {
-    fn bwd<T: Float>(&self, x: &[T], g: &[T]) -> Vec<T> {
-        let mut dx = vec![T::zero(); x.len()];
-        let n = T::from_usize(self.chunk).unwrap();
-        let chunks = dx.par_chunks_mut(self.chunk).zip(x.par_chunks(self.chunk)).zip(g.par_chunks(self.chunk));
-        chunks.for_each(|((dx, x), g)| {
-            let (mean, rstd) = moments(x, self.eps);
-            let mean_g = sum_by(g, g, |g, _| g) / n;
-            let mean_gx = sum_by(x, g, |x, g| g * (x - mean)) * rstd / n;
-            for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
-                *dx = rstd * (g - mean_g - (x - mean) * rstd * mean_gx);
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let y = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
+                CpuStorage::F32(self.fwd(contiguous(x, l1, op)?, contiguous(w, l2, op)?, contiguous(b, l3, op)?))
             }
-        });
-        dx
+            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
+                CpuStorage::F64(self.fwd(contiguous(x, l1, op)?, contiguous(w, l2, op)?, contiguous(b, l3, op)?))
+            }
+            _ => bail!("{op}: f32 or f64 only, got {:?}", s1.dtype()),
+        };
+        Ok((y, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, c) = (x.elem_count(), self.channels);
+        let all = x.apply_op3_no_bwd(w, &g.contiguous()?, &AffineNormGrad(*self))?;
+        let dx = all.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dw = all.narrow(0, n, c)?.reshape(w.shape())?;
+        let db = all.narrow(0, n + c, c)?.reshape(b.shape())?;
+        Ok((Some(dx), Some(dw), Some(db)))
     }
 }
 
-impl CustomOp2 for NormalizeGrad {
+/// The gradients of [`AffineNorm`] from (x, weight, output gradient), as `[dx, dweight, dbias]`.
+struct AffineNormGrad(AffineNorm);
+
+impl CustomOp3 for AffineNormGrad {
     fn name(&self) -> &'static str {
-        "normalize-chunks-grad"
+        "affine-norm-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let dx = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => {
-                CpuStorage::F32(self.bwd(contiguous(x, l1, self.name())?, contiguous(g, l2, self.name())?))
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(g)) => {
+                CpuStorage::F32(self.0.bwd(contiguous(x, l1, op)?, contiguous(w, l2, op)?, contiguous(g, l3, op)?))
             }
-            (CpuStorage::F64(x), CpuStorage::F64(g)) => {
-                CpuStorage::F64(self.bwd(contiguous(x, l1, self.name())?, contiguous(g, l2, self.name())?))
+            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(g)) => {
+                CpuStorage::F64(self.0.bwd(contiguous(x, l1, op)?, contiguous(w, l2, op)?, contiguous(g, l3, op)?))
             }
-            _ => bail!("{}: f32 or f64 only, got {:?} and {:?}", self.name(), s1.dtype(), s2.dtype()),
+            _ => bail!("{op}: f32 or f64 only, got {:?}", s1.dtype()),
         };
-        Ok((dx, l1.shape().clone()))
+        Ok((out, Shape::from(l1.shape().elem_count() + 2 * self.0.channels)))
     }
+}
+
+#[cfg(test)]
+pub(super) fn composed(x: &Tensor, w: &Tensor, b: &Tensor, groups: Option<usize>, eps: f64) -> Result<Tensor> {
+    let channels = w.elem_count();
+    let (norm, axis) = match groups {
+        None => (AffineNorm { chunk: channels, inner: 1, channels, eps }, x.rank() - 1),
+        Some(g) => {
+            let inner = x.dims()[2..].iter().product::<usize>();
+            (AffineNorm { chunk: channels / g * inner, inner, channels, eps }, 1)
+        }
+    };
+    let mut affine = vec![1; x.rank()];
+    affine[axis] = channels;
+    norm.composed(x)?.broadcast_mul(&w.reshape(affine.as_slice())?)?.broadcast_add(&b.reshape(affine)?)
 }

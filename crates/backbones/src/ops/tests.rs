@@ -51,7 +51,17 @@ fn conv2d_matches_candle() -> Result<()> {
     for (x, w, padding, stride) in cases {
         let p = Conv2dParams { padding, stride };
         for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
-            check(&[x, w], dtype, tol, |t| conv2d(&t[0], &t[1], p), |t| t[0].conv2d(&t[1], padding, stride, 1, 1))?;
+            check(
+                &[x, w],
+                dtype,
+                tol,
+                |t| conv2d(&t[0], &t[1], None, p),
+                |t| t[0].conv2d(&t[1], padding, stride, 1, 1),
+            )?;
+            let reference = |t: &[Tensor]| {
+                t[0].conv2d(&t[1], padding, stride, 1, 1)?.broadcast_add(&t[2].reshape((1, w[0], 1, 1))?)
+            };
+            check(&[x, w, &[w[0]]], dtype, tol, |t| conv2d(&t[0], &t[1], Some(&t[2]), p), reference)?;
         }
     }
     Ok(())
@@ -65,10 +75,10 @@ fn conv2d_gradient_with_leftover_rows() -> Result<()> {
     let p = Conv2dParams { padding: 0, stride: 2 };
     let x0 = Tensor::randn(0f64, 1.0, (1, 2, 6, 5), &dev)?;
     let w = Tensor::randn(0f64, 1.0, (3, 2, 3, 2), &dev)?;
-    let probe = Tensor::randn(0f64, 1.0, conv2d(&x0, &w, p)?.shape(), &dev)?;
-    let loss = |x: &Tensor| -> Result<f64> { (conv2d(x, &w, p)? * &probe)?.sum_all()?.to_scalar::<f64>() };
+    let probe = Tensor::randn(0f64, 1.0, conv2d(&x0, &w, None, p)?.shape(), &dev)?;
+    let loss = |x: &Tensor| -> Result<f64> { (conv2d(x, &w, None, p)? * &probe)?.sum_all()?.to_scalar::<f64>() };
     let x = Var::from_tensor(&x0)?;
-    let grad = (conv2d(x.as_tensor(), &w, p)? * &probe)?.sum_all()?.backward()?;
+    let grad = (conv2d(x.as_tensor(), &w, None, p)? * &probe)?.sum_all()?.backward()?;
     let grad = grad.get(&x).expect("no gradient").flatten_all()?.to_vec1::<f64>()?;
     let base = x0.flatten_all()?.to_vec1::<f64>()?;
     for (i, g) in grad.iter().enumerate() {
@@ -84,19 +94,35 @@ fn conv2d_gradient_with_leftover_rows() -> Result<()> {
 }
 
 #[test]
-fn normalize_chunks_matches_composed() -> Result<()> {
-    for (shape, chunk) in [(&[3usize, 7][..], 7), (&[2, 4, 3, 3], 18), (&[2, 5, 16], 16), (&[1, 64], 64)] {
+fn layer_norm_matches_composed() -> Result<()> {
+    for shape in [&[3usize, 7][..], &[2, 5, 16], &[1, 64]] {
+        let c = *shape.last().unwrap();
         for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
-            check(
-                &[shape],
-                dtype,
-                tol,
-                |t| normalize_chunks(&t[0], chunk, 1e-5),
-                |t| norm::composed(&t[0], chunk, 1e-5),
-            )?;
+            let (fused, composed) = (
+                |t: &[Tensor]| layer_norm(&t[0], &t[1], &t[2], 1e-5),
+                |t: &[Tensor]| norm::composed(&t[0], &t[1], &t[2], None, 1e-5),
+            );
+            check(&[shape, &[c], &[c]], dtype, tol, fused, composed)?;
         }
     }
-    assert!(normalize_chunks(&Tensor::zeros(10, DType::F32, &Device::Cpu)?, 3, 1e-5).is_err());
+    Ok(())
+}
+
+#[test]
+fn group_norm_matches_composed() -> Result<()> {
+    for (shape, groups) in
+        [(&[2usize, 4, 3, 3][..], 2), (&[3, 6, 5, 4], 3), (&[2, 8, 4, 4], 8), (&[1, 4, 2, 2], 1), (&[2, 6, 7], 3)]
+    {
+        let c = shape[1];
+        for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+            let fused = |t: &[Tensor]| group_norm(&t[0], &t[1], &t[2], groups, 1e-5);
+            let composed = |t: &[Tensor]| norm::composed(&t[0], &t[1], &t[2], Some(groups), 1e-5);
+            check(&[shape, &[c], &[c]], dtype, tol, fused, composed)?;
+        }
+    }
+    let (x, p) = (Tensor::zeros((1, 6, 2, 2), DType::F32, &Device::Cpu)?, Tensor::ones(6, DType::F32, &Device::Cpu)?);
+    assert!(group_norm(&x, &p, &p, 4, 1e-5).is_err(), "6 channels in 4 groups");
+    assert!(group_norm(&x, &p.narrow(0, 0, 5)?, &p, 3, 1e-5).is_err(), "5 weights for 6 channels");
     Ok(())
 }
 
@@ -120,7 +146,7 @@ fn non_contiguous_inputs_are_handled() -> Result<()> {
     let x = Tensor::randn(0f32, 1.0, (2, 8, 8, 3), &dev)?.permute((0, 3, 1, 2))?;
     let w = Tensor::randn(0f32, 1.0, (4, 3, 3, 3), &dev)?;
     let p = Conv2dParams { padding: 1, stride: 1 };
-    assert!(rel_err(&conv2d(&x, &w, p)?, &x.conv2d(&w, 1, 1, 1, 1)?)? < 1e-5);
+    assert!(rel_err(&conv2d(&x, &w, None, p)?, &x.conv2d(&w, 1, 1, 1, 1)?)? < 1e-5);
     let t = Tensor::randn(0f32, 1.0, (6, 5), &dev)?.t()?;
     assert!(rel_err(&softmax_last_dim(&t)?, &softmax::composed(&t)?)? < 1e-5);
     Ok(())
@@ -131,7 +157,7 @@ fn conv2d_rejects_mismatched_channels() -> Result<()> {
     let dev = Device::Cpu;
     let x = Tensor::zeros((1, 3, 4, 4), DType::F32, &dev)?;
     let w = Tensor::zeros((2, 4, 3, 3), DType::F32, &dev)?;
-    let err = conv2d(&x, &w, Conv2dParams { padding: 1, stride: 1 }).unwrap_err().to_string();
+    let err = conv2d(&x, &w, None, Conv2dParams { padding: 1, stride: 1 }).unwrap_err().to_string();
     assert!(err.contains("input channels"), "{err}");
     Ok(())
 }

@@ -6,7 +6,7 @@
 
 use candle_core::{DType, Device, Module, Result, Tensor, Var, D};
 use candle_nn::VarBuilder;
-use scalelong_backbones::ops::{conv2d, group_norm, layer_norm, softmax_last_dim, Conv2dParams};
+use scalelong_backbones::ops::{conv2d, gelu_erf, group_norm, layer_norm, softmax_last_dim, Conv2dParams};
 use scalelong_backbones::unet::SpatialAttention;
 
 /// Implementation and pass of one measurement.
@@ -71,6 +71,13 @@ fn layer_norm_width_512(bencher: divan::Bencher, case: &str) {
     let (x, w, b) = (randn(&[8, 257, 512]), randn(&[512]), randn(&[512]));
     let ours = |x: &Tensor| layer_norm(x, &w, &b, 1e-5);
     bencher.bench_local(|| run(&x, case, &ours, &|x| composed_norm(x, 512, &w, &b)));
+}
+
+#[divan::bench(args = CASES)]
+fn gelu_mlp_hidden(bencher: divan::Bencher, case: &str) {
+    // The U-ViT-S MLP's hidden activations of a batch of 8: (8, 257, 2048).
+    let x = randn(&[8, 257, 2048]);
+    bencher.bench_local(|| run(&x, case, &gelu_erf, &|x| x.gelu_erf()));
 }
 
 #[divan::bench(args = CASES)]

@@ -155,6 +155,6 @@ mod tests {
 
     #[test]
     fn gelu_erf_has_gradient() -> Result<()> {
-        check_grad(|x| x.gelu_erf())
+        check_grad(crate::ops::gelu_erf)
     }
 }

@@ -141,6 +141,27 @@ fn softmax_matches_composed() -> Result<()> {
 }
 
 #[test]
+fn fast_erf_is_within_1e6_of_libm() {
+    for i in -60_000..=60_000 {
+        let x = i as f32 * 1e-4;
+        let (ours, libm) = (<f32 as super::Float>::erf(x), libm::erff(x));
+        assert!((ours - libm).abs() < 1e-6, "erf({x}) = {ours}, libm {libm}");
+    }
+}
+
+/// candle's GELU gradient rounds 1/sqrt(2 pi) to 0.398942 (1e-6 relative); ours is exact, as the
+/// finite-difference test in `nn` checks.
+#[test]
+fn gelu_matches_candle() -> Result<()> {
+    for shape in [&[4usize, 9][..], &[3, 5, 40_000]] {
+        for (dtype, tol) in [(DType::F64, 2e-6), (DType::F32, 1e-5)] {
+            check(&[shape], dtype, tol, |t| gelu_erf(&t[0]), |t| t[0].gelu_erf())?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
 fn non_contiguous_inputs_are_handled() -> Result<()> {
     let dev = Device::Cpu;
     let x = Tensor::randn(0f32, 1.0, (2, 8, 8, 3), &dev)?.permute((0, 3, 1, 2))?;

@@ -6,7 +6,6 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
 
-pub(crate) use crate::ops::softmax_last_dim;
 use crate::ops::{conv2d, group_norm, layer_norm, Conv2dParams};
 
 /// timm's `trunc_normal_(std=0.02)` truncates at ±2 (absolute), i.e. 100 standard deviations:
@@ -100,6 +99,7 @@ impl Module for Conv2d {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::softmax_last_dim;
     use candle_core::{DType, Device, Var};
 
     /// Central finite differences of `sum(f(x) * probe)` against the autograd gradient.

@@ -9,7 +9,7 @@ use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape,
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{contiguous, fused, sum_by, Float};
+use super::{contiguous, fused, gemm, sum_by, Float};
 
 /// Symmetric zero padding and stride of a convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,49 +161,6 @@ fn col2im<T: Float>(col: &[T], g: &Geom, dx: &mut [T]) {
     }
 }
 
-/// A matrix operand: elements, row stride, column stride.
-type Mat<'a, T> = (&'a [T], usize, usize);
-
-/// `dst (m, n, row-major) (+)= lhs (m, k) * rhs (k, n)`.
-fn gemm<T: Float>(
-    dst: &mut [T],
-    (m, n, k): (usize, usize, usize),
-    lhs: Mat<T>,
-    rhs: Mat<T>,
-    add: bool,
-    par: Parallelism,
-) {
-    let extent =
-        |(s, rs, cs): Mat<T>, r: usize, c: usize| assert!(r == 0 || c == 0 || (r - 1) * rs + (c - 1) * cs < s.len());
-    extent(lhs, m, k);
-    extent(rhs, k, n);
-    assert!(dst.len() >= m * n);
-    // SAFETY: the asserts keep every access of the three operands inside their slices.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            add,
-            lhs.0.as_ptr(),
-            lhs.2 as isize,
-            lhs.1 as isize,
-            rhs.0.as_ptr(),
-            rhs.2 as isize,
-            rhs.1 as isize,
-            T::one(),
-            T::one(),
-            false,
-            false,
-            false,
-            par,
-        )
-    }
-}
-
 struct Conv {
     p: Conv2dParams,
 }
@@ -222,7 +179,7 @@ fn conv_fwd<T: Float>(x: &[T], wt: &[T], bias: &[T], g: Geom) -> Vec<T> {
                 col
             }
         };
-        gemm(out, (g.cout, l, k), (wt, k, 1), (col, l, 1), true, par);
+        gemm((out, l), (g.cout, l, k), (wt, k, 1), (col, l, 1), true, par);
     });
     out
 }
@@ -284,10 +241,10 @@ fn input_grad<T: Float>(grad: &[T], wt: &[T], g: Geom) -> Vec<T> {
     let mut dx = vec![T::zero(); g.b * g.cin * g.h * g.w];
     let images = dx.par_chunks_mut(g.cin * g.h * g.w).zip(grad.par_chunks(g.cout * l));
     images.for_each_init(Vec::new, |col, (dx, grad)| match g.pointwise() {
-        true => gemm(dx, (k, l, g.cout), (wt, 1, k), (grad, l, 1), false, par),
+        true => gemm((dx, l), (k, l, g.cout), (wt, 1, k), (grad, l, 1), false, par),
         false => {
             col.resize(k * l, T::zero());
-            gemm(col, (k, l, g.cout), (wt, 1, k), (grad, l, 1), false, par);
+            gemm((col, l), (k, l, g.cout), (wt, 1, k), (grad, l, 1), false, par);
             col2im(col, &g, dx);
         }
     });
@@ -340,7 +297,7 @@ fn weight_grad<T: Float>(x: &[T], grad: &[T], g: Geom) -> Vec<T> {
                     &col
                 }
             };
-            gemm(&mut dw, (g.cout, k, l), (grad, l, 1), (col_ref, 1, l), true, par);
+            gemm((&mut dw, k), (g.cout, k, l), (grad, l, 1), (col_ref, 1, l), true, par);
             (dw, col)
         },
     );

@@ -6,6 +6,7 @@
 //! same function as the composed candle ops (tested against them), and falls back to those ops on
 //! other devices and dtypes.
 
+mod attention;
 mod conv;
 mod gelu;
 mod norm;
@@ -13,12 +14,14 @@ mod softmax;
 #[cfg(test)]
 mod tests;
 
+pub use attention::attention;
 pub use conv::{conv2d, Conv2dParams};
 pub use gelu::gelu_erf;
 pub use norm::{group_norm, layer_norm};
 pub use softmax::softmax_last_dim;
 
 use candle_core::{bail, DType, Layout, Result, Tensor};
+use gemm::Parallelism;
 
 /// Whether the fused CPU kernels apply to `x`; otherwise callers use the composed candle ops.
 fn fused(x: &Tensor) -> bool {
@@ -48,7 +51,7 @@ impl Float for f32 {
             -2.101_024e-6,
             -5.692_506_4e-5,
             -7.349_906_3e-4,
-            -2.954_600_0e-3,
+            -2.954_600e-3,
             -1.609_603_3e-2,
         ];
         const BETA: [f32; 5] = [-1.456_607_2e-5, -2.133_740_6e-4, -1.682_827e-3, -7.373_329e-3, -1.426_474e-2];
@@ -80,4 +83,47 @@ fn sum_by<T: Float>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> T {
     }
     let rest = a_rest.iter().zip(b_rest).fold(T::zero(), |s, (&a, &b)| s + f(a, b));
     acc.iter().fold(rest, |s, &v| s + v)
+}
+
+/// A matrix operand: elements, row stride, column stride.
+type Mat<'a, T> = (&'a [T], usize, usize);
+
+/// `dst (m, n; row stride rs) (+)= lhs (m, k) * rhs (k, n)`, on the gemm crate candle itself uses.
+fn gemm<T: Float>(
+    (dst, dst_rs): (&mut [T], usize),
+    (m, n, k): (usize, usize, usize),
+    lhs: Mat<T>,
+    rhs: Mat<T>,
+    add: bool,
+    par: Parallelism,
+) {
+    let inside =
+        |len: usize, rs: usize, cs: usize, r: usize, c: usize| r == 0 || c == 0 || (r - 1) * rs + (c - 1) * cs < len;
+    assert!(inside(lhs.0.len(), lhs.1, lhs.2, m, k) && inside(rhs.0.len(), rhs.1, rhs.2, k, n));
+    assert!(inside(dst.len(), dst_rs, 1, m, n) && (m < 2 || dst_rs >= n));
+    // SAFETY: the asserts keep every access of the three operands inside their slices, and the
+    // destination's rows (stride >= n) do not overlap.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            add,
+            lhs.0.as_ptr(),
+            lhs.2 as isize,
+            lhs.1 as isize,
+            rhs.0.as_ptr(),
+            rhs.2 as isize,
+            rhs.1 as isize,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            par,
+        )
+    }
 }

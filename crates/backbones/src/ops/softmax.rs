@@ -29,18 +29,23 @@ fn row_len(l: &Layout) -> usize {
 struct Softmax;
 
 fn softmax<T: Float>(x: &[T], n: usize) -> Vec<T> {
-    let mut y = vec![T::zero(); x.len()];
-    y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(y, x)| {
-        let max = x.iter().copied().fold(T::neg_infinity(), T::max);
+    let mut y = x.to_vec();
+    y.par_chunks_mut(n).for_each(|y| rows_in_place(y, n));
+    y
+}
+
+/// Softmax of each row (of `n` elements) of `x`, in place.
+pub(super) fn rows_in_place<T: Float>(x: &mut [T], n: usize) {
+    for row in x.chunks_mut(n) {
+        let max = row.iter().copied().fold(T::neg_infinity(), T::max);
         let mut sum = T::zero();
-        for (y, &x) in y.iter_mut().zip(x) {
-            *y = (x - max).exp();
-            sum = sum + *y;
+        for v in row.iter_mut() {
+            *v = (*v - max).exp();
+            sum = sum + *v;
         }
         let inv = sum.recip();
-        y.iter_mut().for_each(|y| *y = *y * inv);
-    });
-    y
+        row.iter_mut().for_each(|v| *v = *v * inv);
+    }
 }
 
 impl CustomOp1 for Softmax {

@@ -162,6 +162,29 @@ fn gelu_matches_candle() -> Result<()> {
 }
 
 #[test]
+fn attention_matches_composed() -> Result<()> {
+    for (b, l, c, heads) in [(2, 5, 12, 3), (1, 9, 8, 1), (3, 4, 16, 4)] {
+        for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+            let shape: &[usize] = &[b, l, c];
+            let scale = 1.0 / ((c / heads) as f64).sqrt();
+            let fused = |t: &[Tensor]| attention(&t[0], &t[1], &t[2], heads, scale);
+            let reference = |t: &[Tensor]| attention::composed(&t[0], &t[1], &t[2], heads, scale);
+            check(&[shape, shape, shape], dtype, tol, fused, reference)?;
+            // q, k, v as strided views of one fused projection, as U-ViT's qkv.
+            let split = |t: &Tensor, i: usize| t.narrow(2, i * c, c);
+            let fused = |t: &[Tensor]| attention(&split(&t[0], 0)?, &split(&t[0], 1)?, &split(&t[0], 2)?, heads, scale);
+            let reference = |t: &[Tensor]| {
+                attention::composed(&split(&t[0], 0)?, &split(&t[0], 1)?, &split(&t[0], 2)?, heads, scale)
+            };
+            check(&[&[b, l, 3 * c]], dtype, tol, fused, reference)?;
+        }
+    }
+    let x = Tensor::zeros((1, 4, 6), DType::F32, &Device::Cpu)?;
+    assert!(attention(&x, &x, &x, 4, 1.0).is_err(), "6 channels in 4 heads");
+    Ok(())
+}
+
+#[test]
 fn non_contiguous_inputs_are_handled() -> Result<()> {
     let dev = Device::Cpu;
     let x = Tensor::randn(0f32, 1.0, (2, 8, 8, 3), &dev)?.permute((0, 3, 1, 2))?;

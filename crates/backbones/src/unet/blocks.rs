@@ -5,8 +5,8 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
 
-use crate::nn::{softmax_last_dim, torch_default_init, Conv2d, GroupNorm};
-use crate::ops::Conv2dParams;
+use crate::nn::{torch_default_init, Conv2d, GroupNorm};
+use crate::ops::{attention, Conv2dParams};
 
 /// `nn.Conv2d` with PyTorch's default initialisation.
 pub(crate) fn conv2d(cin: usize, cout: usize, k: usize, cfg: Conv2dParams, vb: VarBuilder) -> Result<Conv2d> {
@@ -135,12 +135,8 @@ impl Module for SpatialAttention {
         // Contiguous: candle 0.11's CPU matmul of a transposed batch against a broadcast weight
         // (what `Linear` does on 3-D input) silently returns wrong values (candle#3744, #3758).
         let tokens = self.group_norm.forward(x)?.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()?;
-        let split = |t: Tensor| t.reshape((b, h * w, heads, d))?.transpose(1, 2)?.contiguous();
-        let q = split(self.to_q.forward(&tokens)?)?;
-        let k = split(self.to_k.forward(&tokens)?)?;
-        let v = split(self.to_v.forward(&tokens)?)?;
-        let att = softmax_last_dim(&(q.matmul(&k.t()?)? / (d as f64).sqrt())?)?;
-        let out = att.matmul(&v)?.transpose(1, 2)?.reshape((b, h * w, c))?;
+        let (q, k, v) = (self.to_q.forward(&tokens)?, self.to_k.forward(&tokens)?, self.to_v.forward(&tokens)?);
+        let out = attention(&q, &k, &v, heads, 1.0 / (d as f64).sqrt())?;
         let out = self.to_out.forward(&out)?.transpose(1, 2)?.reshape((b, c, h, w))?;
         let out = (out + x)?;
         if self.rescale_output_factor == 1.0 {

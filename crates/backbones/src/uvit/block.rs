@@ -3,7 +3,8 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
-use crate::nn::{linear, softmax_last_dim, LayerNorm};
+use crate::nn::{linear, LayerNorm};
+use crate::ops::attention;
 
 /// Multi-head self-attention: `qkv` split as (3, heads, head_dim), softmax(q k^T / sqrt(d)) v, `proj`.
 #[derive(Debug, Clone)]
@@ -27,14 +28,11 @@ impl Attention {
 
 impl Module for Attention {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, l, c) = x.dims3()?;
-        let head_dim = c / self.num_heads;
-        // 'B L (K H D) -> K B H L D'
-        let qkv = self.qkv.forward(x)?.reshape((b, l, 3, self.num_heads, head_dim))?.permute((2, 0, 3, 1, 4))?;
-        let (q, k, v) = (qkv.get(0)?.contiguous()?, qkv.get(1)?.contiguous()?, qkv.get(2)?.contiguous()?);
-        let attn = softmax_last_dim(&(q.matmul(&k.t()?)? * self.scale)?)?;
-        let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, l, c))?;
-        self.proj.forward(&out)
+        let c = x.dim(2)?;
+        // 'B L (K H D) -> K B H L D': q, k, v side by side, each with its heads side by side.
+        let qkv = self.qkv.forward(x)?;
+        let (q, k, v) = (qkv.narrow(2, 0, c)?, qkv.narrow(2, c, c)?, qkv.narrow(2, 2 * c, c)?);
+        self.proj.forward(&attention(&q, &k, &v, self.num_heads, self.scale)?)
     }
 }
 

@@ -1,0 +1,244 @@
+//! Multi-head attention `softmax(q k^T * scale) v` in one op: per image and head, two GEMMs and a
+//! softmax on an L x L buffer that lives only inside the call (recomputed for the backward pass),
+//! instead of a dozen candle ops whose scores, probabilities and gradients all stay allocated.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::{fused, gemm, softmax, sum_by, Float};
+
+/// Attention over `q, k, v (B, L, heads * D)`, heads side by side in the last axis as
+/// `nn.MultiheadAttention` and U-ViT lay them out. Rows may be strided (narrow views of one
+/// fused qkv projection); the last axis must be contiguous. Returns `(B, L, heads * D)`.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
+    let (b, l, c) = q.dims3()?;
+    if k.dims() != [b, l, c] || v.dims() != [b, l, c] || heads == 0 || !c.is_multiple_of(heads) {
+        bail!("attention: q {:?}, k {:?}, v {:?} with {heads} heads", q.shape(), k.shape(), v.shape());
+    }
+    if !(fused(q) && k.dtype() == q.dtype() && v.dtype() == q.dtype()) {
+        return composed(q, k, v, heads, scale);
+    }
+    let rows = |t: &Tensor| if t.stride()[2] == 1 { Ok(t.clone()) } else { t.contiguous() };
+    rows(q)?.apply_op3(&rows(k)?, &rows(v)?, Attention { heads, scale })
+}
+
+/// The same from candle's primitive ops (other devices and dtypes; the tests' reference).
+pub(super) fn composed(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
+    let (b, l, c) = q.dims3()?;
+    let split = |t: &Tensor| t.reshape((b, l, heads, c / heads))?.transpose(1, 2)?.contiguous();
+    let scores = (split(q)?.matmul(&split(k)?.t()?.contiguous()?)? * scale)?;
+    let probs = super::softmax::composed(&scores)?;
+    probs.matmul(&split(v)?)?.transpose(1, 2)?.reshape((b, l, c))
+}
+
+/// One of q, k, v: its elements from the view's start, and the strides of its batch and rows.
+#[derive(Clone, Copy)]
+struct Rows<'a, T> {
+    data: &'a [T],
+    batch: usize,
+    row: usize,
+}
+
+impl<'a, T> Rows<'a, T> {
+    fn new(s: &'a [T], l: &Layout) -> Result<Self> {
+        let st = l.stride();
+        if st.len() != 3 || st[2] != 1 {
+            bail!("attention: expects (B, L, C) with a contiguous last axis, got strides {st:?}");
+        }
+        Ok(Self { data: &s[l.start_offset()..], batch: st[0], row: st[1] })
+    }
+
+    /// Head `h` (of width `d`) of image `b`, as a GEMM operand (optionally transposed).
+    fn head(&self, b: usize, h: usize, d: usize, transposed: bool) -> (&'a [T], usize, usize) {
+        let data = &self.data[b * self.batch + h * d..];
+        if transposed {
+            (data, 1, self.row)
+        } else {
+            (data, self.row, 1)
+        }
+    }
+}
+
+/// Sizes of one call.
+#[derive(Clone, Copy)]
+struct Dims {
+    b: usize,
+    l: usize,
+    c: usize,
+    heads: usize,
+    scale: f64,
+}
+
+impl Dims {
+    fn d(&self) -> usize {
+        self.c / self.heads
+    }
+
+    fn parallelism(&self) -> Parallelism {
+        let threads = candle_core::utils::get_num_threads();
+        if self.b >= threads {
+            Parallelism::None
+        } else {
+            Parallelism::Rayon(threads)
+        }
+    }
+
+    /// `probs (L, L)` = softmax(q k^T * scale) of image `b`, head `h`.
+    fn probs<T: Float>(&self, q: Rows<T>, k: Rows<T>, b: usize, h: usize, probs: &mut [T]) {
+        let (l, d) = (self.l, self.d());
+        gemm((probs, l), (l, l, d), q.head(b, h, d, false), k.head(b, h, d, true), false, self.parallelism());
+        let scale = T::from_f64(self.scale).unwrap();
+        probs.iter_mut().for_each(|s| *s = *s * scale);
+        softmax::rows_in_place(probs, l);
+    }
+}
+
+struct Attention {
+    heads: usize,
+    scale: f64,
+}
+
+fn attention_fwd<T: Float>(q: Rows<T>, k: Rows<T>, v: Rows<T>, dims: Dims) -> Vec<T> {
+    let (l, c, d) = (dims.l, dims.c, dims.d());
+    let mut out = vec![T::zero(); dims.b * l * c];
+    out.par_chunks_mut(l * c).enumerate().for_each_init(Vec::new, |probs, (b, out)| {
+        probs.resize(l * l, T::zero());
+        for h in 0..dims.heads {
+            dims.probs(q, k, b, h, probs);
+            gemm((&mut out[h * d..], c), (l, d, l), (probs, l, 1), v.head(b, h, d, false), false, dims.parallelism());
+        }
+    });
+    out
+}
+
+fn cpu_storages<'a>(
+    op: &str,
+    storages: [(&'a CpuStorage, &'a Layout); 3],
+) -> Result<[(&'a CpuStorage, &'a Layout); 3]> {
+    let dtype = storages[0].0.dtype();
+    if storages.iter().any(|(s, _)| s.dtype() != dtype) {
+        bail!("{op}: q, k, v of different dtypes");
+    }
+    Ok(storages)
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let [(s1, l1), (s2, l2), (s3, l3)] = cpu_storages(self.name(), [(s1, l1), (s2, l2), (s3, l3)])?;
+        let (b, l, c) = l1.shape().dims3()?;
+        let dims = Dims { b, l, c, heads: self.heads, scale: self.scale };
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => {
+                CpuStorage::F32(attention_fwd(Rows::new(q, l1)?, Rows::new(k, l2)?, Rows::new(v, l3)?, dims))
+            }
+            (CpuStorage::F64(q), CpuStorage::F64(k), CpuStorage::F64(v)) => {
+                CpuStorage::F64(attention_fwd(Rows::new(q, l1)?, Rows::new(k, l2)?, Rows::new(v, l3)?, dims))
+            }
+            _ => bail!("{}: f32 or f64 only, got {:?}", self.name(), s1.dtype()),
+        };
+        Ok((out, Shape::from((b, l, c))))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let op = AttentionGrad { heads: self.heads, scale: self.scale, grad: grad.contiguous()? };
+        let all = q.apply_op3_no_bwd(k, v, &op)?;
+        let n = q.elem_count();
+        let part = |i: usize| all.narrow(0, i * n, n)?.reshape(q.shape());
+        Ok((Some(part(0)?), Some(part(1)?), Some(part(2)?)))
+    }
+}
+
+/// `[dq, dk, dv]`, each `(B, L, C)`, from q, k, v and the output gradient (held by the op).
+struct AttentionGrad {
+    heads: usize,
+    scale: f64,
+    grad: Tensor,
+}
+
+fn attention_bwd<T: Float>(q: Rows<T>, k: Rows<T>, v: Rows<T>, grad: &[T], dims: Dims) -> Vec<T> {
+    let (l, c, d, par) = (dims.l, dims.c, dims.d(), dims.parallelism());
+    let n = dims.b * l * c;
+    let mut out = vec![T::zero(); 3 * n];
+    let (dq, rest) = out.split_at_mut(n);
+    let (dk, dv) = rest.split_at_mut(n);
+    let images = dq.par_chunks_mut(l * c).zip(dk.par_chunks_mut(l * c)).zip(dv.par_chunks_mut(l * c));
+    images.enumerate().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(probs, dprobs), (b, ((dq, dk), dv))| {
+            probs.resize(l * l, T::zero());
+            dprobs.resize(l * l, T::zero());
+            let g = &grad[b * l * c..];
+            for h in 0..dims.heads {
+                dims.probs(q, k, b, h, probs);
+                let g_h = (&g[h * d..], c, 1);
+                // dv = P^T g; dP = g v^T; dS = P * (dP - rowsum(dP * P)) * scale.
+                gemm((&mut dv[h * d..], c), (l, d, l), (probs, 1, l), g_h, false, par);
+                gemm((dprobs, l), (l, l, d), g_h, v.head(b, h, d, true), false, par);
+                let scale = T::from_f64(dims.scale).unwrap();
+                for (dp, p) in dprobs.chunks_mut(l).zip(probs.chunks(l)) {
+                    let dot = sum_by(dp, p, |dp, p| dp * p);
+                    dp.iter_mut().zip(p).for_each(|(dp, &p)| *dp = p * (*dp - dot) * scale);
+                }
+                // dq = dS k; dk = dS^T q.
+                gemm((&mut dq[h * d..], c), (l, d, l), (dprobs, l, 1), k.head(b, h, d, false), false, par);
+                gemm((&mut dk[h * d..], c), (l, d, l), (dprobs, 1, l), q.head(b, h, d, false), false, par);
+            }
+        },
+    );
+    out
+}
+
+impl CustomOp3 for AttentionGrad {
+    fn name(&self) -> &'static str {
+        "attention-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let [(s1, l1), (s2, l2), (s3, l3)] = cpu_storages(self.name(), [(s1, l1), (s2, l2), (s3, l3)])?;
+        let (b, l, c) = l1.shape().dims3()?;
+        let dims = Dims { b, l, c, heads: self.heads, scale: self.scale };
+        let (gs, gl) = self.grad.storage_and_layout();
+        let Storage::Cpu(gs) = &*gs else { bail!("{}: gradient not on the CPU", self.name()) };
+        let out = match (s1, s2, s3, gs) {
+            (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v), CpuStorage::F32(g)) => {
+                let g = super::contiguous(g, gl, self.name())?;
+                CpuStorage::F32(attention_bwd(Rows::new(q, l1)?, Rows::new(k, l2)?, Rows::new(v, l3)?, g, dims))
+            }
+            (CpuStorage::F64(q), CpuStorage::F64(k), CpuStorage::F64(v), CpuStorage::F64(g)) => {
+                let g = super::contiguous(g, gl, self.name())?;
+                CpuStorage::F64(attention_bwd(Rows::new(q, l1)?, Rows::new(k, l2)?, Rows::new(v, l3)?, g, dims))
+            }
+            _ => bail!("{}: f32 or f64 only, got {:?}", self.name(), s1.dtype()),
+        };
+        Ok((out, Shape::from(3 * b * l * c)))
+    }
+}

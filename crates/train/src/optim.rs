@@ -1,7 +1,11 @@
 //! AdamW exactly as `torch.optim.AdamW` (single-tensor path), with its moments exposed so that
 //! checkpoints can hold them.
+//!
+//! On the CPU the update runs in place, three passes per parameter (first moment, second moment,
+//! parameter) instead of a dozen allocating tensor ops; elsewhere it is composed from tensor ops.
 
-use candle_core::{Result, Tensor, Var};
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Tensor, Var};
 
 /// Hyper-parameters; the learning rate is given per step.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -28,13 +32,16 @@ pub struct AdamW {
     pub v: Vec<Tensor>,
     /// Optimizer steps taken (bias correction uses it).
     pub step: u64,
+    /// Use the in-place CPU update where it applies (tests switch it off to check the other path).
+    in_place: bool,
 }
 
 impl AdamW {
     pub fn new(params: Vec<Var>, config: AdamWConfig) -> Result<Self> {
+        // Separate buffers: the CPU update writes the moments in place.
         let m = params.iter().map(|p| p.zeros_like()).collect::<Result<Vec<_>>>()?;
-        let v = m.clone();
-        Ok(Self { config, params, m, v, step: 0 })
+        let v = params.iter().map(|p| p.zeros_like()).collect::<Result<Vec<_>>>()?;
+        Ok(Self { config, params, m, v, step: 0, in_place: true })
     }
 
     /// One step with learning rate `lr` and gradients `grads` (one per parameter, same order):
@@ -48,20 +55,139 @@ impl AdamW {
         let c = self.config;
         let t = self.step as i32;
         let (bc1, bc2_sqrt) = (1.0 - c.beta1.powi(t), (1.0 - c.beta2.powi(t)).sqrt());
+        let update = Update { lr, wd: c.weight_decay, bc1, bc2_sqrt, eps: c.eps };
         for ((p, g), (m, v)) in self.params.iter().zip(grads).zip(self.m.iter_mut().zip(self.v.iter_mut())) {
             // Detached: the update must not keep the autograd graph (and every activation) alive.
             let g = &g.detach();
-            let decayed = (p.as_tensor().detach() * (1.0 - lr * c.weight_decay))?;
-            *m = (&*m + ((g - &*m)? * (1.0 - c.beta1))?)?;
-            *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-            let denom = ((v.sqrt()? / bc2_sqrt)? + c.eps)?;
-            p.set(&(decayed - (m.div(&denom)? * (lr / bc1))?)?)?;
+            match self.in_place && in_place(p, g, m, v) {
+                true => {
+                    let g = g.contiguous()?;
+                    m.inplace_op2(&g, &Moment { decay: c.beta1, square: false })?;
+                    v.inplace_op2(&g, &Moment { decay: c.beta2, square: true })?;
+                    p.as_tensor().inplace_op3(m, v, &update)?;
+                }
+                false => {
+                    let decayed = (p.as_tensor().detach() * (1.0 - lr * c.weight_decay))?;
+                    *m = (&*m + ((g - &*m)? * (1.0 - c.beta1))?)?;
+                    *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+                    let denom = ((v.sqrt()? / bc2_sqrt)? + c.eps)?;
+                    p.set(&(decayed - (m.div(&denom)? * (lr / bc1))?)?)?;
+                }
+            }
         }
         Ok(())
     }
 
     pub fn params(&self) -> &[Var] {
         &self.params
+    }
+}
+
+/// Whether the in-place CPU update applies: CPU float tensors of one dtype and shape, the
+/// parameter and moments contiguous and distinct.
+fn in_place(p: &Var, g: &Tensor, m: &Tensor, v: &Tensor) -> bool {
+    let p = p.as_tensor();
+    let all = [p, g, m, v];
+    p.device().is_cpu()
+        && matches!(p.dtype(), DType::F32 | DType::F64)
+        && all.iter().all(|t| t.dtype() == p.dtype() && t.dims() == p.dims())
+        && [p, m, v].iter().all(|t| t.is_contiguous())
+        && p.id() != m.id()
+        && p.id() != v.id()
+        && m.id() != v.id()
+}
+
+/// The elements of a contiguous layout.
+fn elems<'a, T>(s: &'a [T], l: &Layout) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s[a..b]),
+        None => bail!("AdamW: expects contiguous tensors"),
+    }
+}
+
+fn elems_mut<'a, T>(s: &'a mut [T], l: &Layout) -> Result<&'a mut [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&mut s[a..b]),
+        None => bail!("AdamW: expects contiguous tensors"),
+    }
+}
+
+/// `m = m + (g - m) (1 - decay)` (first moment, as torch's lerp) or `v = decay v + (1 - decay) g^2`.
+struct Moment {
+    decay: f64,
+    square: bool,
+}
+
+impl Moment {
+    fn apply<T: num_traits::Float>(&self, m: &mut [T], g: &[T]) {
+        let (d, one_minus) = (T::from(self.decay).unwrap(), T::from(1.0 - self.decay).unwrap());
+        if self.square {
+            m.iter_mut().zip(g).for_each(|(v, &g)| *v = *v * d + g * g * one_minus);
+        } else {
+            m.iter_mut().zip(g).for_each(|(m, &g)| *m = *m + (g - *m) * one_minus);
+        }
+    }
+}
+
+impl InplaceOp2 for Moment {
+    fn name(&self) -> &'static str {
+        "adamw-moment"
+    }
+
+    fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, g: &CpuStorage, gl: &Layout) -> Result<()> {
+        match (dst, g) {
+            (CpuStorage::F32(m), CpuStorage::F32(g)) => self.apply(elems_mut(m, dst_l)?, elems(g, gl)?),
+            (CpuStorage::F64(m), CpuStorage::F64(g)) => self.apply(elems_mut(m, dst_l)?, elems(g, gl)?),
+            (m, _) => bail!("AdamW: f32 or f64 only, got {:?}", m.dtype()),
+        }
+        Ok(())
+    }
+}
+
+/// `p = p (1 - lr wd) - lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)`.
+struct Update {
+    lr: f64,
+    wd: f64,
+    bc1: f64,
+    bc2_sqrt: f64,
+    eps: f64,
+}
+
+impl Update {
+    fn apply<T: num_traits::Float>(&self, p: &mut [T], m: &[T], v: &[T]) {
+        let c = |x: f64| T::from(x).unwrap();
+        let (keep, step, inv_bc2, eps) =
+            (c(1.0 - self.lr * self.wd), c(self.lr / self.bc1), c(1.0 / self.bc2_sqrt), c(self.eps));
+        for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
+            *p = *p * keep - step * (m / (v.sqrt() * inv_bc2 + eps));
+        }
+    }
+}
+
+impl InplaceOp3 for Update {
+    fn name(&self) -> &'static str {
+        "adamw-update"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        m: &CpuStorage,
+        ml: &Layout,
+        v: &CpuStorage,
+        vl: &Layout,
+    ) -> Result<()> {
+        match (dst, m, v) {
+            (CpuStorage::F32(p), CpuStorage::F32(m), CpuStorage::F32(v)) => {
+                self.apply(elems_mut(p, dst_l)?, elems(m, ml)?, elems(v, vl)?)
+            }
+            (CpuStorage::F64(p), CpuStorage::F64(m), CpuStorage::F64(v)) => {
+                self.apply(elems_mut(p, dst_l)?, elems(m, ml)?, elems(v, vl)?)
+            }
+            (p, _, _) => bail!("AdamW: f32 or f64 only, got {:?}", p.dtype()),
+        }
+        Ok(())
     }
 }
 
@@ -73,10 +199,16 @@ mod tests {
     /// Three steps on two scalars, computed by hand with PyTorch's formulas in f64.
     #[test]
     fn matches_hand_computed_pytorch_steps() -> Result<()> {
+        hand_computed_steps(true)?;
+        hand_computed_steps(false)
+    }
+
+    fn hand_computed_steps(in_place: bool) -> Result<()> {
         let dev = Device::Cpu;
         let p = Var::new(&[1.0f64, -2.0], &dev)?;
         let cfg = AdamWConfig { beta1: 0.99, beta2: 0.999, eps: 1e-8, weight_decay: 0.03 };
         let mut opt = AdamW::new(vec![p.clone()], cfg)?;
+        opt.in_place = in_place;
         let grads = [[0.5f64, -0.1], [0.2, 0.3], [-0.4, 0.05]];
         let lrs = [0.0, 1e-3, 2e-3]; // warm-up from 0, as the official schedule starts
         let (mut want, mut m, mut v) = ([1.0f64, -2.0], [0.0f64; 2], [0.0f64; 2]);

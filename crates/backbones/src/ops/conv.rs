@@ -9,7 +9,7 @@ use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape,
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{contiguous, fused, gemm, sum_by, Float};
+use super::{contiguous, fused, gemm, reduction_group, sum_by, sum_in_order, Float};
 
 /// Symmetric zero padding and stride of a convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,10 +283,11 @@ struct WeightGrad {
 
 fn weight_grad<T: Float>(x: &[T], grad: &[T], g: Geom) -> Vec<T> {
     let (k, l, par) = (g.k(), g.l(), g.parallelism());
-    let images = x.par_chunks(g.cin * g.h * g.w).zip(grad.par_chunks(g.cout * l));
-    let per_thread = images.fold(
-        || (vec![T::zero(); g.cout * (k + 1)], Vec::new()),
-        |(mut dw, mut col), (x, grad)| {
+    let (image, len, group) = (g.cin * g.h * g.w, g.cout * (k + 1), reduction_group(g.b));
+    let groups = x.par_chunks(group * image).zip(grad.par_chunks(group * g.cout * l));
+    let partials = groups.map(|(x, grad)| {
+        let (mut dw, mut col) = (vec![T::zero(); len], Vec::new());
+        for (x, grad) in x.chunks(image).zip(grad.chunks(g.cout * l)) {
             let db = &mut dw[g.cout * k..];
             db.iter_mut().zip(grad.chunks(l)).for_each(|(db, row)| *db = *db + sum_by(row, row, |v, _| v));
             let col_ref: &[T] = match g.pointwise() {
@@ -298,14 +299,10 @@ fn weight_grad<T: Float>(x: &[T], grad: &[T], g: Geom) -> Vec<T> {
                 }
             };
             gemm((&mut dw, k), (g.cout, k, l), (grad, l, 1), (col_ref, 1, l), true, par);
-            (dw, col)
-        },
-    );
-    let sum = |mut a: Vec<T>, b: Vec<T>| {
-        a.iter_mut().zip(b).for_each(|(a, b)| *a = *a + b);
-        a
-    };
-    per_thread.map(|(dw, _)| dw).reduce(|| vec![T::zero(); g.cout * (k + 1)], sum)
+        }
+        dw
+    });
+    sum_in_order(partials.collect(), len)
 }
 
 impl CustomOp2 for WeightGrad {

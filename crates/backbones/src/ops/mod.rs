@@ -6,17 +6,17 @@
 //! same function as the composed candle ops (tested against them), and falls back to those ops on
 //! other devices and dtypes.
 
+mod activation;
 mod attention;
 mod conv;
-mod gelu;
 mod norm;
 mod softmax;
 #[cfg(test)]
 mod tests;
 
+pub use activation::{gelu_erf, silu};
 pub use attention::attention;
 pub use conv::{conv2d, Conv2dParams};
-pub use gelu::gelu_erf;
 pub use norm::{group_norm, layer_norm};
 pub use softmax::softmax_last_dim;
 
@@ -83,6 +83,21 @@ fn sum_by<T: Float>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> T {
     }
     let rest = a_rest.iter().zip(b_rest).fold(T::zero(), |s, (&a, &b)| s + f(a, b));
     acc.iter().fold(rest, |s, &v| s + v)
+}
+
+/// How many consecutive items (of `n`) each partial sum of a parallel reduction covers: fixed by
+/// `n` alone, so that the summation order, and the result, never depend on thread scheduling.
+fn reduction_group(n: usize) -> usize {
+    const GROUPS: usize = 16;
+    n.div_ceil(GROUPS).max(1)
+}
+
+/// Adds up partial sums in their order.
+fn sum_in_order<T: Float>(partials: Vec<Vec<T>>, len: usize) -> Vec<T> {
+    partials.into_iter().fold(vec![T::zero(); len], |mut acc, p| {
+        acc.iter_mut().zip(p).for_each(|(a, p)| *a = *a + p);
+        acc
+    })
 }
 
 /// A matrix operand: elements, row stride, column stride.

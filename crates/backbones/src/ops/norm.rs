@@ -8,7 +8,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::{contiguous, fused, sum_by, Float};
+use super::{contiguous, fused, reduction_group, sum_by, sum_in_order, Float};
 
 /// `nn.LayerNorm` over the last axis: `(x - mean) / sqrt(var + eps) * weight + bias`.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
@@ -90,21 +90,17 @@ impl AffineNorm {
         let (n, c) = (x.len(), self.channels);
         let mut out = vec![T::zero(); n + 2 * c];
         let (dx, dparams) = out.split_at_mut(n);
-        let chunks = dx.par_chunks_mut(self.chunk).zip(x.par_chunks(self.chunk)).zip(g.par_chunks(self.chunk));
-        let per_thread = chunks.enumerate().fold(
-            || vec![T::zero(); 2 * c],
-            |mut acc, (ci, ((dx, x), g))| {
-                self.chunk_bwd(ci, x, w, g, dx, &mut acc);
-                acc
-            },
-        );
-        let sum = per_thread.reduce(
-            || vec![T::zero(); 2 * c],
-            |mut a, b| {
-                a.iter_mut().zip(b).for_each(|(a, b)| *a = *a + b);
-                a
-            },
-        );
+        let (group, chunk) = (reduction_group(n / self.chunk), self.chunk);
+        let groups = dx.par_chunks_mut(group * chunk).zip(x.par_chunks(group * chunk)).zip(g.par_chunks(group * chunk));
+        let partials = groups.enumerate().map(|(gi, ((dx, x), g))| {
+            let mut acc = vec![T::zero(); 2 * c];
+            let chunks = dx.chunks_mut(chunk).zip(x.chunks(chunk)).zip(g.chunks(chunk));
+            for (i, ((dx, x), g)) in chunks.enumerate() {
+                self.chunk_bwd(gi * group + i, x, w, g, dx, &mut acc);
+            }
+            acc
+        });
+        let sum = sum_in_order(partials.collect(), 2 * c);
         dparams.copy_from_slice(&sum);
         out
     }

@@ -162,6 +162,16 @@ fn gelu_matches_candle() -> Result<()> {
 }
 
 #[test]
+fn silu_matches_candle() -> Result<()> {
+    for shape in [&[4usize, 9][..], &[3, 5, 40_000]] {
+        for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+            check(&[shape], dtype, tol, |t| silu(&t[0]), |t| t[0].silu())?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
 fn attention_matches_composed() -> Result<()> {
     for (b, l, c, heads) in [(2, 5, 12, 3), (1, 9, 8, 1), (3, 4, 16, 4)] {
         for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
@@ -203,5 +213,29 @@ fn conv2d_rejects_mismatched_channels() -> Result<()> {
     let w = Tensor::zeros((2, 4, 3, 3), DType::F32, &dev)?;
     let err = conv2d(&x, &w, None, Conv2dParams { padding: 1, stride: 1 }).unwrap_err().to_string();
     assert!(err.contains("input channels"), "{err}");
+    Ok(())
+}
+
+/// Parallel reductions (weight, bias and norm-parameter gradients) sum in a fixed order, so that
+/// two runs of the same step give the same bits (resume and seeds reproduce exactly).
+#[test]
+fn gradients_are_bitwise_reproducible() -> Result<()> {
+    let dev = Device::Cpu;
+    let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (37, 8, 6, 6), &dev)?)?;
+    let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (8, 8, 3, 3), &dev)?)?;
+    let (gw, gb) = (
+        Var::from_tensor(&Tensor::randn(0f32, 1.0, 8, &dev)?)?,
+        Var::from_tensor(&Tensor::randn(0f32, 1.0, 8, &dev)?)?,
+    );
+    let run = || -> Result<Vec<Vec<f32>>> {
+        let y = conv2d(x.as_tensor(), w.as_tensor(), Some(gb.as_tensor()), Conv2dParams { padding: 1, stride: 1 })?;
+        let y = group_norm(&y, gw.as_tensor(), gb.as_tensor(), 4, 1e-5)?;
+        let grads = y.sqr()?.sum_all()?.backward()?;
+        [&w, &gw, &gb].iter().map(|v| grads.get(v).unwrap().flatten_all()?.to_vec1::<f32>()).collect()
+    };
+    let first = run()?;
+    for _ in 0..4 {
+        assert!(run()? == first, "gradients changed between identical runs");
+    }
     Ok(())
 }

@@ -6,7 +6,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
 
 use crate::nn::{torch_default_init, Conv2d, GroupNorm};
-use crate::ops::{attention, Conv2dParams};
+use crate::ops::{attention, silu, Conv2dParams};
 
 /// `nn.Conv2d` with PyTorch's default initialisation.
 pub(crate) fn conv2d(cin: usize, cout: usize, k: usize, cfg: Conv2dParams, vb: VarBuilder) -> Result<Conv2d> {
@@ -71,8 +71,8 @@ impl ResnetBlock2D {
     }
 
     pub fn forward(&self, x: &Tensor, temb: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
-        let t = self.time_emb_proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
+        let h = self.conv1.forward(&silu(&self.norm1.forward(x)?)?)?;
+        let t = self.time_emb_proj.forward(&silu(temb)?)?.unsqueeze(2)?.unsqueeze(3)?;
         let h = match self.scale_shift {
             false => self.norm2.forward(&h.broadcast_add(&t)?)?,
             true => {
@@ -81,7 +81,7 @@ impl ResnetBlock2D {
                 self.norm2.forward(&h)?.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(&shift)?
             }
         };
-        let h = self.conv2.forward(&h.silu()?)?;
+        let h = self.conv2.forward(&silu(&h)?)?;
         let x = match &self.conv_shortcut {
             Some(c) => c.forward(x)?,
             None => x.clone(),

@@ -1,0 +1,117 @@
+//! The activations GELU (exact erf form, `nn.GELU()`) and SiLU, one pass forward and one backward.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::{contiguous, fused, Float};
+
+/// Elements per parallel task: large enough that scheduling costs nothing beside the work.
+const GRAIN: usize = 1 << 14;
+
+/// `0.5 x (1 + erf(x / sqrt 2))`.
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    match fused(x) {
+        true => x.contiguous()?.apply_op1(Activation::Gelu),
+        false => x.gelu_erf(),
+    }
+}
+
+/// `x * sigmoid(x)`.
+pub fn silu(x: &Tensor) -> Result<Tensor> {
+    match fused(x) {
+        true => x.contiguous()?.apply_op1(Activation::Silu),
+        false => x.silu(),
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Activation {
+    Gelu,
+    Silu,
+}
+
+impl Activation {
+    /// `f(x)`, and `f'(x)` when `grad`.
+    #[inline(always)]
+    fn eval<T: Float>(self, x: T, grad: bool) -> T {
+        let c = |v: f64| T::from_f64(v).unwrap();
+        match self {
+            Activation::Gelu => {
+                let cdf = c(0.5) * (T::one() + (x * c(std::f64::consts::FRAC_1_SQRT_2)).erf());
+                match grad {
+                    false => x * cdf,
+                    // Phi(x) + x phi(x), phi the standard normal density.
+                    true => cdf + x * c(0.3989422804014327) * (c(-0.5) * x * x).exp(),
+                }
+            }
+            Activation::Silu => {
+                let s = (T::one() + (-x).exp()).recip();
+                match grad {
+                    false => x * s,
+                    true => s * (T::one() + x * (T::one() - s)),
+                }
+            }
+        }
+    }
+
+    fn fwd<T: Float>(self, x: &[T]) -> Vec<T> {
+        let mut y = vec![T::zero(); x.len()];
+        y.par_chunks_mut(GRAIN).zip(x.par_chunks(GRAIN)).for_each(|(y, x)| {
+            y.iter_mut().zip(x).for_each(|(y, &x)| *y = self.eval(x, false));
+        });
+        y
+    }
+
+    fn bwd<T: Float>(self, x: &[T], g: &[T]) -> Vec<T> {
+        let mut dx = vec![T::zero(); x.len()];
+        dx.par_chunks_mut(GRAIN).zip(x.par_chunks(GRAIN)).zip(g.par_chunks(GRAIN)).for_each(|((dx, x), g)| {
+            dx.iter_mut().zip(x).zip(g).for_each(|((dx, &x), &g)| *dx = g * self.eval(x, true));
+        });
+        dx
+    }
+}
+
+impl CustomOp1 for Activation {
+    fn name(&self) -> &'static str {
+        match self {
+            Activation::Gelu => "gelu-erf",
+            Activation::Silu => "silu",
+        }
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let y = match s {
+            CpuStorage::F32(x) => CpuStorage::F32(self.fwd(contiguous(x, l, self.name())?)),
+            CpuStorage::F64(x) => CpuStorage::F64(self.fwd(contiguous(x, l, self.name())?)),
+            _ => bail!("{}: f32 or f64 only, got {:?}", self.name(), s.dtype()),
+        };
+        Ok((y, l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&g.contiguous()?, &ActivationGrad(*self))?))
+    }
+}
+
+/// dx = g f'(x).
+struct ActivationGrad(Activation);
+
+impl CustomOp2 for ActivationGrad {
+    fn name(&self) -> &'static str {
+        "activation-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dx = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => {
+                CpuStorage::F32(self.0.bwd(contiguous(x, l1, self.name())?, contiguous(g, l2, self.name())?))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => {
+                CpuStorage::F64(self.0.bwd(contiguous(x, l1, self.name())?, contiguous(g, l2, self.name())?))
+            }
+            _ => bail!("{}: f32 or f64 only, got {:?} and {:?}", self.name(), s1.dtype(), s2.dtype()),
+        };
+        Ok((dx, l1.shape().clone()))
+    }
+}

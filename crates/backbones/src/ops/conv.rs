@@ -9,7 +9,7 @@ use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape,
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{contiguous, fused, gemm, reduction_group, sum_by, sum_in_order, Float};
+use super::{contiguous, fused, gemm, sum_by, Float};
 
 /// Symmetric zero padding and stride of a convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,11 +81,6 @@ impl Geom {
         self.oh * self.ow
     }
 
-    /// A 1x1 convolution without stride or padding: the image itself is the im2col matrix.
-    fn pointwise(&self) -> bool {
-        self.kh == 1 && self.kw == 1 && self.p.stride == 1 && self.p.padding == 0
-    }
-
     /// Output columns `ox` whose input column `ox * stride + j - padding` lies inside the image.
     fn valid_cols(&self, j: usize) -> (usize, usize) {
         let (s, pad) = (self.p.stride, self.p.padding);
@@ -99,66 +94,88 @@ impl Geom {
         (oy * self.p.stride + i).checked_sub(self.p.padding).filter(|&y| y < self.h)
     }
 
-    /// Parallel over images, each GEMM single-threaded, when there are enough images to go round.
-    fn parallelism(&self) -> Parallelism {
-        let threads = candle_core::utils::get_num_threads();
-        if self.b >= threads {
-            Parallelism::None
-        } else {
-            Parallelism::Rayon(threads)
-        }
+    /// Images per GEMM: enough for about `COLUMNS` output columns (small feature maps then still
+    /// make wide GEMMs; much wider ones ran slower here); fixed by the shape, so results are
+    /// reproducible.
+    fn group(&self) -> usize {
+        const COLUMNS: usize = 2048;
+        (COLUMNS / self.l()).clamp(1, self.b)
+    }
+
+    fn image(&self) -> usize {
+        self.cin * self.h * self.w
+    }
+
+    /// Channel, kernel row and kernel column of im2col row `r`.
+    fn tap(&self, r: usize) -> (usize, usize, usize) {
+        (r / (self.kh * self.kw), (r / self.kw) % self.kh, r % self.kw)
     }
 }
 
-/// `col (K, L)` of one image `x (Cin, H, W)`.
-fn im2col<T: Float>(x: &[T], g: &Geom, col: &mut [T]) {
+fn threads() -> Parallelism {
+    Parallelism::Rayon(candle_core::utils::get_num_threads())
+}
+
+/// `col (K, n L)` of the `n` images `x`: row (c, i, j), columns image by image.
+fn im2col<T: Float>(x: &[T], g: &Geom, n: usize, col: &mut [T]) {
     let (s, l) = (g.p.stride, g.l());
-    for c in 0..g.cin {
-        for i in 0..g.kh {
-            for j in 0..g.kw {
-                let row = &mut col[((c * g.kh + i) * g.kw + j) * l..][..l];
-                let (lo, hi) = g.valid_cols(j);
-                for oy in 0..g.oh {
-                    let dst = &mut row[oy * g.ow..][..g.ow];
-                    let Some(iy) = g.input_row(oy, i) else {
-                        dst.fill(T::zero());
-                        continue;
-                    };
-                    let src = &x[(c * g.h + iy) * g.w..][..g.w];
-                    dst[..lo].fill(T::zero());
-                    dst[hi..].fill(T::zero());
-                    let x0 = lo * s + j - g.p.padding;
-                    if s == 1 {
-                        dst[lo..hi].copy_from_slice(&src[x0..x0 + hi - lo]);
-                    } else {
-                        dst[lo..hi].iter_mut().enumerate().for_each(|(n, d)| *d = src[x0 + n * s]);
-                    }
+    col.par_chunks_mut(n * l).enumerate().for_each(|(r, row)| {
+        let (c, i, j) = g.tap(r);
+        let (lo, hi) = g.valid_cols(j);
+        for (b, row) in row.chunks_mut(l).enumerate() {
+            let channel = &x[b * g.image() + c * g.h * g.w..][..g.h * g.w];
+            for (oy, dst) in row.chunks_mut(g.ow).enumerate() {
+                let Some(iy) = g.input_row(oy, i) else {
+                    dst.fill(T::zero());
+                    continue;
+                };
+                let src = &channel[iy * g.w..][..g.w];
+                dst[..lo].fill(T::zero());
+                dst[hi..].fill(T::zero());
+                let x0 = lo * s + j - g.p.padding;
+                if s == 1 {
+                    dst[lo..hi].copy_from_slice(&src[x0..x0 + hi - lo]);
+                } else {
+                    dst[lo..hi].iter_mut().enumerate().for_each(|(m, d)| *d = src[x0 + m * s]);
                 }
             }
         }
-    }
+    });
 }
 
-/// Adds `col (K, L)` back onto the image `dx (Cin, H, W)` it was gathered from.
-fn col2im<T: Float>(col: &[T], g: &Geom, dx: &mut [T]) {
+/// The `n` images `dx` whose im2col gradient is `col (K, n L)`: each pixel the sum of its taps.
+fn col2im<T: Float>(col: &[T], g: &Geom, n: usize, dx: &mut [T]) {
     let (s, l) = (g.p.stride, g.l());
-    dx.fill(T::zero());
-    for c in 0..g.cin {
+    dx.par_chunks_mut(g.h * g.w).enumerate().for_each(|(bc, dst)| {
+        let (b, c) = (bc / g.cin, bc % g.cin);
+        dst.fill(T::zero());
         for i in 0..g.kh {
             for j in 0..g.kw {
-                let row = &col[((c * g.kh + i) * g.kw + j) * l..][..l];
+                let row = &col[((c * g.kh + i) * g.kw + j) * n * l + b * l..][..l];
                 let (lo, hi) = g.valid_cols(j);
-                for oy in 0..g.oh {
+                let x0 = lo * s + j - g.p.padding;
+                for (oy, src) in row.chunks(g.ow).enumerate() {
                     let Some(iy) = g.input_row(oy, i) else { continue };
-                    let dst = &mut dx[(c * g.h + iy) * g.w..][..g.w];
-                    let x0 = lo * s + j - g.p.padding;
-                    for (n, &v) in row[oy * g.ow + lo..oy * g.ow + hi].iter().enumerate() {
-                        dst[x0 + n * s] = dst[x0 + n * s] + v;
+                    let dst = &mut dst[iy * g.w..][..g.w];
+                    if s == 1 {
+                        dst[x0..x0 + hi - lo].iter_mut().zip(&src[lo..hi]).for_each(|(d, &v)| *d = *d + v);
+                    } else {
+                        src[lo..hi].iter().enumerate().for_each(|(m, &v)| dst[x0 + m * s] = dst[x0 + m * s] + v);
                     }
                 }
             }
         }
-    }
+    });
+}
+
+/// `(Cout, n L)` from `n` images `(Cout, L)` each (the GEMM's layout of an output gradient).
+fn to_rows<T: Float>(images: &[T], g: &Geom, n: usize, rows: &mut [T]) {
+    let l = g.l();
+    rows.par_chunks_mut(n * l).enumerate().for_each(|(co, row)| {
+        for (b, dst) in row.chunks_mut(l).enumerate() {
+            dst.copy_from_slice(&images[(b * g.cout + co) * l..][..l]);
+        }
+    });
 }
 
 struct Conv {
@@ -166,21 +183,20 @@ struct Conv {
 }
 
 fn conv_fwd<T: Float>(x: &[T], wt: &[T], bias: &[T], g: Geom) -> Vec<T> {
-    let (k, l, par) = (g.k(), g.l(), g.parallelism());
+    let (k, l, group) = (g.k(), g.l(), g.group());
     let mut out = vec![T::zero(); g.b * g.cout * l];
-    let images = out.par_chunks_mut(g.cout * l).zip(x.par_chunks(g.cin * g.h * g.w));
-    images.for_each_init(Vec::new, |col, (out, x)| {
-        out.chunks_mut(l).zip(bias).for_each(|(row, &b)| row.fill(b));
-        let col: &[T] = match g.pointwise() {
-            true => x,
-            false => {
-                col.resize(k * l, T::zero());
-                im2col(x, &g, col);
-                col
-            }
-        };
-        gemm((out, l), (g.cout, l, k), (wt, k, 1), (col, l, 1), true, par);
-    });
+    let (mut col, mut rows) = (Vec::new(), Vec::new());
+    for (x, out) in x.chunks(group * g.image()).zip(out.chunks_mut(group * g.cout * l)) {
+        let n = x.len() / g.image();
+        col.resize(k * n * l, T::zero());
+        rows.resize(g.cout * n * l, T::zero());
+        im2col(x, &g, n, &mut col);
+        gemm((&mut rows, n * l), (g.cout, n * l, k), (wt, k, 1), (&col, n * l, 1), false, threads());
+        out.par_chunks_mut(l).enumerate().for_each(|(bc, dst)| {
+            let (b, co) = (bc / g.cout, bc % g.cout);
+            dst.iter_mut().zip(&rows[co * n * l + b * l..][..l]).for_each(|(d, &v)| *d = v + bias[co]);
+        });
+    }
     out
 }
 
@@ -237,17 +253,17 @@ struct InputGrad {
 }
 
 fn input_grad<T: Float>(grad: &[T], wt: &[T], g: Geom) -> Vec<T> {
-    let (k, l, par) = (g.k(), g.l(), g.parallelism());
-    let mut dx = vec![T::zero(); g.b * g.cin * g.h * g.w];
-    let images = dx.par_chunks_mut(g.cin * g.h * g.w).zip(grad.par_chunks(g.cout * l));
-    images.for_each_init(Vec::new, |col, (dx, grad)| match g.pointwise() {
-        true => gemm((dx, l), (k, l, g.cout), (wt, 1, k), (grad, l, 1), false, par),
-        false => {
-            col.resize(k * l, T::zero());
-            gemm((col, l), (k, l, g.cout), (wt, 1, k), (grad, l, 1), false, par);
-            col2im(col, &g, dx);
-        }
-    });
+    let (k, l, group) = (g.k(), g.l(), g.group());
+    let mut dx = vec![T::zero(); g.b * g.image()];
+    let (mut col, mut rows) = (Vec::new(), Vec::new());
+    for (grad, dx) in grad.chunks(group * g.cout * l).zip(dx.chunks_mut(group * g.image())) {
+        let n = dx.len() / g.image();
+        col.resize(k * n * l, T::zero());
+        rows.resize(g.cout * n * l, T::zero());
+        to_rows(grad, &g, n, &mut rows);
+        gemm((&mut col, n * l), (k, n * l, g.cout), (wt, 1, k), (&rows, n * l, 1), false, threads());
+        col2im(&col, &g, n, dx);
+    }
     dx
 }
 
@@ -282,27 +298,20 @@ struct WeightGrad {
 }
 
 fn weight_grad<T: Float>(x: &[T], grad: &[T], g: Geom) -> Vec<T> {
-    let (k, l, par) = (g.k(), g.l(), g.parallelism());
-    let (image, len, group) = (g.cin * g.h * g.w, g.cout * (k + 1), reduction_group(g.b));
-    let groups = x.par_chunks(group * image).zip(grad.par_chunks(group * g.cout * l));
-    let partials = groups.map(|(x, grad)| {
-        let (mut dw, mut col) = (vec![T::zero(); len], Vec::new());
-        for (x, grad) in x.chunks(image).zip(grad.chunks(g.cout * l)) {
-            let db = &mut dw[g.cout * k..];
-            db.iter_mut().zip(grad.chunks(l)).for_each(|(db, row)| *db = *db + sum_by(row, row, |v, _| v));
-            let col_ref: &[T] = match g.pointwise() {
-                true => x,
-                false => {
-                    col.resize(k * l, T::zero());
-                    im2col(x, &g, &mut col);
-                    &col
-                }
-            };
-            gemm((&mut dw, k), (g.cout, k, l), (grad, l, 1), (col_ref, 1, l), true, par);
-        }
-        dw
-    });
-    sum_in_order(partials.collect(), len)
+    let (k, l, group) = (g.k(), g.l(), g.group());
+    let mut dwb = vec![T::zero(); g.cout * (k + 1)];
+    let (mut col, mut rows) = (Vec::new(), Vec::new());
+    for (x, grad) in x.chunks(group * g.image()).zip(grad.chunks(group * g.cout * l)) {
+        let n = x.len() / g.image();
+        col.resize(k * n * l, T::zero());
+        rows.resize(g.cout * n * l, T::zero());
+        im2col(x, &g, n, &mut col);
+        to_rows(grad, &g, n, &mut rows);
+        let (dw, db) = dwb.split_at_mut(g.cout * k);
+        gemm((dw, k), (g.cout, k, n * l), (&rows, n * l, 1), (&col, 1, n * l), true, threads());
+        db.iter_mut().zip(rows.chunks(n * l)).for_each(|(db, row)| *db = *db + sum_by(row, row, |v, _| v));
+    }
+    dwb
 }
 
 impl CustomOp2 for WeightGrad {

@@ -6,7 +6,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
 
-use crate::ops::{conv2d, group_norm, layer_norm, Conv2dParams};
+use crate::ops::{conv2d, group_norm, group_norm_silu, layer_norm, Conv2dParams};
 
 /// timm's `trunc_normal_(std=0.02)` truncates at ±2 (absolute), i.e. 100 standard deviations:
 /// a plain normal is the same distribution for every practical purpose.
@@ -67,6 +67,11 @@ impl GroupNorm {
             candle_core::bail!("GroupNorm: {channels} channels (bias {}) in {groups} groups", bias.elem_count());
         }
         Ok(Self { weight, bias, groups, eps })
+    }
+
+    /// `silu(self.forward(x))` as one op.
+    pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
+        group_norm_silu(x, &self.weight, &self.bias, self.groups, self.eps)
     }
 }
 

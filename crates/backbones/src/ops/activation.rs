@@ -26,7 +26,7 @@ pub fn silu(x: &Tensor) -> Result<Tensor> {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Activation {
+pub(super) enum Activation {
     Gelu,
     Silu,
 }
@@ -34,7 +34,7 @@ enum Activation {
 impl Activation {
     /// `f(x)`, and `f'(x)` when `grad`.
     #[inline(always)]
-    fn eval<T: Float>(self, x: T, grad: bool) -> T {
+    pub(super) fn eval<T: Float>(self, x: T, grad: bool) -> T {
         let c = |v: f64| T::from_f64(v).unwrap();
         match self {
             Activation::Gelu => {

@@ -17,7 +17,7 @@ mod tests;
 pub use activation::{gelu_erf, silu};
 pub use attention::attention;
 pub use conv::{conv2d, Conv2dParams};
-pub use norm::{group_norm, layer_norm};
+pub use norm::{group_norm, group_norm_silu, layer_norm};
 pub use softmax::softmax_last_dim;
 
 use candle_core::{bail, DType, Layout, Result, Tensor};

@@ -8,24 +8,24 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
+use super::activation::Activation;
 use super::{contiguous, fused, reduction_group, sum_by, sum_in_order, Float};
 
 /// `nn.LayerNorm` over the last axis: `(x - mean) / sqrt(var + eps) * weight + bias`.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     let channels = x.dim(D::Minus1)?;
-    let norm = AffineNorm { chunk: channels, inner: 1, channels, eps };
+    let norm = AffineNorm { chunk: channels, inner: 1, channels, eps, silu: false };
     norm.apply(x, weight, bias, x.rank() - 1)
 }
 
 /// `nn.GroupNorm` over `x (B, C, ...)`: statistics per image and group of `C / groups` channels.
 pub fn group_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, groups: usize, eps: f64) -> Result<Tensor> {
-    let channels = x.dim(1)?;
-    if groups == 0 || !channels.is_multiple_of(groups) {
-        bail!("group_norm: {channels} channels do not split into {groups} groups");
-    }
-    let inner = x.dims()[2..].iter().product::<usize>();
-    let norm = AffineNorm { chunk: channels / groups * inner, inner, channels, eps };
-    norm.apply(x, weight, bias, 1)
+    AffineNorm::group(x, groups, eps, false)?.apply(x, weight, bias, 1)
+}
+
+/// `silu(group_norm(x))` in one pass (the UNet's ResNets), without the intermediate tensor.
+pub fn group_norm_silu(x: &Tensor, weight: &Tensor, bias: &Tensor, groups: usize, eps: f64) -> Result<Tensor> {
+    AffineNorm::group(x, groups, eps, true)?.apply(x, weight, bias, 1)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -34,9 +34,20 @@ struct AffineNorm {
     inner: usize,
     channels: usize,
     eps: f64,
+    /// SiLU applied to the output.
+    silu: bool,
 }
 
 impl AffineNorm {
+    fn group(x: &Tensor, groups: usize, eps: f64, silu: bool) -> Result<Self> {
+        let channels = x.dim(1)?;
+        if groups == 0 || !channels.is_multiple_of(groups) {
+            bail!("group_norm: {channels} channels do not split into {groups} groups");
+        }
+        let inner = x.dims()[2..].iter().product::<usize>();
+        Ok(AffineNorm { chunk: channels / groups * inner, inner, channels, eps, silu })
+    }
+
     /// Runs the fused op, or candle's primitives where it does not apply; `axis` is the channel axis.
     fn apply(self, x: &Tensor, weight: &Tensor, bias: &Tensor, axis: usize) -> Result<Tensor> {
         for (name, p) in [("weight", weight), ("bias", bias)] {
@@ -50,7 +61,12 @@ impl AffineNorm {
         let mut affine = vec![1; x.rank()];
         affine[axis] = self.channels;
         let normed = self.composed(x)?;
-        normed.broadcast_mul(&weight.reshape(affine.as_slice())?)?.broadcast_add(&bias.reshape(affine)?)
+        let y = normed.broadcast_mul(&weight.reshape(affine.as_slice())?)?.broadcast_add(&bias.reshape(affine)?)?;
+        if self.silu {
+            y.silu()
+        } else {
+            Ok(y)
+        }
     }
 
     /// The normalisation from candle's primitive ops (other devices and dtypes; the tests' reference).
@@ -74,29 +90,49 @@ impl AffineNorm {
                 for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
                     *y = (x - mean) * rstd * w + b;
                 }
-                return;
+            } else {
+                for (r, (y, x)) in y.chunks_mut(self.inner).zip(x.chunks(self.inner)).enumerate() {
+                    let c = self.channel(ci, r);
+                    let (scale, shift) = (rstd * w[c], b[c] - mean * rstd * w[c]);
+                    y.iter_mut().zip(x).for_each(|(y, &x)| *y = x * scale + shift);
+                }
             }
-            for (r, (y, x)) in y.chunks_mut(self.inner).zip(x.chunks(self.inner)).enumerate() {
-                let c = self.channel(ci, r);
-                let (scale, shift) = (rstd * w[c], b[c] - mean * rstd * w[c]);
-                y.iter_mut().zip(x).for_each(|(y, &x)| *y = x * scale + shift);
+            if self.silu {
+                y.iter_mut().for_each(|y| *y = Activation::Silu.eval(*y, false));
             }
         });
         y
     }
 
-    /// `[dx, dweight, dbias]` flattened into one buffer.
-    fn bwd<T: Float>(&self, x: &[T], w: &[T], g: &[T]) -> Vec<T> {
+    /// The gradient at the affine output: `g` itself, or `g silu'(z)` with z recomputed from x.
+    fn pre_activation_grad<T: Float>(&self, ci: usize, x: &[T], w: &[T], b: &[T], g: &[T], dz: &mut Vec<T>) {
+        let (mean, rstd) = moments(x, self.eps);
+        dz.clear();
+        dz.extend(x.iter().zip(g).enumerate().map(|(i, (&x, &g))| {
+            let c = if self.inner == 1 { i } else { self.channel(ci, i / self.inner) };
+            g * Activation::Silu.eval((x - mean) * rstd * w[c] + b[c], true)
+        }));
+    }
+
+    /// `[dx, dweight, dbias]` flattened into one buffer; `wb` is `[weight, bias]`.
+    fn bwd<T: Float>(&self, x: &[T], wb: &[T], g: &[T]) -> Vec<T> {
+        let (w, b) = wb.split_at(self.channels);
         let (n, c) = (x.len(), self.channels);
         let mut out = vec![T::zero(); n + 2 * c];
         let (dx, dparams) = out.split_at_mut(n);
         let (group, chunk) = (reduction_group(n / self.chunk), self.chunk);
         let groups = dx.par_chunks_mut(group * chunk).zip(x.par_chunks(group * chunk)).zip(g.par_chunks(group * chunk));
         let partials = groups.enumerate().map(|(gi, ((dx, x), g))| {
-            let mut acc = vec![T::zero(); 2 * c];
+            let (mut acc, mut dz) = (vec![T::zero(); 2 * c], Vec::new());
             let chunks = dx.chunks_mut(chunk).zip(x.chunks(chunk)).zip(g.chunks(chunk));
             for (i, ((dx, x), g)) in chunks.enumerate() {
-                self.chunk_bwd(gi * group + i, x, w, g, dx, &mut acc);
+                let ci = gi * group + i;
+                if self.silu {
+                    self.pre_activation_grad(ci, x, w, b, g, &mut dz);
+                    self.chunk_bwd(ci, x, w, &dz, dx, &mut acc);
+                } else {
+                    self.chunk_bwd(ci, x, w, g, dx, &mut acc);
+                }
             }
             acc
         });
@@ -191,7 +227,8 @@ impl CustomOp3 for AffineNorm {
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, c) = (x.elem_count(), self.channels);
-        let all = x.apply_op3_no_bwd(w, &g.contiguous()?, &AffineNormGrad(*self))?;
+        let wb = Tensor::cat(&[w, b], 0)?;
+        let all = x.apply_op3_no_bwd(&wb, &g.contiguous()?, &AffineNormGrad(*self))?;
         let dx = all.narrow(0, 0, n)?.reshape(x.shape())?;
         let dw = all.narrow(0, n, c)?.reshape(w.shape())?;
         let db = all.narrow(0, n + c, c)?.reshape(b.shape())?;
@@ -199,7 +236,7 @@ impl CustomOp3 for AffineNorm {
     }
 }
 
-/// The gradients of [`AffineNorm`] from (x, weight, output gradient), as `[dx, dweight, dbias]`.
+/// The gradients of [`AffineNorm`] from (x, [weight, bias], output gradient), as `[dx, dweight, dbias]`.
 struct AffineNormGrad(AffineNorm);
 
 impl CustomOp3 for AffineNormGrad {
@@ -234,10 +271,10 @@ impl CustomOp3 for AffineNormGrad {
 pub(super) fn composed(x: &Tensor, w: &Tensor, b: &Tensor, groups: Option<usize>, eps: f64) -> Result<Tensor> {
     let channels = w.elem_count();
     let (norm, axis) = match groups {
-        None => (AffineNorm { chunk: channels, inner: 1, channels, eps }, x.rank() - 1),
+        None => (AffineNorm { chunk: channels, inner: 1, channels, eps, silu: false }, x.rank() - 1),
         Some(g) => {
             let inner = x.dims()[2..].iter().product::<usize>();
-            (AffineNorm { chunk: channels / g * inner, inner, channels, eps }, 1)
+            (AffineNorm { chunk: channels / g * inner, inner, channels, eps, silu: false }, 1)
         }
     };
     let mut affine = vec![1; x.rank()];

@@ -118,6 +118,9 @@ fn group_norm_matches_composed() -> Result<()> {
             let fused = |t: &[Tensor]| group_norm(&t[0], &t[1], &t[2], groups, 1e-5);
             let composed = |t: &[Tensor]| norm::composed(&t[0], &t[1], &t[2], Some(groups), 1e-5);
             check(&[shape, &[c], &[c]], dtype, tol, fused, composed)?;
+            let fused = |t: &[Tensor]| group_norm_silu(&t[0], &t[1], &t[2], groups, 1e-5);
+            let composed = |t: &[Tensor]| norm::composed(&t[0], &t[1], &t[2], Some(groups), 1e-5)?.silu();
+            check(&[shape, &[c], &[c]], dtype, tol, fused, composed)?;
         }
     }
     let (x, p) = (Tensor::zeros((1, 6, 2, 2), DType::F32, &Device::Cpu)?, Tensor::ones(6, DType::F32, &Device::Cpu)?);

@@ -71,17 +71,17 @@ impl ResnetBlock2D {
     }
 
     pub fn forward(&self, x: &Tensor, temb: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&silu(&self.norm1.forward(x)?)?)?;
+        let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
         let t = self.time_emb_proj.forward(&silu(temb)?)?.unsqueeze(2)?.unsqueeze(3)?;
         let h = match self.scale_shift {
-            false => self.norm2.forward(&h.broadcast_add(&t)?)?,
+            false => self.norm2.forward_silu(&h.broadcast_add(&t)?)?,
             true => {
                 let c = t.dim(1)? / 2;
                 let (scale, shift) = (t.narrow(1, 0, c)?, t.narrow(1, c, c)?);
-                self.norm2.forward(&h)?.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(&shift)?
+                silu(&self.norm2.forward(&h)?.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(&shift)?)?
             }
         };
-        let h = self.conv2.forward(&silu(&h)?)?;
+        let h = self.conv2.forward(&h)?;
         let x = match &self.conv_shortcut {
             Some(c) => c.forward(x)?,
             None => x.clone(),

@@ -263,7 +263,7 @@ impl UNet2D {
             t.scaled_skips = scaled;
             t.gates.reverse(); // recorded innermost first; stored outermost first like the skips
         }
-        self.conv_out.forward(&crate::ops::silu(&self.conv_norm_out.forward(&h)?)?)
+        self.conv_out.forward(&self.conv_norm_out.forward_silu(&h)?)
     }
 
     /// diffusers' `get_timestep_embedding`, in f64 where the device has it.

@@ -43,6 +43,7 @@ fn main() -> Result<()> {
     // As in the CLI: never hand freed memory back to the OS (option 15 = purge delay).
     // SAFETY: set before any other thread exists.
     unsafe { libmimalloc_sys::mi_option_set(15, -1) };
+    scalelong_backbones::ops::init_process();
     match Cli::parse().command {
         Task::Bench(args) => bench::run(args),
         Task::BenchCase { json } => bench::run_case(&json),

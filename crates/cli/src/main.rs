@@ -49,6 +49,7 @@ fn main() {
     // buffers, and re-faulting them cost about 15% of a CPU step here.
     // SAFETY: setting an allocator option before any other thread exists.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    scalelong_backbones::ops::init_process();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)

@@ -299,7 +299,7 @@ struct WeightGrad {
 
 fn weight_grad<T: Float>(x: &[T], grad: &[T], g: Geom) -> Vec<T> {
     let (k, l, group) = (g.k(), g.l(), g.group());
-    let mut dwb = vec![T::zero(); g.cout * (k + 1)];
+    let (mut dwb, mut dwt) = (vec![T::zero(); g.cout * (k + 1)], vec![T::zero(); k * g.cout]);
     let (mut col, mut rows) = (Vec::new(), Vec::new());
     for (x, grad) in x.chunks(group * g.image()).zip(grad.chunks(group * g.cout * l)) {
         let n = x.len() / g.image();
@@ -307,9 +307,14 @@ fn weight_grad<T: Float>(x: &[T], grad: &[T], g: Geom) -> Vec<T> {
         rows.resize(g.cout * n * l, T::zero());
         im2col(x, &g, n, &mut col);
         to_rows(grad, &g, n, &mut rows);
-        let (dw, db) = dwb.split_at_mut(g.cout * k);
-        gemm((dw, k), (g.cout, k, n * l), (&rows, n * l, 1), (&col, 1, n * l), true, threads());
+        // dW^T (K, Cout) = col rows^T: the wide im2col matrix as the row-major operand ran faster
+        // here than rows col^T.
+        gemm((&mut dwt, g.cout), (k, g.cout, n * l), (&col, n * l, 1), (&rows, 1, n * l), true, threads());
+        let db = &mut dwb[g.cout * k..];
         db.iter_mut().zip(rows.chunks(n * l)).for_each(|(db, row)| *db = *db + sum_by(row, row, |v, _| v));
+    }
+    for (co, dw) in dwb[..g.cout * k].chunks_mut(k).enumerate() {
+        dw.iter_mut().enumerate().for_each(|(kk, d)| *d = dwt[kk * g.cout + co]);
     }
     dwb
 }

@@ -24,7 +24,7 @@ pub mod uvit;
 pub mod weights;
 
 pub use backbone::{Backbone, ModelConfig};
-pub use nn::{Conv2d, GroupNorm, LayerNorm};
+pub use nn::{Conv2d, GroupNorm, LayerNorm, Linear};
 pub use scalelong_lsc_scaling::SkipScaling;
 pub use taps::Taps;
 pub use unet::{UNet2D, UNet2DConfig};

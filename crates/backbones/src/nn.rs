@@ -4,9 +4,9 @@
 //! input) return no gradient; the layers here run on [`crate::ops`], which has one.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Init, Linear, VarBuilder};
+use candle_nn::{Init, VarBuilder};
 
-use crate::ops::{conv2d, group_norm, group_norm_silu, layer_norm, Conv2dParams};
+use crate::ops::{bias_add, conv2d, group_norm, group_norm_silu, layer_norm, Conv2dParams};
 
 /// timm's `trunc_normal_(std=0.02)` truncates at ±2 (absolute), i.e. 100 standard deviations:
 /// a plain normal is the same distribution for every practical purpose.
@@ -17,6 +17,38 @@ pub(crate) fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) 
     let weight = vb.get_with_hints((out_dim, in_dim), "weight", TRUNC_NORMAL_002)?;
     let bias = if bias { Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?) } else { None };
     Ok(Linear::new(weight, bias))
+}
+
+/// `nn.Linear` over the last axis: one 2-D GEMM whatever the leading axes (candle 0.11's CPU
+/// matmul of a transposed batch against a broadcast weight is wrong, candle#3744), and the bias
+/// added by [`bias_add`], whose gradient is a fast row sum.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (out_dim, in_dim) = self.weight.dims2()?;
+        let mut dims = x.dims().to_vec();
+        let rows = x.elem_count() / in_dim.max(1);
+        let y = x.contiguous()?.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => bias_add(&y, b)?,
+            None => y,
+        };
+        if let Some(last) = dims.last_mut() {
+            *last = out_dim;
+        }
+        y.reshape(dims)
+    }
 }
 
 /// Bound of PyTorch's default initialisation (kaiming-uniform with a = sqrt(5)) for a fan-in.

@@ -8,6 +8,7 @@
 
 mod activation;
 mod attention;
+mod bias;
 mod conv;
 mod norm;
 mod softmax;
@@ -16,6 +17,7 @@ mod tests;
 
 pub use activation::{gelu_erf, silu};
 pub use attention::attention;
+pub use bias::bias_add;
 pub use conv::{conv2d, Conv2dParams};
 pub use norm::{group_norm, group_norm_silu, layer_norm};
 pub use softmax::softmax_last_dim;

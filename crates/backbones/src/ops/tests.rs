@@ -165,6 +165,19 @@ fn gelu_matches_candle() -> Result<()> {
 }
 
 #[test]
+fn bias_add_matches_candle() -> Result<()> {
+    for shape in [&[4usize, 9][..], &[3, 70, 33], &[1, 5]] {
+        let n = *shape.last().unwrap();
+        for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+            check(&[shape, &[n]], dtype, tol, |t| bias_add(&t[0], &t[1]), |t| t[0].broadcast_add(&t[1]))?;
+        }
+    }
+    let x = Tensor::zeros((2, 3), DType::F32, &Device::Cpu)?;
+    assert!(bias_add(&x, &Tensor::zeros(2, DType::F32, &Device::Cpu)?).is_err());
+    Ok(())
+}
+
+#[test]
 fn silu_matches_candle() -> Result<()> {
     for shape in [&[4usize, 9][..], &[3, 5, 40_000]] {
         for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {

@@ -3,9 +3,9 @@
 //! `Upsample2D`.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Init, Linear, VarBuilder};
+use candle_nn::{Init, VarBuilder};
 
-use crate::nn::{torch_default_init, Conv2d, GroupNorm};
+use crate::nn::{torch_default_init, Conv2d, GroupNorm, Linear};
 use crate::ops::{attention, silu, Conv2dParams};
 
 /// `nn.Conv2d` with PyTorch's default initialisation.

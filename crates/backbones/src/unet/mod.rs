@@ -15,11 +15,11 @@ pub use config::{UNet2DConfig, DOWN_BLOCKS, UP_BLOCKS};
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Embedding, Init, Linear, VarBuilder};
+use candle_nn::{Embedding, Init, VarBuilder};
 use scalelong_lsc_scaling::{Calibration, SkipScaling, DEFAULT_REDUCTION};
 
 use crate::checkpoint;
-use crate::nn::{Conv2d, GroupNorm};
+use crate::nn::{Conv2d, GroupNorm, Linear};
 use crate::params::ParamSpec;
 use crate::skip::SkipScale;
 use crate::taps::Taps;

@@ -1,9 +1,9 @@
 //! The pre-LN transformer block of U-ViT, with the optional long-skip merge of the out-blocks.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
-use crate::nn::{linear, LayerNorm};
+use crate::nn::{linear, LayerNorm, Linear};
 use crate::ops::attention;
 
 /// Multi-head self-attention: `qkv` split as (3, heads, head_dim), softmax(q k^T / sqrt(d)) v, `proj`.

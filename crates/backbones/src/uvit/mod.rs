@@ -12,7 +12,7 @@ pub use block::{Attention, Block, Mlp};
 pub use config::{UViTConfig, PRESETS};
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Embedding, Init, Linear, VarBuilder};
+use candle_nn::{Embedding, Init, VarBuilder};
 use scalelong_lsc_scaling::{Calibration, SkipScaling};
 
 use crate::skip::SkipScale;
@@ -20,7 +20,7 @@ use crate::skip::SkipScale;
 use std::path::Path;
 
 use crate::checkpoint;
-use crate::nn::{linear, torch_default_init, LayerNorm, TRUNC_NORMAL_002};
+use crate::nn::{linear, torch_default_init, LayerNorm, Linear, TRUNC_NORMAL_002};
 use crate::params::ParamSpec;
 use crate::taps::Taps;
 

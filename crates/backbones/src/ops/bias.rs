@@ -1,0 +1,84 @@
+//! Adding a bias along the last axis, whose backward sums the gradient's rows in one pass.
+//!
+//! candle's `broadcast_add` backward reduces over the leading axes with its generic strided
+//! reduction: 57 ms for a (8224, 2048) gradient here, about eight times a plain pass.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::{contiguous, fused, reduction_group, sum_in_order, Float};
+
+/// `x + bias` with `bias` of the size of `x`'s last axis.
+pub fn bias_add(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let n = x.dims().last().copied().unwrap_or(1);
+    if bias.elem_count() != n {
+        bail!("bias_add: bias {:?} does not match the last axis of {:?}", bias.shape(), x.shape());
+    }
+    match fused(x) && bias.dtype() == x.dtype() {
+        true => x.contiguous()?.apply_op2(&bias.flatten_all()?, BiasAdd),
+        false => x.broadcast_add(&bias.flatten_all()?),
+    }
+}
+
+struct BiasAdd;
+
+fn add_rows<T: Float>(x: &[T], b: &[T]) -> Vec<T> {
+    let mut y = x.to_vec();
+    y.par_chunks_mut(b.len().max(1)).for_each(|row| row.iter_mut().zip(b).for_each(|(y, &b)| *y = *y + b));
+    y
+}
+
+impl CustomOp2 for BiasAdd {
+    fn name(&self) -> &'static str {
+        "bias-add"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let y = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(b)) => {
+                CpuStorage::F32(add_rows(contiguous(x, l1, self.name())?, contiguous(b, l2, self.name())?))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(b)) => {
+                CpuStorage::F64(add_rows(contiguous(x, l1, self.name())?, contiguous(b, l2, self.name())?))
+            }
+            _ => bail!("{}: f32 or f64 only, got {:?} and {:?}", self.name(), s1.dtype(), s2.dtype()),
+        };
+        Ok((y, l1.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, bias: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let db = g.contiguous()?.apply_op1_no_bwd(&SumRows { n: bias.elem_count() })?;
+        Ok((Some(g.clone()), Some(db)))
+    }
+}
+
+/// Sum of the rows (of `n` elements) of a contiguous tensor, in a fixed order.
+struct SumRows {
+    n: usize,
+}
+
+fn sum_rows<T: Float>(g: &[T], n: usize) -> Vec<T> {
+    let group = reduction_group(g.len() / n.max(1)) * n;
+    let partials = g.par_chunks(group.max(1)).map(|rows| {
+        let mut acc = vec![T::zero(); n];
+        rows.chunks(n).for_each(|row| acc.iter_mut().zip(row).for_each(|(a, &v)| *a = *a + v));
+        acc
+    });
+    sum_in_order(partials.collect(), n)
+}
+
+impl candle_core::CustomOp1 for SumRows {
+    fn name(&self) -> &'static str {
+        "sum-rows"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out = match s {
+            CpuStorage::F32(g) => CpuStorage::F32(sum_rows(contiguous(g, l, self.name())?, self.n)),
+            CpuStorage::F64(g) => CpuStorage::F64(sum_rows(contiguous(g, l, self.name())?, self.n)),
+            _ => bail!("{}: f32 or f64 only, got {:?}", self.name(), s.dtype()),
+        };
+        Ok((out, Shape::from(self.n)))
+    }
+}

@@ -14,6 +14,7 @@ mod norm;
 mod softmax;
 #[cfg(test)]
 mod tests;
+mod upsample;
 
 pub use activation::{gelu_erf, silu};
 pub use attention::attention;
@@ -21,6 +22,7 @@ pub use bias::bias_add;
 pub use conv::{conv2d, Conv2dParams};
 pub use norm::{group_norm, group_norm_silu, layer_norm};
 pub use softmax::softmax_last_dim;
+pub use upsample::upsample_nearest2x;
 
 use candle_core::{bail, DType, Layout, Result, Tensor};
 use gemm::Parallelism;

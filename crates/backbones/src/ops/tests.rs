@@ -178,6 +178,20 @@ fn bias_add_matches_candle() -> Result<()> {
 }
 
 #[test]
+fn upsample_matches_broadcast() -> Result<()> {
+    for shape in [&[2usize, 3, 4, 5][..], &[1, 1, 1, 1], &[3, 2, 7, 3]] {
+        for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-6)] {
+            let reference = |t: &[Tensor]| {
+                let (b, c, h, w) = t[0].dims4()?;
+                t[0].reshape((b, c, h, 1, w, 1))?.broadcast_as((b, c, h, 2, w, 2))?.reshape((b, c, 2 * h, 2 * w))
+            };
+            check(&[shape], dtype, tol, |t| upsample_nearest2x(&t[0]), reference)?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
 fn silu_matches_candle() -> Result<()> {
     for shape in [&[4usize, 9][..], &[3, 5, 40_000]] {
         for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {

@@ -6,7 +6,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use crate::nn::{torch_default_init, Conv2d, GroupNorm, Linear};
-use crate::ops::{attention, silu, Conv2dParams};
+use crate::ops::{attention, silu, upsample_nearest2x, Conv2dParams};
 
 /// `nn.Conv2d` with PyTorch's default initialisation.
 pub(crate) fn conv2d(cin: usize, cout: usize, k: usize, cfg: Conv2dParams, vb: VarBuilder) -> Result<Conv2d> {
@@ -187,11 +187,4 @@ impl Module for Upsample2D {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.conv.forward(&upsample_nearest2x(x)?)
     }
-}
-
-/// Nearest-neighbour x2 as a broadcast: its backward sums each 2x2 block, which candle's own
-/// `upsample_nearest2d` backward gets wrong.
-pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
-    let (b, c, h, w) = x.dims4()?;
-    x.reshape((b, c, h, 1, w, 1))?.broadcast_as((b, c, h, 2, w, 2))?.reshape((b, c, 2 * h, 2 * w))
 }

@@ -9,7 +9,8 @@
 mod blocks;
 mod config;
 
-pub use blocks::{upsample_nearest2x, Downsample2D, ResnetBlock2D, SpatialAttention, Upsample2D};
+pub use crate::ops::upsample_nearest2x;
+pub use blocks::{Downsample2D, ResnetBlock2D, SpatialAttention, Upsample2D};
 pub use config::{UNet2DConfig, DOWN_BLOCKS, UP_BLOCKS};
 
 use std::path::Path;

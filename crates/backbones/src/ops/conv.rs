@@ -124,6 +124,10 @@ fn im2col<T: Float>(x: &[T], g: &Geom, n: usize, col: &mut [T]) {
         let (lo, hi) = g.valid_cols(j);
         for (b, row) in row.chunks_mut(l).enumerate() {
             let channel = &x[b * g.image() + c * g.h * g.w..][..g.h * g.w];
+            if s == 1 && (g.oh, g.ow) == (g.h, g.w) {
+                shifted_copy(channel, g, i, j, row);
+                continue;
+            }
             for (oy, dst) in row.chunks_mut(g.ow).enumerate() {
                 let Some(iy) = g.input_row(oy, i) else {
                     dst.fill(T::zero());
@@ -141,6 +145,28 @@ fn im2col<T: Float>(x: &[T], g: &Geom, n: usize, col: &mut [T]) {
             }
         }
     });
+}
+
+/// One im2col row of a stride-1 convolution whose output has the input's size: the whole channel
+/// shifted by the tap's offset, in one copy (instead of one short copy per output row), then the
+/// taps that fall outside the image zeroed.
+fn shifted_copy<T: Float>(channel: &[T], g: &Geom, i: usize, j: usize, dst: &mut [T]) {
+    let shift = (i as isize - g.p.padding as isize) * g.w as isize + j as isize - g.p.padding as isize;
+    let len = dst.len() as isize;
+    let (d0, d1) = ((-shift).clamp(0, len) as usize, (len - shift).clamp(0, len) as usize);
+    let d1 = d1.max(d0);
+    dst[..d0].iter_mut().for_each(|d| *d = T::zero());
+    dst[d1..].iter_mut().for_each(|d| *d = T::zero());
+    let s0 = (d0 as isize + shift) as usize;
+    dst[d0..d1].copy_from_slice(&channel[s0..s0 + d1 - d0]);
+    // Output columns whose tap column lies left or right of the image read the neighbouring row.
+    let (lo, hi) = g.valid_cols(j);
+    if lo > 0 || hi < g.ow {
+        for row in dst.chunks_mut(g.ow) {
+            let (left, rest) = row.split_at_mut(lo);
+            left.iter_mut().chain(&mut rest[hi - lo..]).for_each(|d| *d = T::zero());
+        }
+    }
 }
 
 /// The `n` images `dx` whose im2col gradient is `col (K, n L)`: each pixel the sum of its taps.

@@ -1,10 +1,9 @@
 //! The activations GELU (exact erf form, `nn.GELU()`) and SiLU, one pass forward and one backward.
 
-use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{contiguous, fused, Float};
+use super::{fused, Float};
 
 /// Elements per parallel task: large enough that scheduling costs nothing beside the work.
 const GRAIN: usize = 1 << 14;
@@ -81,11 +80,7 @@ impl CustomOp1 for Activation {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let y = match s {
-            CpuStorage::F32(x) => CpuStorage::F32(self.fwd(contiguous(x, l, self.name())?)),
-            CpuStorage::F64(x) => CpuStorage::F64(self.fwd(contiguous(x, l, self.name())?)),
-            _ => bail!("{}: f32 or f64 only, got {:?}", self.name(), s.dtype()),
-        };
+        let y = float_op!(self.name(), (s, l) => x; self.fwd(x));
         Ok((y, l.shape().clone()))
     }
 
@@ -103,15 +98,7 @@ impl CustomOp2 for ActivationGrad {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let dx = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => {
-                CpuStorage::F32(self.0.bwd(contiguous(x, l1, self.name())?, contiguous(g, l2, self.name())?))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(g)) => {
-                CpuStorage::F64(self.0.bwd(contiguous(x, l1, self.name())?, contiguous(g, l2, self.name())?))
-            }
-            _ => bail!("{}: f32 or f64 only, got {:?} and {:?}", self.name(), s1.dtype(), s2.dtype()),
-        };
+        let dx = float_op!(self.name(), (s1, l1) => x, (s2, l2) => g; self.0.bwd(x, g));
         Ok((dx, l1.shape().clone()))
     }
 }

@@ -4,12 +4,11 @@
 //! convolution with the whole gradient map as its kernel for the weight gradient; here all
 //! three are one GEMM per image on an im2col buffer that lives only inside the call.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{contiguous, fused, gemm, sum_by, Float};
+use super::{fused, gemm, sum_by, Float};
 
 /// Symmetric zero padding and stride of a convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,15 +240,7 @@ impl CustomOp3 for Conv {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (g, op) = (Geom::from_weight(l1.dims(), l2.dims(), self.p)?, self.name());
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
-                CpuStorage::F32(conv_fwd(contiguous(x, l1, op)?, contiguous(w, l2, op)?, contiguous(b, l3, op)?, g))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
-                CpuStorage::F64(conv_fwd(contiguous(x, l1, op)?, contiguous(w, l2, op)?, contiguous(b, l3, op)?, g))
-            }
-            _ => bail!("{op}: f32 or f64 only, got {:?} and {:?}", s1.dtype(), s2.dtype()),
-        };
+        let out = float_op!(op, (s1, l1) => x, (s2, l2) => w, (s3, l3) => b; conv_fwd(x, w, b, g));
         Ok((out, Shape::from((g.b, g.cout, g.oh, g.ow))))
     }
 
@@ -303,15 +294,7 @@ impl CustomOp2 for InputGrad {
         if l1.dims() != [g.b, g.cout, g.oh, g.ow] {
             bail!("{}: gradient {:?} does not match the output of {g:?}", self.name(), l1.dims());
         }
-        let dx = match (s1, s2) {
-            (CpuStorage::F32(d), CpuStorage::F32(w)) => {
-                CpuStorage::F32(input_grad(contiguous(d, l1, self.name())?, contiguous(w, l2, self.name())?, g))
-            }
-            (CpuStorage::F64(d), CpuStorage::F64(w)) => {
-                CpuStorage::F64(input_grad(contiguous(d, l1, self.name())?, contiguous(w, l2, self.name())?, g))
-            }
-            _ => bail!("{}: f32 or f64 only, got {:?} and {:?}", self.name(), s1.dtype(), s2.dtype()),
-        };
+        let dx = float_op!(self.name(), (s1, l1) => d, (s2, l2) => w; input_grad(d, w, g));
         Ok((dx, Shape::from(self.x_dims.to_vec())))
     }
 }
@@ -356,15 +339,7 @@ impl CustomOp2 for WeightGrad {
         if l2.dims() != [g.b, g.cout, g.oh, g.ow] {
             bail!("{}: gradient {:?} does not match the output of {g:?}", self.name(), l2.dims());
         }
-        let dw = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(d)) => {
-                CpuStorage::F32(weight_grad(contiguous(x, l1, self.name())?, contiguous(d, l2, self.name())?, g))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(d)) => {
-                CpuStorage::F64(weight_grad(contiguous(x, l1, self.name())?, contiguous(d, l2, self.name())?, g))
-            }
-            _ => bail!("{}: f32 or f64 only, got {:?} and {:?}", self.name(), s1.dtype(), s2.dtype()),
-        };
+        let dw = float_op!(self.name(), (s1, l1) => x, (s2, l2) => d; weight_grad(x, d, g));
         Ok((dw, Shape::from(g.cout * (g.k() + 1))))
     }
 }

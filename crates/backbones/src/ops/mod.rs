@@ -6,6 +6,27 @@
 //! same function as the composed candle ops (tested against them), and falls back to those ops on
 //! other devices and dtypes.
 
+/// The body of a CPU kernel over f32 or f64: binds each `$x` to the contiguous elements of its
+/// storage (all of one dtype), runs `$body`, and wraps its `Vec` back into a storage.
+macro_rules! float_op {
+    ($op:expr, $(($s:expr, $l:expr) => $x:ident),+ ; $body:expr) => {
+        match ($($s,)+) {
+            ($(candle_core::CpuStorage::F32($x),)+) => {
+                $(let $x = $crate::ops::contiguous($x, $l, $op)?;)+
+                candle_core::CpuStorage::F32($body)
+            }
+            ($(candle_core::CpuStorage::F64($x),)+) => {
+                $(let $x = $crate::ops::contiguous($x, $l, $op)?;)+
+                candle_core::CpuStorage::F64($body)
+            }
+            _ => {
+                let dtypes = [$(candle_core::backend::BackendStorage::dtype($s)),+];
+                candle_core::bail!("{}: expects f32 or f64 inputs of one dtype, got {dtypes:?}", $op)
+            }
+        }
+    };
+}
+
 mod activation;
 mod attention;
 mod bias;

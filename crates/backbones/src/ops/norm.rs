@@ -4,12 +4,11 @@
 //! channels and pixels, contiguous in NCHW) and scale each channel, whose elements come in runs
 //! of `inner` (1 for LayerNorm, the pixels of a channel for GroupNorm).
 
-use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use super::activation::Activation;
-use super::{contiguous, fused, reduction_group, sum_by, sum_in_order, Float};
+use super::{fused, reduction_group, sum_by, sum_in_order, Float};
 
 /// `nn.LayerNorm` over the last axis: `(x - mean) / sqrt(var + eps) * weight + bias`.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
@@ -206,15 +205,7 @@ impl CustomOp3 for AffineNorm {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let op = self.name();
-        let y = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
-                CpuStorage::F32(self.fwd(contiguous(x, l1, op)?, contiguous(w, l2, op)?, contiguous(b, l3, op)?))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
-                CpuStorage::F64(self.fwd(contiguous(x, l1, op)?, contiguous(w, l2, op)?, contiguous(b, l3, op)?))
-            }
-            _ => bail!("{op}: f32 or f64 only, got {:?}", s1.dtype()),
-        };
+        let y = float_op!(op, (s1, l1) => x, (s2, l2) => w, (s3, l3) => b; self.fwd(x, w, b));
         Ok((y, l1.shape().clone()))
     }
 
@@ -254,15 +245,7 @@ impl CustomOp3 for AffineNormGrad {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let op = self.name();
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(g)) => {
-                CpuStorage::F32(self.0.bwd(contiguous(x, l1, op)?, contiguous(w, l2, op)?, contiguous(g, l3, op)?))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(g)) => {
-                CpuStorage::F64(self.0.bwd(contiguous(x, l1, op)?, contiguous(w, l2, op)?, contiguous(g, l3, op)?))
-            }
-            _ => bail!("{op}: f32 or f64 only, got {:?}", s1.dtype()),
-        };
+        let out = float_op!(op, (s1, l1) => x, (s2, l2) => wb, (s3, l3) => g; self.0.bwd(x, wb, g));
         Ok((out, Shape::from(l1.shape().elem_count() + 2 * self.0.channels)))
     }
 }

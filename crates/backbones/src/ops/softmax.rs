@@ -1,10 +1,9 @@
 //! Softmax over the last axis, one pass forward and one backward.
 
-use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::{contiguous, fused, sum_by, Float};
+use super::{fused, sum_by, Float};
 
 /// Softmax over the last axis (max-subtracted, so it does not overflow).
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
@@ -55,11 +54,7 @@ impl CustomOp1 for Softmax {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let n = row_len(l);
-        let y = match s {
-            CpuStorage::F32(x) => CpuStorage::F32(softmax(contiguous(x, l, self.name())?, n)),
-            CpuStorage::F64(x) => CpuStorage::F64(softmax(contiguous(x, l, self.name())?, n)),
-            _ => bail!("{}: f32 or f64 only, got {:?}", self.name(), s.dtype()),
-        };
+        let y = float_op!(self.name(), (s, l) => x; softmax(x, n));
         Ok((y, l.shape().clone()))
     }
 
@@ -89,15 +84,7 @@ impl CustomOp2 for SoftmaxGrad {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let n = row_len(l1);
-        let dx = match (s1, s2) {
-            (CpuStorage::F32(y), CpuStorage::F32(g)) => {
-                CpuStorage::F32(softmax_grad(contiguous(y, l1, self.name())?, contiguous(g, l2, self.name())?, n))
-            }
-            (CpuStorage::F64(y), CpuStorage::F64(g)) => {
-                CpuStorage::F64(softmax_grad(contiguous(y, l1, self.name())?, contiguous(g, l2, self.name())?, n))
-            }
-            _ => bail!("{}: f32 or f64 only, got {:?} and {:?}", self.name(), s1.dtype(), s2.dtype()),
-        };
+        let dx = float_op!(self.name(), (s1, l1) => y, (s2, l2) => g; softmax_grad(y, g, n));
         Ok((dx, l1.shape().clone()))
     }
 }

@@ -3,11 +3,10 @@
 //! candle's `upsample_nearest2d` backward overwrites instead of accumulating, and the broadcast
 //! route (reshape, `broadcast_as`, reshape) has a correct but slow strided-sum backward.
 
-use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{contiguous, fused, Float};
+use super::{fused, Float};
 
 /// Each pixel of `x (B, C, H, W)` repeated into a 2x2 block: `(B, C, 2H, 2W)`.
 pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
@@ -50,11 +49,7 @@ impl CustomOp1 for Upsample {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let y = match s {
-            CpuStorage::F32(x) => CpuStorage::F32(upsample(contiguous(x, l, self.name())?, self.w)),
-            CpuStorage::F64(x) => CpuStorage::F64(upsample(contiguous(x, l, self.name())?, self.w)),
-            _ => bail!("{}: f32 or f64 only, got {:?}", self.name(), s.dtype()),
-        };
+        let y = float_op!(self.name(), (s, l) => x; upsample(x, self.w));
         let (b, c, h, w) = l.shape().dims4()?;
         Ok((y, Shape::from((b, c, 2 * h, 2 * w))))
     }
@@ -75,11 +70,7 @@ impl CustomOp1 for Downsample {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let dx = match s {
-            CpuStorage::F32(g) => CpuStorage::F32(downsample_sum(contiguous(g, l, self.name())?, self.w)),
-            CpuStorage::F64(g) => CpuStorage::F64(downsample_sum(contiguous(g, l, self.name())?, self.w)),
-            _ => bail!("{}: f32 or f64 only, got {:?}", self.name(), s.dtype()),
-        };
+        let dx = float_op!(self.name(), (s, l) => g; downsample_sum(g, self.w));
         let (b, c, h, w) = l.shape().dims4()?;
         Ok((dx, Shape::from((b, c, h / 2, w / 2))))
     }

@@ -2,7 +2,6 @@
 //! softmax on an L x L buffer that lives only inside the call (recomputed for the backward pass),
 //! instead of a dozen candle ops whose scores, probabilities and gradients all stay allocated.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -72,6 +71,11 @@ struct Dims {
 }
 
 impl Dims {
+    fn new(q: &Layout, heads: usize, scale: f64) -> Result<Self> {
+        let (b, l, c) = q.shape().dims3()?;
+        Ok(Self { b, l, c, heads, scale })
+    }
+
     fn d(&self) -> usize {
         self.c / self.heads
     }
@@ -113,17 +117,6 @@ fn attention_fwd<T: Float>(q: Rows<T>, k: Rows<T>, v: Rows<T>, dims: Dims) -> Ve
     out
 }
 
-fn cpu_storages<'a>(
-    op: &str,
-    storages: [(&'a CpuStorage, &'a Layout); 3],
-) -> Result<[(&'a CpuStorage, &'a Layout); 3]> {
-    let dtype = storages[0].0.dtype();
-    if storages.iter().any(|(s, _)| s.dtype() != dtype) {
-        bail!("{op}: q, k, v of different dtypes");
-    }
-    Ok(storages)
-}
-
 impl CustomOp3 for Attention {
     fn name(&self) -> &'static str {
         "attention"
@@ -138,9 +131,7 @@ impl CustomOp3 for Attention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let [(s1, l1), (s2, l2), (s3, l3)] = cpu_storages(self.name(), [(s1, l1), (s2, l2), (s3, l3)])?;
-        let (b, l, c) = l1.shape().dims3()?;
-        let dims = Dims { b, l, c, heads: self.heads, scale: self.scale };
+        let dims = Dims::new(l1, self.heads, self.scale)?;
         let out = match (s1, s2, s3) {
             (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => {
                 CpuStorage::F32(attention_fwd(Rows::new(q, l1)?, Rows::new(k, l2)?, Rows::new(v, l3)?, dims))
@@ -148,9 +139,9 @@ impl CustomOp3 for Attention {
             (CpuStorage::F64(q), CpuStorage::F64(k), CpuStorage::F64(v)) => {
                 CpuStorage::F64(attention_fwd(Rows::new(q, l1)?, Rows::new(k, l2)?, Rows::new(v, l3)?, dims))
             }
-            _ => bail!("{}: f32 or f64 only, got {:?}", self.name(), s1.dtype()),
+            _ => bail!("{}: q, k, v must be all f32 or all f64", self.name()),
         };
-        Ok((out, Shape::from((b, l, c))))
+        Ok((out, Shape::from((dims.b, dims.l, dims.c))))
     }
 
     fn bwd(
@@ -223,9 +214,7 @@ impl CustomOp3 for AttentionGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let [(s1, l1), (s2, l2), (s3, l3)] = cpu_storages(self.name(), [(s1, l1), (s2, l2), (s3, l3)])?;
-        let (b, l, c) = l1.shape().dims3()?;
-        let dims = Dims { b, l, c, heads: self.heads, scale: self.scale };
+        let dims = Dims::new(l1, self.heads, self.scale)?;
         let (gs, gl) = self.grad.storage_and_layout();
         let Storage::Cpu(gs) = &*gs else { bail!("{}: gradient not on the CPU", self.name()) };
         let out = match (s1, s2, s3, gs) {
@@ -237,8 +226,8 @@ impl CustomOp3 for AttentionGrad {
                 let g = super::contiguous(g, gl, self.name())?;
                 CpuStorage::F64(attention_bwd(Rows::new(q, l1)?, Rows::new(k, l2)?, Rows::new(v, l3)?, g, dims))
             }
-            _ => bail!("{}: f32 or f64 only, got {:?}", self.name(), s1.dtype()),
+            _ => bail!("{}: q, k, v and the gradient must be all f32 or all f64", self.name()),
         };
-        Ok((out, Shape::from(3 * b * l * c)))
+        Ok((out, Shape::from(3 * dims.b * dims.l * dims.c)))
     }
 }

@@ -12,19 +12,17 @@ use super::{fused, reduction_group, sum_by, sum_in_order, Float};
 
 /// `nn.LayerNorm` over the last axis: `(x - mean) / sqrt(var + eps) * weight + bias`.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
-    let channels = x.dim(D::Minus1)?;
-    let norm = AffineNorm { chunk: channels, inner: 1, channels, eps, silu: false };
-    norm.apply(x, weight, bias, x.rank() - 1)
+    AffineNorm::layer(x, eps)?.apply(x, weight, bias)
 }
 
 /// `nn.GroupNorm` over `x (B, C, ...)`: statistics per image and group of `C / groups` channels.
 pub fn group_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, groups: usize, eps: f64) -> Result<Tensor> {
-    AffineNorm::group(x, groups, eps, false)?.apply(x, weight, bias, 1)
+    AffineNorm::group(x, groups, eps, false)?.apply(x, weight, bias)
 }
 
 /// `silu(group_norm(x))` in one pass (the UNet's ResNets), without the intermediate tensor.
 pub fn group_norm_silu(x: &Tensor, weight: &Tensor, bias: &Tensor, groups: usize, eps: f64) -> Result<Tensor> {
-    AffineNorm::group(x, groups, eps, true)?.apply(x, weight, bias, 1)
+    AffineNorm::group(x, groups, eps, true)?.apply(x, weight, bias)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -35,20 +33,27 @@ struct AffineNorm {
     eps: f64,
     /// SiLU applied to the output.
     silu: bool,
+    /// The channel axis (for candle's broadcasting on the composed path).
+    axis: usize,
 }
 
 impl AffineNorm {
+    fn layer(x: &Tensor, eps: f64) -> Result<Self> {
+        let channels = x.dim(D::Minus1)?;
+        Ok(AffineNorm { chunk: channels, inner: 1, channels, eps, silu: false, axis: x.rank() - 1 })
+    }
+
     fn group(x: &Tensor, groups: usize, eps: f64, silu: bool) -> Result<Self> {
         let channels = x.dim(1)?;
         if groups == 0 || !channels.is_multiple_of(groups) {
             bail!("group_norm: {channels} channels do not split into {groups} groups");
         }
         let inner = x.dims()[2..].iter().product::<usize>();
-        Ok(AffineNorm { chunk: channels / groups * inner, inner, channels, eps, silu })
+        Ok(AffineNorm { chunk: channels / groups * inner, inner, channels, eps, silu, axis: 1 })
     }
 
-    /// Runs the fused op, or candle's primitives where it does not apply; `axis` is the channel axis.
-    fn apply(self, x: &Tensor, weight: &Tensor, bias: &Tensor, axis: usize) -> Result<Tensor> {
+    /// Runs the fused op, or candle's primitives where it does not apply.
+    fn apply(self, x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
         for (name, p) in [("weight", weight), ("bias", bias)] {
             if p.elem_count() != self.channels {
                 bail!("norm: {name} {:?} does not match the {} channels of {:?}", p.shape(), self.channels, x.shape());
@@ -57,8 +62,13 @@ impl AffineNorm {
         if fused(x) && weight.dtype() == x.dtype() && bias.dtype() == x.dtype() {
             return x.contiguous()?.apply_op3(&weight.flatten_all()?, &bias.flatten_all()?, self);
         }
+        self.composed_affine(x, weight, bias)
+    }
+
+    /// The whole function from candle's primitive ops (other devices and dtypes; the tests' reference).
+    fn composed_affine(&self, x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
         let mut affine = vec![1; x.rank()];
-        affine[axis] = self.channels;
+        affine[self.axis] = self.channels;
         let normed = self.composed(x)?;
         let y = normed.broadcast_mul(&weight.reshape(affine.as_slice())?)?.broadcast_add(&bias.reshape(affine)?)?;
         if self.silu {
@@ -68,7 +78,7 @@ impl AffineNorm {
         }
     }
 
-    /// The normalisation from candle's primitive ops (other devices and dtypes; the tests' reference).
+    /// The normalisation alone from candle's primitive ops.
     fn composed(&self, x: &Tensor) -> Result<Tensor> {
         let rows = x.reshape((x.elem_count() / self.chunk, self.chunk))?;
         let centred = rows.broadcast_sub(&rows.mean_keepdim(D::Minus1)?)?;
@@ -252,15 +262,9 @@ impl CustomOp3 for AffineNormGrad {
 
 #[cfg(test)]
 pub(super) fn composed(x: &Tensor, w: &Tensor, b: &Tensor, groups: Option<usize>, eps: f64) -> Result<Tensor> {
-    let channels = w.elem_count();
-    let (norm, axis) = match groups {
-        None => (AffineNorm { chunk: channels, inner: 1, channels, eps, silu: false }, x.rank() - 1),
-        Some(g) => {
-            let inner = x.dims()[2..].iter().product::<usize>();
-            (AffineNorm { chunk: channels / g * inner, inner, channels, eps, silu: false }, 1)
-        }
+    let norm = match groups {
+        None => AffineNorm::layer(x, eps)?,
+        Some(g) => AffineNorm::group(x, g, eps, false)?,
     };
-    let mut affine = vec![1; x.rank()];
-    affine[axis] = channels;
-    norm.composed(x)?.broadcast_mul(&w.reshape(affine.as_slice())?)?.broadcast_add(&b.reshape(affine)?)
+    norm.composed_affine(x, w, b)
 }

@@ -152,13 +152,17 @@ fn fast_erf_is_within_1e6_of_libm() {
     }
 }
 
-/// candle's GELU gradient rounds 1/sqrt(2 pi) to 0.398942 (1e-6 relative); ours is exact, as the
-/// finite-difference test in `nn` checks.
+/// GELU and SiLU against candle's. candle's GELU gradient rounds 1/sqrt(2 pi) to 0.398942 (1e-6
+/// relative), hence GELU's f64 tolerance; ours is exact, as the finite-difference test in `nn` checks.
 #[test]
-fn gelu_matches_candle() -> Result<()> {
-    for shape in [&[4usize, 9][..], &[3, 5, 40_000]] {
-        for (dtype, tol) in [(DType::F64, 2e-6), (DType::F32, 1e-5)] {
-            check(&[shape], dtype, tol, |t| gelu_erf(&t[0]), |t| t[0].gelu_erf())?;
+fn activations_match_candle() -> Result<()> {
+    type Op = fn(&Tensor) -> Result<Tensor>;
+    let cases: [(Op, Op, f64); 2] = [(gelu_erf, |x| x.gelu_erf(), 2e-6), (silu, |x| x.silu(), 1e-12)];
+    for (ours, candle, f64_tol) in cases {
+        for shape in [&[4usize, 9][..], &[3, 5, 40_000]] {
+            for (dtype, tol) in [(DType::F64, f64_tol), (DType::F32, 1e-5)] {
+                check(&[shape], dtype, tol, |t| ours(&t[0]), |t| candle(&t[0]))?;
+            }
         }
     }
     Ok(())
@@ -186,16 +190,6 @@ fn upsample_matches_broadcast() -> Result<()> {
                 t[0].reshape((b, c, h, 1, w, 1))?.broadcast_as((b, c, h, 2, w, 2))?.reshape((b, c, 2 * h, 2 * w))
             };
             check(&[shape], dtype, tol, |t| upsample_nearest2x(&t[0]), reference)?;
-        }
-    }
-    Ok(())
-}
-
-#[test]
-fn silu_matches_candle() -> Result<()> {
-    for shape in [&[4usize, 9][..], &[3, 5, 40_000]] {
-        for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
-            check(&[shape], dtype, tol, |t| silu(&t[0]), |t| t[0].silu())?;
         }
     }
     Ok(())

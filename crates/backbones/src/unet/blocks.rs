@@ -29,6 +29,15 @@ pub(crate) fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilde
     GroupNorm::new(w, b, groups, eps)
 }
 
+/// `t / factor`, skipped for diffusers' default factor 1.
+fn rescale(t: Tensor, factor: f64) -> Result<Tensor> {
+    if factor == 1.0 {
+        Ok(t)
+    } else {
+        t / factor
+    }
+}
+
 pub(crate) const PAD1: Conv2dParams = Conv2dParams { padding: 1, stride: 1 };
 
 #[derive(Debug, Clone)]
@@ -86,12 +95,7 @@ impl ResnetBlock2D {
             Some(c) => c.forward(x)?,
             None => x.clone(),
         };
-        let out = (x + h)?;
-        if self.output_scale_factor == 1.0 {
-            Ok(out)
-        } else {
-            out / self.output_scale_factor
-        }
+        rescale((x + h)?, self.output_scale_factor)
     }
 }
 
@@ -138,12 +142,7 @@ impl Module for SpatialAttention {
         let (q, k, v) = (self.to_q.forward(&tokens)?, self.to_k.forward(&tokens)?, self.to_v.forward(&tokens)?);
         let out = attention(&q, &k, &v, heads, 1.0 / (d as f64).sqrt())?;
         let out = self.to_out.forward(&out)?.transpose(1, 2)?.reshape((b, c, h, w))?;
-        let out = (out + x)?;
-        if self.rescale_output_factor == 1.0 {
-            Ok(out)
-        } else {
-            out / self.rescale_output_factor
-        }
+        rescale((out + x)?, self.rescale_output_factor)
     }
 }
 

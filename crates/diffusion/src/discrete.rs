@@ -99,7 +99,7 @@ impl DiscreteSchedule {
 
 /// `torch.linspace(start, end, n, dtype=float32)` on CPU, to the bit: a fused multiply-add from
 /// `start` for the first half, from `end` for the second.
-fn torch_linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
+pub(crate) fn torch_linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
     if n < 2 {
         return vec![start; n];
     }

@@ -39,6 +39,7 @@ pub mod objective;
 pub mod samplers;
 mod schedule;
 mod vp;
+mod vp_arith;
 
 pub use discrete::{BetaSchedule, DiscreteSchedule};
 pub use model::{ClipX0, Guided, NoisePredictor};
@@ -46,3 +47,4 @@ pub use objective::{drop_labels, NoisedBatch, Prediction, TrainingObjective};
 pub use samplers::Sampler;
 pub use schedule::Schedule;
 pub use vp::VpSde;
+pub use vp_arith::TimeArithmetic;

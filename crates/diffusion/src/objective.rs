@@ -89,12 +89,17 @@ impl TrainingObjective {
 
     /// Draws a time and noise per image of `x0` (B, ...) and builds the network's input and target.
     pub fn noise_batch(&self, x0: &Tensor, rng: &mut dyn RngCore) -> Result<NoisedBatch> {
-        let b = x0.dim(0)?;
-        let (inputs, alpha_bars): (Vec<f64>, Vec<f64>) =
-            uniform(b, rng).into_iter().map(|u| self.schedule.sample_time(u)).unzip();
+        let u = uniform(x0.dim(0)?, rng);
+        let noise = randn_like(x0, rng)?;
+        self.noised(x0, &u, noise)
+    }
+
+    /// The batch for given uniform draws `u` (one per image: the time t for VP schedules) and
+    /// noise, as [`TrainingObjective::noise_batch`] builds it from its own draws.
+    pub fn noised(&self, x0: &Tensor, u: &[f64], noise: Tensor) -> Result<NoisedBatch> {
+        let (inputs, alpha_bars): (Vec<f64>, Vec<f64>) = u.iter().map(|&u| self.schedule.sample_time(u)).unzip();
         let alpha = coefficients(&alpha_bars.iter().map(|a| a.sqrt()).collect::<Vec<_>>(), x0)?;
         let sigma = coefficients(&alpha_bars.iter().map(|a| (1.0 - a).sqrt()).collect::<Vec<_>>(), x0)?;
-        let noise = randn_like(x0, rng)?;
         let x_t = (x0.broadcast_mul(&alpha)? + noise.broadcast_mul(&sigma)?)?;
         let target = match self.prediction {
             Prediction::Eps => noise.clone(),

@@ -23,20 +23,28 @@ pub fn read_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tens
     let mut head = [0u8; 4];
     {
         use std::io::Read;
-        let mut f = std::fs::File::open(path).map_err(|e| err(&e))?;
+        let mut f = std::fs::File::open(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => err(&"no such file"),
+            _ => err(&e),
+        })?;
         let n = f.read(&mut head).map_err(|e| err(&e))?;
         if n < 4 {
             return Err(err(&format!("file is {n} bytes long, too short for a safetensors or .pth checkpoint")));
         }
     }
+    let torch_name = path.extension().is_some_and(|e| e == "pth" || e == "pt" || e == "bin" || e == "ckpt");
     let tensors: HashMap<String, Tensor> = if &head == b"PK\x03\x04" {
         read_pth(path)
             .map_err(|e| err(&e))?
             .into_iter()
             .map(|(k, t)| Ok((k, t.to_device(device)?)))
             .collect::<Result<_>>()?
+    } else if torch_name {
+        return Err(err(&"not a PyTorch checkpoint: torch.save writes a zip archive (starting with `PK`), \
+             and this file is not one (legacy non-zip pickles are not supported: re-save with torch >= 1.6)"));
     } else {
-        candle_core::safetensors::load(path, device).map_err(|e| err(&format!("not a valid safetensors file ({e})")))?
+        candle_core::safetensors::load(path, device)
+            .map_err(|e| err(&format!("neither a safetensors file ({e}) nor a PyTorch .pth zip archive")))?
     };
     if tensors.is_empty() {
         return Err(err(&"no tensors found"));
@@ -85,6 +93,27 @@ pub fn check(source: &str, specs: &[ParamSpec], tensors: &HashMap<String, Tensor
     problems.extend(unexpected.into_iter().map(|k| format!("unexpected `{k}`")));
     if !problems.is_empty() {
         fail!("checkpoint {source} does not fit the model ({} problems):\n  {}", problems.len(), problems.join("\n  "));
+    }
+    check_finite(source, tensors)
+}
+
+/// Every floating-point tensor holds only finite values; else an error naming the first that
+/// does not (a NaN weight otherwise yields an all-black image and exit 0).
+pub fn check_finite(source: &str, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    for name in names {
+        let t = &tensors[name];
+        if !t.dtype().is_float() {
+            continue;
+        }
+        let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            fail!(
+                "checkpoint {source}: tensor `{name}` holds a non-finite value ({} at flat index {i}); the weights are damaged",
+                values[i]
+            );
+        }
     }
     Ok(())
 }

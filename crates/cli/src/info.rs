@@ -1,11 +1,12 @@
 //! `scalelong info`: what a model is made of and how its long skips are scaled.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use candle_core::{DType, Device};
 use clap::Args;
-use scalelong_backbones::{params, SkipScaling, UViT};
+use scalelong_backbones::{checkpoint as weights_file, params, ModelConfig, SkipScaling, UViT, UViTConfig};
+use scalelong_train::{checkpoint, TrainConfig};
 
 use crate::model_spec::ModelArgs;
 
@@ -13,14 +14,73 @@ use crate::model_spec::ModelArgs;
 pub struct InfoArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Also load this checkpoint (.safetensors or .pth) and check that it fits the model.
+    /// Also load this checkpoint (.safetensors or .pth) and check that it fits the model; one of
+    /// our training checkpoints brings its own model config.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
 }
 
 pub fn run(args: &InfoArgs) -> Result<()> {
+    if let Some(path) = args.checkpoint.as_ref().filter(|p| checkpoint::is_training_checkpoint(p)) {
+        return training_checkpoint(path, &args.model);
+    }
+    if let Some(path) = args.checkpoint.as_ref().filter(|p| !p.is_file()) {
+        bail!("--checkpoint {}: no such file", path.display());
+    }
     let cfg = args.model.resolve()?;
-    let specs = UViT::param_specs(&cfg)?;
+    print_uvit(&cfg)?;
+    if let Some(path) = &args.checkpoint {
+        UViT::from_checkpoint(&cfg, path, DType::F32, &Device::Cpu)?;
+        println!("\ncheckpoint {} fits this model", path.display());
+    }
+    Ok(())
+}
+
+/// One of our training checkpoints: its model (from the config inside), step, and a check that
+/// its weights and EMA weights fit that model.
+fn training_checkpoint(path: &Path, model: &ModelArgs) -> Result<()> {
+    if model.preset.is_some() || model.config.is_some() || model.scaling.is_some() {
+        bail!(
+            "{}: a scalelong training checkpoint holds its own model config; leave out --preset, --config and --scaling",
+            path.display()
+        );
+    }
+    let ck = checkpoint::load(path, &Device::Cpu)?;
+    let cfg = TrainConfig::from_toml(ck.meta("config")?, &format!("stored in {}", path.display()))
+        .map_err(anyhow::Error::msg)?;
+    let specs = match &cfg.model {
+        ModelConfig::UViT(c) => {
+            print_uvit(c)?;
+            UViT::param_specs(c)?
+        }
+        ModelConfig::UNet2D(c) => {
+            let specs = cfg.model.param_specs()?;
+            println!(
+                "UNet2D: {} channels, {}x{} images, blocks {:?}, skip scaling {}, {} parameters",
+                c.in_channels,
+                c.sample_size.unwrap_or_default(),
+                c.sample_size.unwrap_or_default(),
+                c.block_out_channels,
+                c.scaling,
+                thousands(params::count(&specs))
+            );
+            specs
+        }
+    };
+    for group in ["model", "ema"] {
+        weights_file::check(&format!("{} ({group} weights)", path.display()), &specs, &ck.group(group))?;
+    }
+    println!(
+        "\ntraining checkpoint {}: step {}, data {}; weights and EMA weights fit this model",
+        path.display(),
+        ck.meta("step")?,
+        cfg.data.spec
+    );
+    Ok(())
+}
+
+fn print_uvit(cfg: &UViTConfig) -> Result<()> {
+    let specs = UViT::param_specs(cfg)?;
     println!(
         "U-ViT: {}x{}x{} images, patch {}, width {}, depth {}, {} heads, {} tokens{}",
         cfg.in_chans,
@@ -57,11 +117,6 @@ pub fn run(args: &InfoArgs) -> Result<()> {
             ""
         };
         println!("{:<6} {:<16} {coef}{place}", i, format!("out_blocks.{k}"));
-    }
-
-    if let Some(path) = &args.checkpoint {
-        UViT::from_checkpoint(&cfg, path, DType::F32, &Device::Cpu)?;
-        println!("\ncheckpoint {} fits this model", path.display());
     }
     Ok(())
 }

@@ -45,6 +45,13 @@ enum Command {
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 fn main() {
+    // Errors are messages; backtraces are for panics. Rust users often set RUST_BACKTRACE=1, which
+    // makes candle attach a backtrace to every error; RUST_LIB_BACKTRACE=0 keeps them off errors
+    // while panics still get theirs. An explicit RUST_LIB_BACKTRACE wins.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
     // Never hand freed memory back to the OS: a training step frees and reallocates the same
     // buffers, and re-faulting them cost about 15% of a CPU step here.
     // SAFETY: setting an allocator option before any other thread exists.
@@ -56,6 +63,9 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Err(e) = run(Cli::parse()) {
+        if let Some(train::Interrupted(code)) = e.downcast_ref() {
+            std::process::exit(*code);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

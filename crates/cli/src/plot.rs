@@ -119,7 +119,10 @@ pub fn line_chart(
     }
     let x_max = curves.iter().flat_map(|c| c.points.iter().map(|p| p.0)).fold(0f64, f64::max);
     let pad = (y_max - y_min).abs().max(1e-12) * 0.05;
-    let root = BitMapBackend::new(out, (900, 560)).into_drawing_area();
+    let (width, height) = (900u32, 560u32);
+    let mut rgb = vec![255u8; (width * height * 3) as usize];
+    {
+    let root = BitMapBackend::with_buffer(&mut rgb, (width, height)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 24))
@@ -157,6 +160,8 @@ pub fn line_chart(
         .border_style(BLACK)
         .label_font(("sans-serif", 15))
         .draw()?;
-    root.present().with_context(|| format!("writing {}", out.display()))?;
+    root.present()?;
+    }
+    scalelong_data::write_png_rgb(out, width, height, rgb)?;
     Ok(())
 }

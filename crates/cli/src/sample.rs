@@ -41,6 +41,10 @@ pub struct SampleArgs {
     /// Number of images.
     #[arg(short = 'n', long = "num", default_value_t = 64)]
     n: usize,
+    /// Images per sampler call (memory grows with it; a deterministic sampler's results do not
+    /// depend on it).
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
     /// Where the PNG grid goes.
     #[arg(long, default_value = "samples.png")]
     out: PathBuf,
@@ -66,9 +70,9 @@ pub struct SampleArgs {
     /// Use the trained weights instead of their EMA (our checkpoints).
     #[arg(long)]
     no_ema: bool,
-    /// Noise schedule of official weights: vp-linear (the official models) or vp-cosine.
-    #[arg(long, default_value = "vp-linear")]
-    schedule: String,
+    /// Noise schedule of official weights: vp-linear (the official models; default) or vp-cosine.
+    #[arg(long)]
+    schedule: Option<String>,
     /// cpu, cuda or metal.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -85,7 +89,28 @@ fn load(args: &SampleArgs, device: &Device) -> Result<Loaded> {
         let spec = args.weights.as_deref().expect("clap requires --checkpoint or --weights");
         return load_diffusers(spec, args, device);
     };
+    if !checkpoint.is_file() {
+        bail!("--checkpoint {}: no such file", checkpoint.display());
+    }
     if checkpoint::is_training_checkpoint(checkpoint) {
+        let given: Vec<&str> = [
+            ("--preset", args.model.preset.is_some()),
+            ("--config", args.model.config.is_some()),
+            ("--scaling", args.model.scaling.is_some()),
+            ("--schedule", args.schedule.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, set)| set.then_some(flag))
+        .collect();
+        if !given.is_empty() {
+            bail!(
+                "{}: a scalelong training checkpoint holds its own model config and schedule, so {} would be \
+                 ignored; leave {} out",
+                checkpoint.display(),
+                given.join(", "),
+                if given.len() == 1 { "it" } else { "them" }
+            );
+        }
         let ck = checkpoint::load(checkpoint, device)?;
         let cfg = TrainConfig::from_toml(ck.meta("config")?, &checkpoint.display().to_string())
             .map_err(anyhow::Error::msg)?;
@@ -102,7 +127,7 @@ fn load(args: &SampleArgs, device: &Device) -> Result<Loaded> {
     }
     let cfg: UViTConfig = args.model.resolve()?;
     let model = UViT::from_checkpoint(&cfg, checkpoint, DType::F32, device)?;
-    let sde = match args.schedule.as_str() {
+    let sde = match args.schedule.as_deref().unwrap_or("vp-linear") {
         "vp-linear" => VpSde::LINEAR,
         "vp-cosine" => VpSde::COSINE,
         s => bail!("--schedule {s}: expected vp-linear or vp-cosine"),
@@ -169,14 +194,53 @@ fn read_noise(path: &Path, device: &Device) -> Result<Tensor> {
         }
         all.into_values().next().expect("one tensor")
     };
-    Ok(t.to_dtype(DType::F32)?.to_device(device)?)
+    let t = t.to_dtype(DType::F32)?;
+    let values = t.flatten_all()?.to_vec1::<f32>()?;
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        bail!("{}: the noise holds a non-finite value ({} at flat index {i})", path.display(), values[i]);
+    }
+    Ok(t.to_device(device)?)
+}
+
+/// Bytes of memory available to this process (Linux: MemAvailable), if known.
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}
+
+/// Refuses a request whose samples (f32) and grid (RGB) cannot fit in memory, before allocating.
+fn check_fits(n: usize, c: usize, size: usize) -> Result<()> {
+    let bytes = (n as u128) * (c as u128) * (size as u128).pow(2) * 4 + (n as u128) * 3 * (size as u128 + 2).pow(2);
+    let side = ((n as f64).sqrt().ceil() as u128) * (size as u128 + 2) + 2;
+    if side > u32::MAX as u128 / 2 {
+        bail!("-n {n}: a grid of {n} images of {size}x{size} is too large for a PNG; sample fewer");
+    }
+    if let Some(avail) = available_memory().filter(|&a| bytes > a as u128) {
+        bail!(
+            "-n {n}: the samples and their grid need about {:.1} GB of memory, more than the {:.1} GB available; \
+             sample fewer images per run (vary --seed across runs)",
+            bytes as f64 / 1e9,
+            avail as f64 / 1e9
+        );
+    }
+    Ok(())
 }
 
 pub fn run(args: &SampleArgs) -> Result<()> {
     let device = crate::device::device(&args.device)?;
     let Loaded { model, schedule, null_label } = load(args, &device)?;
     let size = model.image_size().context("the model's config has no sample_size")?;
+    if args.n == 0 || args.batch_size == 0 {
+        bail!("-n {} and --batch-size {}: both must be at least 1", args.n, args.batch_size);
+    }
+    if let Some(g) = args.guidance.filter(|g| !g.is_finite()) {
+        bail!("--guidance {g}: expected a finite number");
+    }
     let shape = (args.n, model.in_channels(), size, size);
+    if args.init_noise.is_none() {
+        check_fits(args.n, shape.1, size)?;
+    }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
     let x = match &args.init_noise {
         Some(p) => {
@@ -218,13 +282,18 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         }
     };
     let started = std::time::Instant::now();
-    let images = sampling::sample(
-        &model,
-        sampler.as_ref(),
-        &x,
-        &Conditioning { labels, guidance, clip_x0: args.clip_x0.then_some(schedule.clone()) },
-        &mut rng,
-    )?;
+    let cond = Conditioning { labels, guidance, clip_x0: args.clip_x0.then_some(schedule.clone()) };
+    let mut parts = Vec::new();
+    for start in (0..n).step_by(args.batch_size) {
+        let len = args.batch_size.min(n - start);
+        let part = Conditioning {
+            labels: cond.labels.as_ref().map(|l| l.narrow(0, start, len)).transpose()?,
+            guidance: cond.guidance,
+            clip_x0: cond.clip_x0.clone(),
+        };
+        parts.push(sampling::sample(&model, sampler.as_ref(), &x.narrow(0, start, len)?, &part, &mut rng)?);
+    }
+    let images = Tensor::cat(&parts, 0)?;
     tracing::info!(images = n, seconds = started.elapsed().as_secs_f64(), "sampled");
     let cols = (n as f64).sqrt().ceil() as usize;
     scalelong_data::save_grid(&images, &args.out, cols)?;

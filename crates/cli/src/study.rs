@@ -132,8 +132,13 @@ fn train_in_processes(todo: &[&StudyRun], runs_dir: &Path, args: &StudyArgs) -> 
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             std::fs::write(dir.join("config.toml"), r.config.to_toml())?;
             let log = std::fs::File::create(dir.join("train.log"))?;
+            // Continue a run that has a checkpoint; one that has none starts over.
+            let start = match checkpoint::list(&dir.join("checkpoints")).is_empty() {
+                true => "--overwrite",
+                false => "--resume",
+            };
             let child = Command::new(&exe)
-                .args(["train", "--resume", "--device", &args.device, "--config"])
+                .args(["train", start, "--device", &args.device, "--config"])
                 .arg(dir.join("config.toml"))
                 .arg("--run-dir")
                 .arg(&dir)

@@ -1,12 +1,14 @@
 //! `scalelong train`: the main job.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use scalelong_backbones::SkipScaling;
-use scalelong_train::{Event, TrainConfig, Trainer};
+use scalelong_train::{run_dir, Event, RunEnd, Start, TrainConfig, Trainer};
 
 /// The recipe used when no --config is given: the embedded MNIST on a small U-ViT.
 const DEFAULT_CONFIG: &str = include_str!("../../../configs/mnist-uvit-cpu.toml");
@@ -50,9 +52,13 @@ pub struct TrainArgs {
     /// Any other field: --set train.grad_clip=1.0 --set sample.n=64 (repeatable).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     sets: Vec<String>,
-    /// Continue from the newest checkpoint in the run folder.
-    #[arg(long)]
-    resume: bool,
+    /// Continue from the newest checkpoint in the run folder, or from the checkpoint PATH. Without
+    /// it, a run folder that already holds a run is refused.
+    #[arg(long, value_name = "PATH", num_args = 0..=1)]
+    resume: Option<Option<PathBuf>>,
+    /// Start a new run in a folder that holds one, deleting its checkpoints, metrics and samples.
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
     /// cpu, cuda or metal (the last two need the matching build feature).
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -73,23 +79,27 @@ impl TrainArgs {
                 "mnist-uvit-cpu".into(),
             ),
         };
-        let mut sets: Vec<(String, String)> = Vec::new();
-        let mut put = |k: &str, v: Option<String>| {
+        if let Some(lr) = self.lr.filter(|v| !(v.is_finite() && *v >= 0.0)) {
+            bail!("--lr {lr}: expected a finite number >= 0");
+        }
+        // (config key, the flag that set it, the value as TOML)
+        let mut sets: Vec<(&str, &str, String)> = Vec::new();
+        let mut put = |k: &'static str, flag: &'static str, v: Option<String>| {
             if let Some(v) = v {
-                sets.push((k.into(), v));
+                sets.push((k, flag, v));
             }
         };
-        put("data.spec", self.data.as_ref().map(|d| toml::Value::String(d.clone()).to_string()));
-        put("train.max_steps", self.max_steps.map(|v| v.to_string()));
-        put("train.batch_size", self.batch_size.map(|v| v.to_string()));
-        put("train.lr", self.lr.map(|v| format!("{v:e}")));
-        put("model.scaling", self.scaling.map(|v| toml::Value::String(v.to_string()).to_string()));
-        put("train.seed", self.seed.map(|v| v.to_string()));
-        put("train.init_from", self.init_from.as_ref().map(|v| toml::Value::String(v.clone()).to_string()));
-        put("checkpoint.every", self.checkpoint_every.map(|v| v.to_string()));
-        put("sample.every", self.sample_every.map(|v| v.to_string()));
-        for (k, v) in sets {
-            cfg.set(&k, &v).map_err(anyhow::Error::msg)?;
+        put("data.spec", "--data", self.data.as_ref().map(|d| toml::Value::String(d.clone()).to_string()));
+        put("train.max_steps", "--max-steps", self.max_steps.map(|v| v.to_string()));
+        put("train.batch_size", "--batch-size", self.batch_size.map(|v| v.to_string()));
+        put("train.lr", "--lr", self.lr.map(|v| format!("{v:e}")));
+        put("model.scaling", "--scaling", self.scaling.map(|v| toml::Value::String(v.to_string()).to_string()));
+        put("train.seed", "--seed", self.seed.map(|v| v.to_string()));
+        put("train.init_from", "--init-from", self.init_from.as_ref().map(|v| toml::Value::String(v.clone()).to_string()));
+        put("checkpoint.every", "--checkpoint-every", self.checkpoint_every.map(|v| v.to_string()));
+        put("sample.every", "--sample-every", self.sample_every.map(|v| v.to_string()));
+        for (k, flag, v) in sets {
+            cfg.set(k, &v).map_err(|e| anyhow::anyhow!("{flag} {v}: {e}"))?;
         }
         apply_sets(&mut cfg, &self.sets)?;
         Ok((cfg, name))
@@ -105,9 +115,63 @@ pub fn apply_sets(cfg: &mut TrainConfig, sets: &[String]) -> Result<()> {
     Ok(())
 }
 
+impl TrainArgs {
+    fn start(&self) -> Start {
+        match (&self.resume, self.overwrite) {
+            (Some(Some(path)), _) => Start::ResumeFrom(path.clone()),
+            (Some(None), _) => Start::Resume,
+            (None, true) => Start::Overwrite,
+            (None, false) => Start::New,
+        }
+    }
+
+    /// The run folder: --run-dir, else the folder of a checkpoint given to --resume, else
+    /// runs/<config name>.
+    fn run_dir(&self, name: &str) -> PathBuf {
+        if let Some(dir) = &self.run_dir {
+            return dir.clone();
+        }
+        match &self.resume {
+            Some(Some(ck)) if ck.parent().is_some_and(|p| p.ends_with("checkpoints")) => {
+                ck.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default()
+            }
+            _ => PathBuf::from("runs").join(name),
+        }
+    }
+}
+
+/// Exit status after a signal stopped training (128 + the signal number, as shells report it).
+pub struct Interrupted(pub i32);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "interrupted by signal {}", self.0 - 128)
+    }
+}
+
+impl std::fmt::Debug for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// SIGINT and SIGTERM raise `flag` and record which came; a second one ends the process at once.
+fn catch_signals(flag: &Arc<AtomicBool>, which: &Arc<AtomicUsize>) -> Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    for sig in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, flag.clone())?;
+        signal_hook::flag::register_usize(sig, which.clone(), sig as usize)?;
+        signal_hook::flag::register(sig, flag.clone())?;
+    }
+    Ok(())
+}
+
 pub fn run(args: &TrainArgs) -> Result<()> {
     let (cfg, name) = args.config()?;
-    let run_dir = args.run_dir.clone().unwrap_or_else(|| PathBuf::from("runs").join(name));
+    let run_dir = args.run_dir(&name);
+    let resume_from = run_dir::prepare(&run_dir, &args.start()).map_err(anyhow::Error::msg)?;
     let device = crate::device::device(&args.device)?;
     let dtype = crate::device::dtype(&args.dtype)?;
     if dtype != candle_core::DType::F32 && device.is_cpu() {
@@ -118,7 +182,13 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         );
     }
     tracing::info!(run_dir = %run_dir.display(), data = %cfg.data.spec, arch = cfg.model.arch(), scaling = %cfg.model.scaling(), "loading data and model");
-    let mut trainer = Trainer::new(cfg.clone(), &run_dir, &device, dtype, args.resume)?;
+    let mut trainer = Trainer::new(cfg.clone(), &run_dir, &device, dtype, false)?;
+    if let Some(path) = &resume_from {
+        trainer.resume_from(path)?;
+    }
+    let (stop, signal) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+    catch_signals(&stop, &signal)?;
+    trainer.stop_when(stop);
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     std::fs::write(run_dir.join("config.toml"), cfg.to_toml())
         .with_context(|| format!("writing {}/config.toml", run_dir.display()))?;
@@ -142,7 +212,16 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         Event::Samples(p) => bar.suspend(|| tracing::info!(path = %p.display(), "samples")),
     });
     bar.finish();
-    result?;
+    if result? == RunEnd::Stopped {
+        let sig = signal.load(Ordering::SeqCst) as i32;
+        let last = scalelong_train::checkpoint::path_for(&trainer.checkpoint_dir(), trainer.step());
+        eprintln!(
+            "stopped by signal {sig} after step {}; checkpoint {} written. Continue with --resume.",
+            trainer.step(),
+            last.display()
+        );
+        return Err(Interrupted(128 + sig).into());
+    }
     tracing::info!(steps = trainer.step(), seconds = started.elapsed().as_secs_f64(), run_dir = %run_dir.display(), "done");
     Ok(())
 }

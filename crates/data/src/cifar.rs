@@ -16,6 +16,19 @@ pub enum Split {
 /// Reads a CIFAR binary folder: CIFAR-10 (`data_batch_1..5.bin`, `test_batch.bin`; records of
 /// 1 label byte + 3072 pixels) or CIFAR-100 (`train.bin`, `test.bin`; coarse and fine label bytes +
 /// 3072 pixels, fine labels used).
+/// The folder has the other split only: say which spec reads it.
+fn missing_split(dir: &Path, split: Split) -> crate::DataError {
+    let (want, other, files) = match split {
+        Split::Train => ("train", "test", "data_batch_1.bin .. data_batch_5.bin (or train.bin)"),
+        Split::Test => ("test", "train", "test_batch.bin (or test.bin)"),
+    };
+    data_err!(
+        "{}: the CIFAR {want} split ({files}) is not there, only the {other} split; use cifar:{}:{other} to train on it",
+        dir.display(),
+        dir.display()
+    )
+}
+
 pub fn load_dir(dir: &Path, split: Split) -> Result<ImageDataset> {
     let (files, label_bytes, classes) = if dir.join("test_batch.bin").is_file()
         || dir.join("data_batch_1.bin").is_file()
@@ -24,9 +37,16 @@ pub fn load_dir(dir: &Path, split: Split) -> Result<ImageDataset> {
             Split::Train => (1..=5).map(|i| dir.join(format!("data_batch_{i}.bin"))).filter(|p| p.is_file()).collect(),
             Split::Test => vec![dir.join("test_batch.bin")],
         };
+        if files.is_empty() || !files.iter().all(|f| f.is_file()) {
+            return Err(missing_split(dir, split));
+        }
         (files, 1, 10)
     } else if dir.join("train.bin").is_file() || dir.join("test.bin").is_file() {
-        (vec![dir.join(if split == Split::Train { "train.bin" } else { "test.bin" })], 2, 100)
+        let file = dir.join(if split == Split::Train { "train.bin" } else { "test.bin" });
+        if !file.is_file() {
+            return Err(missing_split(dir, split));
+        }
+        (vec![file], 2, 100)
     } else {
         return Err(data_err!(
             "{}: not a CIFAR binary folder (expected data_batch_N.bin / test_batch.bin, or train.bin / test.bin)",

@@ -35,5 +35,21 @@ pub fn save_grid(images: &Tensor, path: &Path, ncols: usize) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| data_err!("{}: {e}", dir.display()))?;
     }
-    grid.save(path).map_err(|e| data_err!("{}: cannot write PNG: {e}", path.display()))
+    write_png(&grid, path)
+}
+
+/// Writes an RGB image (row-major, 3 bytes a pixel) as PNG, every error reported.
+pub fn write_png_rgb(path: &Path, width: u32, height: u32, rgb: Vec<u8>) -> Result<()> {
+    let img = image::RgbImage::from_raw(width, height, rgb)
+        .ok_or_else(|| data_err!("{}: pixel buffer does not hold {width}x{height} RGB pixels", path.display()))?;
+    write_png(&img, path)
+}
+
+/// Encoded in memory and written in one checked call: `image`'s own `save` drops the error of
+/// its buffered writer's last flush (a full disk was reported as success).
+fn write_png(img: &image::RgbImage, path: &Path) -> Result<()> {
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| data_err!("{}: cannot encode PNG: {e}", path.display()))?;
+    std::fs::write(path, png).map_err(|e| data_err!("{}: cannot write PNG: {e}", path.display()))
 }

@@ -109,7 +109,10 @@ pub fn is_training_checkpoint(path: &Path) -> bool {
 pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
     let err =
         |e: &dyn std::fmt::Display| candle_core::Error::Msg(format!("reading checkpoint {}: {e}", path.display()));
-    let bytes = std::fs::read(path).map_err(|e| err(&e))?;
+    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => err(&"no such file"),
+        _ => err(&e),
+    })?;
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| err(&format!("not a valid safetensors file ({e})")))?;
     let metadata = header.metadata().clone().unwrap_or_default();
@@ -117,6 +120,7 @@ pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
         return Err(err(&format!("not a scalelong training checkpoint (metadata `{FORMAT_KEY}` is not `{FORMAT}`)")));
     }
     let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| err(&e))?;
+    scalelong_backbones::checkpoint::check_finite(&path.display().to_string(), &tensors)?;
     Ok(Loaded { tensors, metadata })
 }
 

@@ -255,18 +255,39 @@ impl TrainConfig {
         self.model.validate().map_err(|e| e.to_string())?;
         let t = &self.train;
         let d = &self.diagnostics;
-        let checks: [(bool, String); 12] = [
+        let sm = &self.sample;
+        let checks: [(bool, String); 16] = [
             (t.batch_size > 0, format!("train.batch_size = {} must be positive", t.batch_size)),
+            (t.max_steps > 0, format!("train.max_steps = {} must be at least 1", t.max_steps)),
+            (
+                t.weight_decay.is_finite() && t.weight_decay >= 0.0,
+                format!("train.weight_decay = {} must be a finite number >= 0", t.weight_decay),
+            ),
+            (
+                crate::sampling::vp_sampler(&sm.sampler, 1, VpSde::LINEAR).is_ok(),
+                format!(
+                    "sample.sampler = {:?} is not a sampler for this model: expected one of {}",
+                    sm.sampler,
+                    crate::sampling::VP_SAMPLERS.join(", ")
+                ),
+            ),
+            (
+                sm.steps > 0 && sm.n > 0,
+                format!("sample.steps = {} and sample.n = {} must be at least 1", sm.steps, sm.n),
+            ),
             (t.lr.is_finite() && t.lr >= 0.0, format!("train.lr = {} must be a finite number >= 0", t.lr)),
             (
                 (0.0..1.0).contains(&t.beta1) && (0.0..1.0).contains(&t.beta2),
                 format!("train.beta1 = {}, beta2 = {} must be in [0, 1)", t.beta1, t.beta2),
             ),
-            (t.eps > 0.0, format!("train.eps = {} must be > 0", t.eps)),
+            (t.eps.is_finite() && t.eps > 0.0, format!("train.eps = {} must be a finite number > 0", t.eps)),
             (t.grad_accum > 0, "train.grad_accum must be at least 1".to_string()),
             ((0.0..=1.0).contains(&t.ema_decay), format!("train.ema_decay = {} must be in [0, 1]", t.ema_decay)),
             ((0.0..1.0).contains(&t.p_uncond), format!("train.p_uncond = {} must be in [0, 1)", t.p_uncond)),
-            (t.grad_clip >= 0.0, format!("train.grad_clip = {} must be >= 0 (0 = off)", t.grad_clip)),
+            (
+                t.grad_clip.is_finite() && t.grad_clip >= 0.0,
+                format!("train.grad_clip = {} must be a finite number >= 0 (0 = off)", t.grad_clip),
+            ),
             (self.checkpoint.keep > 0, "checkpoint.keep must be at least 1".to_string()),
             (
                 d.val_images > 0 && d.probe_images > 0,

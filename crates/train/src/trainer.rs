@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -36,6 +37,15 @@ pub struct StepReport {
     pub diagnostics: Option<Diagnostics>,
 }
 
+/// How [`Trainer::run`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// `train.max_steps` reached.
+    Finished,
+    /// The stop flag was raised: the step in progress was finished and a checkpoint written.
+    Stopped,
+}
+
 /// Things a front end may want to show.
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -64,6 +74,21 @@ pub struct Trainer {
     bad_in_a_row: u32,
     null_label: Option<u32>,
     probe: Option<Probe>,
+    /// Raised from outside (a signal handler) to stop after the current step.
+    stop: Option<Arc<AtomicBool>>,
+    /// Test hook: batches that replace the data and the noise draws of the next micro-batches.
+    fed: std::collections::VecDeque<FedBatch>,
+}
+
+/// A micro-batch given from outside: clean images, one uniform draw per image (the time t of a
+/// VP schedule) and the noise. Used by the training-loop parity test to feed the official loop's
+/// batches; not a user-facing feature.
+#[doc(hidden)]
+#[derive(Debug, Clone)]
+pub struct FedBatch {
+    pub x0: Tensor,
+    pub u: Vec<f64>,
+    pub noise: Tensor,
 }
 
 impl Trainer {
@@ -103,10 +128,12 @@ impl Trainer {
             bad_in_a_row: 0,
             null_label,
             probe,
+            fed: Default::default(),
+            stop: None,
             config,
         };
         match checkpoint::list(&trainer.checkpoint_dir()).pop().filter(|_| resume) {
-            Some((_, path)) => trainer.restore(&path)?,
+            Some((_, path)) => trainer.resume_from(&path)?,
             None if !trainer.config.train.init_from.is_empty() => trainer.init_from()?,
             None => {}
         }
@@ -173,6 +200,38 @@ impl Trainer {
         self.names.iter().cloned().zip(self.ema.iter().cloned()).collect()
     }
 
+    /// The next micro-batch of the data (images on the device, labels after dropping for
+    /// classifier-free guidance); counts its images into `images`.
+    fn next_batch(&mut self, images: &mut usize) -> Result<(Tensor, Option<Tensor>)> {
+        let t = &self.config.train;
+        let (dataset, config, position) = (&self.dataset, &self.config, self.position);
+        let loader = self.loader.get_or_insert_with(|| Loader::new(dataset.clone(), loader_config(config), position));
+        let batch = loader.next_batch();
+        self.position = batch.next;
+        let (b, c, h, w) = batch.shape;
+        *images += b;
+        let x0 = Tensor::from_vec(batch.images, (b, c, h, w), &Device::Cpu)?
+            .to_device(&self.device)?
+            .to_dtype(self.dtype)?;
+        let labels = match (&batch.labels, self.config.model.num_classes()) {
+            (Some(l), Some(_)) => {
+                let y = Tensor::new(l.as_slice(), &self.device)?;
+                Some(match self.null_label {
+                    Some(null) => drop_labels(&y, t.p_uncond, null as i64, &mut self.rng)?,
+                    None => y,
+                })
+            }
+            _ => None,
+        };
+        Ok((x0, labels))
+    }
+
+    /// Test hook: the next micro-batches use these instead of the data loader and the RNG.
+    #[doc(hidden)]
+    pub fn feed(&mut self, batches: impl IntoIterator<Item = FedBatch>) {
+        self.fed.extend(batches);
+    }
+
     /// One optimizer step (over `grad_accum` micro-batches).
     pub fn train_step(&mut self) -> Result<StepReport> {
         let t = self.config.train.clone();
@@ -185,27 +244,18 @@ impl Trainer {
         let diagnose = self.probe.is_some() && every > 0 && (self.step + 1).is_multiple_of(every);
         let mut taps = diagnose.then(Taps::default);
         for _ in 0..t.grad_accum {
-            let (dataset, config, position) = (&self.dataset, &self.config, self.position);
-            let loader =
-                self.loader.get_or_insert_with(|| Loader::new(dataset.clone(), loader_config(config), position));
-            let batch = loader.next_batch();
-            self.position = batch.next;
-            let (b, c, h, w) = batch.shape;
-            images += b;
-            let x0 = Tensor::from_vec(batch.images, (b, c, h, w), &Device::Cpu)?
-                .to_device(&self.device)?
-                .to_dtype(self.dtype)?;
-            let labels = match (&batch.labels, self.config.model.num_classes()) {
-                (Some(l), Some(_)) => {
-                    let y = Tensor::new(l.as_slice(), &self.device)?;
-                    Some(match self.null_label {
-                        Some(null) => drop_labels(&y, t.p_uncond, null as i64, &mut self.rng)?,
-                        None => y,
-                    })
+            let (labels, nb) = match self.fed.pop_front() {
+                Some(fed) => {
+                    images += fed.x0.dim(0)?;
+                    let x0 = fed.x0.to_device(&self.device)?.to_dtype(self.dtype)?;
+                    let noise = fed.noise.to_device(&self.device)?.to_dtype(self.dtype)?;
+                    (None, self.objective.noised(&x0, &fed.u, noise)?)
                 }
-                _ => None,
+                None => {
+                    let (x0, labels) = self.next_batch(&mut images)?;
+                    (labels, self.objective.noise_batch(&x0, &mut self.rng)?)
+                }
             };
-            let nb = self.objective.noise_batch(&x0, &mut self.rng)?;
             // Taps of the first micro-batch only: the diagnostics describe one forward pass.
             let out = match taps.as_mut().filter(|t| t.blocks.is_empty()) {
                 Some(taps) => compute.forward_with_taps(&nb.x_t, &nb.t_input, labels.as_ref(), taps)?,
@@ -310,9 +360,9 @@ impl Trainer {
         self.config.model.build(VarBuilder::from_tensors(ts, self.dtype, &self.device))
     }
 
-    /// Trains until `train.max_steps`, writing metrics, checkpoints and sample grids into the run
-    /// folder and telling `observer` about each.
-    pub fn run(&mut self, observer: &mut dyn FnMut(&Event)) -> Result<()> {
+    /// Trains until `train.max_steps` (or the stop flag), writing metrics, checkpoints and sample
+    /// grids into the run folder and telling `observer` about each.
+    pub fn run(&mut self, observer: &mut dyn FnMut(&Event)) -> Result<RunEnd> {
         let io = |e: std::io::Error| candle_core::Error::Msg(format!("run folder {}: {e}", self.run_dir.display()));
         std::fs::create_dir_all(self.checkpoint_dir()).map_err(io)?;
         let mut metrics = open_metrics(&self.run_dir.join("metrics.jsonl"), self.step).map_err(io)?;
@@ -353,13 +403,20 @@ impl Trainer {
                 let path = self.save_checkpoint()?;
                 observer(&Event::Checkpoint(path));
             }
+            if !last && self.stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
+                if !(cfg.checkpoint.every > 0 && r.step % cfg.checkpoint.every == 0) {
+                    let path = self.save_checkpoint()?;
+                    observer(&Event::Checkpoint(path));
+                }
+                return Ok(RunEnd::Stopped);
+            }
             if last || (cfg.sample.every > 0 && r.step % cfg.sample.every == 0) {
                 let path = self.run_dir.join("samples").join(format!("step_{:08}.png", r.step));
                 self.sample_grid(&path)?;
                 observer(&Event::Samples(path));
             }
         }
-        Ok(())
+        Ok(RunEnd::Finished)
     }
 
     /// Writes `checkpoints/step_N.safetensors` atomically and deletes all but the newest `keep`.
@@ -395,6 +452,35 @@ impl Trainer {
             let _ = std::fs::remove_file(old);
         }
         Ok(path)
+    }
+
+    /// Continues from the checkpoint at `path`: weights, EMA, AdamW moments, step, RNG and data
+    /// position. If it cannot be read, the error names the previous checkpoint in its folder.
+    /// Checkpoints newer than it in the run's folder are set aside (`*.superseded`), so they are
+    /// neither resumed from later nor kept in place of the new ones.
+    pub fn resume_from(&mut self, path: &Path) -> Result<()> {
+        if let Err(e) = self.restore(path) {
+            let hint = match crate::run_dir::previous_checkpoint(path) {
+                Some(prev) => format!(
+                    "; the previous checkpoint is {}: continue from it with `scalelong train --resume {}`",
+                    prev.display(),
+                    prev.display()
+                ),
+                None => String::new(),
+            };
+            candle_core::bail!("cannot resume from {}: {e}{hint}", path.display());
+        }
+        let moved = crate::run_dir::set_aside_newer(&self.checkpoint_dir(), self.step)
+            .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", self.checkpoint_dir().display())))?;
+        for p in moved {
+            tracing::warn!(path = %p.display(), "a checkpoint newer than the one resumed from was set aside");
+        }
+        Ok(())
+    }
+
+    /// Stops [`Trainer::run`] after the step in progress once `flag` is raised (e.g. by a signal).
+    pub fn stop_when(&mut self, flag: Arc<AtomicBool>) {
+        self.stop = Some(flag);
     }
 
     fn restore(&mut self, path: &Path) -> Result<()> {

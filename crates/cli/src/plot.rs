@@ -122,45 +122,45 @@ pub fn line_chart(
     let (width, height) = (900u32, 560u32);
     let mut rgb = vec![255u8; (width * height * 3) as usize];
     {
-    let root = BitMapBackend::with_buffer(&mut rgb, (width, height)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 24))
-        .margin(16)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0f64..x_max.max(1.0), (y_min - pad)..(y_max + pad))?;
-    chart
-        .configure_mesh()
-        .x_desc("step")
-        .y_desc(y_desc)
-        .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| short(if log_y { 10f64.powf(*y) } else { *y }))
-        .label_style(("sans-serif", 14))
-        .draw()?;
-    for (i, c) in curves.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        if let Some(band) = &c.band {
-            let outline: Vec<(f64, f64)> = band
-                .iter()
-                .map(|b| (b.0, to_axis(b.2)))
-                .chain(band.iter().rev().map(|b| (b.0, to_axis(b.1))))
-                .collect();
-            chart.draw_series(std::iter::once(Polygon::new(outline, color.mix(0.15).filled())))?;
+        let root = BitMapBackend::with_buffer(&mut rgb, (width, height)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 24))
+            .margin(16)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0f64..x_max.max(1.0), (y_min - pad)..(y_max + pad))?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc(y_desc)
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| short(if log_y { 10f64.powf(*y) } else { *y }))
+            .label_style(("sans-serif", 14))
+            .draw()?;
+        for (i, c) in curves.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            if let Some(band) = &c.band {
+                let outline: Vec<(f64, f64)> = band
+                    .iter()
+                    .map(|b| (b.0, to_axis(b.2)))
+                    .chain(band.iter().rev().map(|b| (b.0, to_axis(b.1))))
+                    .collect();
+                chart.draw_series(std::iter::once(Polygon::new(outline, color.mix(0.15).filled())))?;
+            }
+            chart
+                .draw_series(LineSeries::new(c.points.iter().map(|&(x, y)| (x, to_axis(y))), color.stroke_width(2)))?
+                .label(c.label.as_str())
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2)));
         }
         chart
-            .draw_series(LineSeries::new(c.points.iter().map(|&(x, y)| (x, to_axis(y))), color.stroke_width(2)))?
-            .label(c.label.as_str())
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2)));
-    }
-    chart
-        .configure_series_labels()
-        .position(legend)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 15))
-        .draw()?;
-    root.present()?;
+            .configure_series_labels()
+            .position(legend)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 15))
+            .draw()?;
+        root.present()?;
     }
     scalelong_data::write_png_rgb(out, width, height, rgb)?;
     Ok(())

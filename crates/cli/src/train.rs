@@ -95,7 +95,11 @@ impl TrainArgs {
         put("train.lr", "--lr", self.lr.map(|v| format!("{v:e}")));
         put("model.scaling", "--scaling", self.scaling.map(|v| toml::Value::String(v.to_string()).to_string()));
         put("train.seed", "--seed", self.seed.map(|v| v.to_string()));
-        put("train.init_from", "--init-from", self.init_from.as_ref().map(|v| toml::Value::String(v.clone()).to_string()));
+        put(
+            "train.init_from",
+            "--init-from",
+            self.init_from.as_ref().map(|v| toml::Value::String(v.clone()).to_string()),
+        );
         put("checkpoint.every", "--checkpoint-every", self.checkpoint_every.map(|v| v.to_string()));
         put("sample.every", "--sample-every", self.sample_every.map(|v| v.to_string()));
         for (k, flag, v) in sets {

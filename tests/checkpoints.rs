@@ -110,7 +110,11 @@ fn damaged_files_give_clear_errors() -> Result<()> {
     let garbage = dir.path().join("garbage.bin");
     std::fs::write(&garbage, b"this is not a checkpoint at all")?;
     let err = load_err(&cfg, &garbage);
-    assert!(err.contains("garbage.bin") && err.contains("not a valid safetensors file"), "{err}");
+    assert!(err.contains("garbage.bin") && err.contains("not a PyTorch checkpoint"), "{err}");
+    let garbage = dir.path().join("garbage.weights");
+    std::fs::write(&garbage, b"this is not a checkpoint at all")?;
+    let err = load_err(&cfg, &garbage);
+    assert!(err.contains("garbage.weights") && err.contains("neither a safetensors file"), "{err}");
 
     let tiny = dir.path().join("empty.pth");
     std::fs::write(&tiny, b"")?;
@@ -124,6 +128,6 @@ fn damaged_files_give_clear_errors() -> Result<()> {
     assert!(err.contains("cut.pth"), "{err}");
 
     let err = load_err(&cfg, &dir.path().join("absent.safetensors"));
-    assert!(err.contains("absent.safetensors") && err.contains("No such file"), "{err}");
+    assert!(err.contains("absent.safetensors") && err.contains("no such file"), "{err}");
     Ok(())
 }

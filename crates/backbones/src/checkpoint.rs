@@ -43,8 +43,12 @@ pub fn read_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tens
         return Err(err(&"not a PyTorch checkpoint: torch.save writes a zip archive (starting with `PK`), \
              and this file is not one (legacy non-zip pickles are not supported: re-save with torch >= 1.6)"));
     } else {
-        candle_core::safetensors::load(path, device)
-            .map_err(|e| err(&format!("neither a safetensors file ({e}) nor a PyTorch .pth zip archive")))?
+        candle_core::safetensors::load(path, device).map_err(|e| match path.extension() {
+            Some(ext) if ext == "safetensors" => {
+                err(&format!("not a valid safetensors file ({e}); damaged or truncated?"))
+            }
+            _ => err(&format!("neither a safetensors file ({e}) nor a PyTorch .pth zip archive")),
+        })?
     };
     if tensors.is_empty() {
         return Err(err(&"no tensors found"));

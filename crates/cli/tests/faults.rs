@@ -240,7 +240,7 @@ fn bad_input_and_faults_fail_clearly() {
         (
             "random bytes as .safetensors",
             official(&s.p("rand.safetensors"), &[]),
-            vec!["rand.safetensors", "neither a safetensors file"],
+            vec!["rand.safetensors", "not a valid safetensors file"],
         ),
         ("empty file", official(&s.p("empty.safetensors"), &[]), vec!["empty.safetensors", "0 bytes"]),
         (

@@ -16,7 +16,8 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -
     if k.dims() != [b, l, c] || v.dims() != [b, l, c] || heads == 0 || !c.is_multiple_of(heads) {
         bail!("attention: q {:?}, k {:?}, v {:?} with {heads} heads", q.shape(), k.shape(), v.shape());
     }
-    if !(fused(q) && k.dtype() == q.dtype() && v.dtype() == q.dtype()) {
+    // An empty batch has nothing to attend over (and the kernel's views would start past the end).
+    if !(fused(q) && k.dtype() == q.dtype() && v.dtype() == q.dtype()) || q.elem_count() == 0 {
         return composed(q, k, v, heads, scale);
     }
     let rows = |t: &Tensor| if t.stride()[2] == 1 { Ok(t.clone()) } else { t.contiguous() };

@@ -21,6 +21,9 @@ const RAW_TOL: f64 = 1e-2;
 const CLIPPED_MAX_TOL: f64 = 2e-3;
 const CLIPPED_MEAN_TOL: f64 = 1e-4;
 
+/// A sampler in a given time arithmetic.
+type SamplerIn = Box<dyn Fn(TimeArithmetic) -> Box<dyn Sampler>>;
+
 fn official_dir() -> PathBuf {
     match std::env::var_os("SCALELONG_OFFICIAL_DIR") {
         Some(dir) => PathBuf::from(dir),
@@ -45,7 +48,7 @@ fn samplers_match_the_official_ones_on_a_trained_network() -> Result<()> {
     let net = |x: &Tensor, t: &Tensor| model.forward(x, t, None);
     let z = Tensor::read_npy(dir.join("init_noise.npy"))?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let cases: [(&str, Box<dyn Fn(TimeArithmetic) -> Box<dyn Sampler>>); 2] = [
+    let cases: [(&str, SamplerIn); 2] = [
         (
             "official_samples_dpm_solver_fast_50.npy",
             Box::new(|a| Box::new(DpmSolverFast::new(VpSde::LINEAR, 50).with_arithmetic(a))),

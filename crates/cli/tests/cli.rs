@@ -3,6 +3,9 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+mod common;
+use common::{repo, TINY};
+
 fn scalelong(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_scalelong")).args(args).output().expect("running scalelong")
 }
@@ -13,10 +16,6 @@ fn stdout(o: &Output) -> String {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn repo(path: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path).to_string_lossy().into_owned()
 }
 
 #[test]
@@ -79,28 +78,6 @@ fn bad_input_gives_clear_errors() {
     let o = scalelong(&["info"]);
     assert!(!o.status.success() && stderr(&o).contains("--preset NAME"), "{}", stderr(&o));
 }
-
-const TINY: &str = r#"
-[model]
-img_size = 8
-patch_size = 2
-in_chans = 1
-embed_dim = 16
-depth = 2
-num_heads = 2
-scaling = "cs:0.5"
-[train]
-batch_size = 8
-warmup_steps = 2
-[checkpoint]
-every = 2
-[log]
-every = 1
-[sample]
-every = 0
-n = 4
-steps = 3
-"#;
 
 #[test]
 fn train_resume_and_sample_end_to_end() {

@@ -6,27 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const TINY: &str = r#"
-[model]
-img_size = 8
-patch_size = 2
-in_chans = 1
-embed_dim = 16
-depth = 2
-num_heads = 2
-scaling = "cs:0.5"
-[train]
-batch_size = 8
-warmup_steps = 2
-[checkpoint]
-every = 2
-[log]
-every = 1
-[sample]
-every = 0
-n = 4
-steps = 3
-"#;
+mod common;
+use common::{repo, TINY};
 
 fn scalelong(args: &[String]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_scalelong")).args(args).output().expect("running scalelong")
@@ -34,10 +15,6 @@ fn scalelong(args: &[String]) -> Output {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-fn repo(path: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path).to_string_lossy().into_owned()
 }
 
 /// A temp folder with the files the cases point at; `p(name)` is a path in it.

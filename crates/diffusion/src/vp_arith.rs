@@ -53,6 +53,10 @@ pub(crate) trait Marginals {
     fn c(&self, v: f64) -> Self::F {
         <Self::F as num_traits::NumCast>::from(v).expect("finite constant")
     }
+    /// A value of this arithmetic as f64 (exact).
+    fn f64(&self, v: Self::F) -> f64 {
+        v.into()
+    }
     fn log_alpha(&self, t: Self::F) -> Self::F;
     fn sigma(&self, t: Self::F) -> Self::F;
     fn lambda(&self, t: Self::F) -> Self::F;

@@ -197,6 +197,9 @@ impl UNet2D {
     fn run(&self, x: &Tensor, timesteps: &Tensor, y: Option<&Tensor>, mut taps: Option<&mut Taps>) -> Result<Tensor> {
         let c = &self.config;
         let (b, ch, ..) = x.dims4()?;
+        if b == 0 {
+            fail!("UNet2D input has an empty batch (shape {:?}): nothing to run", x.dims());
+        }
         if ch != c.in_channels {
             fail!("UNet2D input has shape {:?}, expected (B, {}, H, W)", x.dims(), c.in_channels);
         }

@@ -145,6 +145,9 @@ impl UViT {
     fn run(&self, x: &Tensor, timesteps: &Tensor, y: Option<&Tensor>, mut taps: Option<&mut Taps>) -> Result<Tensor> {
         let c = &self.config;
         let (b, ch, h, w) = x.dims4()?;
+        if b == 0 {
+            fail!("U-ViT input has an empty batch (shape {:?}): nothing to run", x.dims());
+        }
         if (ch, h, w) != (c.in_chans, c.img_size, c.img_size) {
             fail!("U-ViT input has shape {:?}, expected (B, {}, {}, {})", x.dims(), c.in_chans, c.img_size, c.img_size);
         }

@@ -137,3 +137,14 @@ fn time_embedding_layout() -> Result<()> {
     }
     Ok(())
 }
+
+/// An empty batch is a clear error, not a panic in a kernel (`sample -n 0` once panicked).
+#[test]
+fn an_empty_batch_is_an_error() -> Result<()> {
+    let (model, _) = random_model(&tiny(SkipScaling::None, None))?;
+    let x = Tensor::zeros((0, 3, 8, 8), DType::F32, &Device::Cpu)?;
+    let t = Tensor::zeros(0, DType::F32, &Device::Cpu)?;
+    let err = model.forward(&x, &t, None).unwrap_err().to_string();
+    assert!(err.contains("empty batch"), "{err}");
+    Ok(())
+}

@@ -40,7 +40,7 @@ impl DpmSolverFast {
         };
         let times = with_marginals!(self.arithmetic, self.sde, |m| {
             let (l_t, l_0) = (m.lambda(m.c(self.sde.t_max())), m.lambda(m.c(self.eps)));
-            m.linspace(l_t, l_0, k + 1).into_iter().map(|l| m.inverse_lambda(l).into()).collect()
+            m.linspace(l_t, l_0, k + 1).into_iter().map(|l| m.f64(m.inverse_lambda(l))).collect()
         });
         (orders, times)
     }

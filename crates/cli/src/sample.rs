@@ -9,7 +9,8 @@ use candle_nn::VarBuilder;
 use clap::Args;
 use rand::SeedableRng;
 use scalelong_backbones::{weights, Backbone, UNet2D, UNet2DConfig, UViT, UViTConfig};
-use scalelong_diffusion::{noise, BetaSchedule, DiscreteSchedule, Schedule, VpSde};
+use scalelong_diffusion::{noise, BetaSchedule, DiscreteSchedule, SamplerKind, Schedule};
+use scalelong_train::config::NoiseSchedule;
 use scalelong_train::sampling::{self, Conditioning};
 use scalelong_train::{checkpoint, TrainConfig};
 
@@ -34,7 +35,7 @@ pub struct SampleArgs {
     /// VP-SDE models (U-ViT): dpm-solver (default), euler-ode or euler-sde. Discrete-schedule
     /// models (diffusers UNets): ddim (default), dpm-solver++ or ddpm.
     #[arg(long)]
-    sampler: Option<String>,
+    sampler: Option<SamplerKind>,
     /// Network evaluations (DPM-Solver) or steps (Euler).
     #[arg(long, default_value_t = 50)]
     steps: usize,
@@ -72,7 +73,7 @@ pub struct SampleArgs {
     no_ema: bool,
     /// Noise schedule of official weights: vp-linear (the official models; default) or vp-cosine.
     #[arg(long)]
-    schedule: Option<String>,
+    schedule: Option<NoiseSchedule>,
     /// cpu, cuda or metal.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -127,11 +128,7 @@ fn load(args: &SampleArgs, device: &Device) -> Result<Loaded> {
     }
     let cfg: UViTConfig = args.model.resolve()?;
     let model = UViT::from_checkpoint(&cfg, checkpoint, DType::F32, device)?;
-    let sde = match args.schedule.as_deref().unwrap_or("vp-linear") {
-        "vp-linear" => VpSde::LINEAR,
-        "vp-cosine" => VpSde::COSINE,
-        s => bail!("--schedule {s}: expected vp-linear or vp-cosine"),
-    };
+    let sde = args.schedule.unwrap_or(NoiseSchedule::VpLinear).sde();
     Ok(Loaded { model: model.into(), schedule: Schedule::Vp(sde), null_label: None })
 }
 
@@ -152,7 +149,7 @@ fn load_diffusers(spec: &str, args: &SampleArgs, device: &Device) -> Result<Load
     let model = UNet2D::from_checkpoint(&cfg, &files.weights, DType::F32, device)?;
     let schedule = match &files.scheduler {
         Some(p) => discrete_schedule(p)?,
-        None => DiscreteSchedule::new(BetaSchedule::Linear { start: 1e-4, end: 0.02 }, 1000),
+        None => DiscreteSchedule::ddpm_linear(),
     };
     tracing::info!(config = %files.config.display(), weights = %files.weights.display(), steps = schedule.len(), "loaded UNet2DModel");
     Ok(Loaded { model: model.into(), schedule: Schedule::Discrete(schedule), null_label: None })
@@ -171,15 +168,9 @@ fn discrete_schedule(path: &Path) -> Result<DiscreteSchedule> {
     }
     let n = v["num_train_timesteps"].as_u64().unwrap_or(1000) as usize;
     let (start, end) = (v["beta_start"].as_f64().unwrap_or(1e-4), v["beta_end"].as_f64().unwrap_or(0.02));
-    let kind = match v["beta_schedule"].as_str().unwrap_or("linear") {
-        "linear" => BetaSchedule::Linear { start, end },
-        "scaled_linear" => BetaSchedule::ScaledLinear { start, end },
-        "squaredcos_cap_v2" => BetaSchedule::SquaredcosCapV2,
-        other => bail!(
-            "{}: `beta_schedule` = {other} is not supported: expected linear, scaled_linear or squaredcos_cap_v2",
-            path.display()
-        ),
-    };
+    let name = v["beta_schedule"].as_str().unwrap_or("linear");
+    let kind = BetaSchedule::named(name, start, end)
+        .map_err(|e| anyhow::anyhow!("{}: `beta_schedule`: {e}", path.display()))?;
     Ok(DiscreteSchedule::new(kind, n))
 }
 
@@ -275,12 +266,7 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         (Some(s), Some(null)) => Some((s, null)),
         (Some(_), None) => bail!("--guidance needs a model trained for classifier-free guidance (train.p_uncond > 0)"),
     };
-    let sampler = match &schedule {
-        Schedule::Vp(sde) => sampling::vp_sampler(args.sampler.as_deref().unwrap_or("dpm-solver"), args.steps, *sde)?,
-        Schedule::Discrete(d) => {
-            sampling::discrete_sampler(args.sampler.as_deref().unwrap_or("ddim"), args.steps, d.clone())?
-        }
-    };
+    let sampler = args.sampler.unwrap_or_else(|| SamplerKind::default_for(&schedule)).build(args.steps, &schedule)?;
     let started = std::time::Instant::now();
     let cond = Conditioning { labels, guidance, clip_x0: args.clip_x0.then_some(schedule.clone()) };
     let mut parts = Vec::new();

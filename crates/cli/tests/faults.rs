@@ -190,7 +190,7 @@ fn bad_input_and_faults_fail_clearly() {
         ("-n 0", sample(&["-n", "0"]), vec!["-n 0"]),
         ("-n huge", sample(&["-n", "100000000000"]), vec!["-n 100000000000", "memory"]),
         ("--batch-size 0", sample(&["--batch-size", "0"]), vec!["--batch-size 0"]),
-        ("--steps 0", sample(&["--steps", "0", "-n", "2"]), vec!["steps >= 1"]),
+        ("--steps 0", sample(&["--steps", "0", "-n", "2"]), vec!["steps must be at least 1"]),
         ("sampler unknown", sample(&["--sampler", "heun", "-n", "2"]), vec!["heun", "dpm-solver"]),
         ("--guidance nan", sample(&["--guidance", "nan", "-n", "2"]), vec!["--guidance NaN"]),
         ("--class on unconditional", sample(&["--class", "3", "-n", "2"]), vec!["--class"]),
@@ -251,7 +251,7 @@ fn bad_input_and_faults_fail_clearly() {
         (
             "--schedule unknown",
             official(&repo("tests/fixtures/uvit_0_none_plain.pth"), &["--schedule", "cosine"]),
-            vec!["--schedule cosine"],
+            vec!["--schedule", "cosine", "vp-linear"],
         ),
         // ---- info and plot
         (

@@ -16,16 +16,25 @@ pub enum BetaSchedule {
     SquaredcosCapV2,
 }
 
+impl BetaSchedule {
+    /// A schedule by diffusers' name (`beta_schedule`) with its `beta_start` and `beta_end`
+    /// (which `squaredcos_cap_v2` ignores).
+    pub fn named(name: &str, start: f64, end: f64) -> Result<Self, String> {
+        match name {
+            "linear" => Ok(Self::Linear { start, end }),
+            "scaled_linear" => Ok(Self::ScaledLinear { start, end }),
+            "squaredcos_cap_v2" => Ok(Self::SquaredcosCapV2),
+            _ => Err(format!("unknown beta schedule `{name}`: expected linear, scaled_linear or squaredcos_cap_v2")),
+        }
+    }
+}
+
 impl FromStr for BetaSchedule {
     type Err = String;
     /// diffusers' names with its default endpoints: `linear`, `scaled_linear`, `squaredcos_cap_v2`.
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "linear" => Ok(Self::Linear { start: 1e-4, end: 0.02 }),
-            "scaled_linear" => Ok(Self::ScaledLinear { start: 0.00085, end: 0.012 }),
-            "squaredcos_cap_v2" => Ok(Self::SquaredcosCapV2),
-            _ => Err(format!("unknown beta schedule `{s}`: expected linear, scaled_linear or squaredcos_cap_v2")),
-        }
+        let (start, end) = if s == "scaled_linear" { (0.00085, 0.012) } else { (1e-4, 0.02) };
+        Self::named(s, start, end)
     }
 }
 

@@ -44,7 +44,7 @@ mod vp_arith;
 pub use discrete::{BetaSchedule, DiscreteSchedule};
 pub use model::{ClipX0, Guided, NoisePredictor};
 pub use objective::{drop_labels, NoisedBatch, Prediction, TrainingObjective};
-pub use samplers::Sampler;
+pub use samplers::{Sampler, SamplerKind};
 pub use schedule::Schedule;
 pub use vp::VpSde;
 pub use vp_arith::TimeArithmetic;

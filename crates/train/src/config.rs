@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use scalelong_backbones::ModelConfig;
-use scalelong_diffusion::{Prediction, VpSde};
+use scalelong_diffusion::{Prediction, SamplerKind, Schedule, VpSde};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,6 +66,17 @@ pub enum LrDecay {
 pub enum NoiseSchedule {
     VpLinear,
     VpCosine,
+}
+
+impl std::str::FromStr for NoiseSchedule {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "vp-linear" => Ok(Self::VpLinear),
+            "vp-cosine" => Ok(Self::VpCosine),
+            _ => Err(format!("unknown schedule `{s}`: expected vp-linear or vp-cosine")),
+        }
+    }
 }
 
 impl NoiseSchedule {
@@ -169,7 +180,8 @@ pub struct SampleConfig {
     pub every: u64,
     pub n: usize,
     /// `euler-ode` (the official training-time grids), `dpm-solver`, `euler-sde`.
-    pub sampler: String,
+    #[serde(deserialize_with = "sampler_field")]
+    pub sampler: SamplerKind,
     pub steps: usize,
     /// Clip the predicted clean image to [-1, 1] at every step (DDPM's clip_denoised); keeps
     /// samples in range. The official grids do not clip.
@@ -178,8 +190,14 @@ pub struct SampleConfig {
 
 impl Default for SampleConfig {
     fn default() -> Self {
-        Self { every: 5000, n: 16, sampler: "euler-ode".into(), steps: 50, clip_x0: false }
+        Self { every: 5000, n: 16, sampler: SamplerKind::EulerOde, steps: 50, clip_x0: false }
     }
+}
+
+/// `sample.sampler`, naming the key when the name is unknown.
+fn sampler_field<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SamplerKind, D::Error> {
+    let name = String::deserialize(d)?;
+    name.parse().map_err(|e| serde::de::Error::custom(format!("sample.sampler = {name:?}: {e}")))
 }
 
 /// Stability diagnostics written into `metrics.jsonl` (definitions in docs/stability.md).
@@ -264,11 +282,11 @@ impl TrainConfig {
                 format!("train.weight_decay = {} must be a finite number >= 0", t.weight_decay),
             ),
             (
-                crate::sampling::vp_sampler(&sm.sampler, 1, VpSde::LINEAR).is_ok(),
+                sm.sampler.fits(&Schedule::Vp(t.schedule.sde())),
                 format!(
-                    "sample.sampler = {:?} is not a sampler for this model: expected one of {}",
-                    sm.sampler,
-                    crate::sampling::VP_SAMPLERS.join(", ")
+                    "sample.sampler = {:?} does not fit this model's VP-SDE schedule: expected one of {}",
+                    sm.sampler.name(),
+                    SamplerKind::names_for(&Schedule::Vp(t.schedule.sde()))
                 ),
             ),
             (

@@ -1,40 +1,10 @@
-//! Sampling a trained model: samplers by name, and grids of samples.
+//! Sampling a trained model with conditioning (labels, guidance, clipping).
 
 use candle_core::{Result, Tensor};
 use rand::RngCore;
 use scalelong_backbones::Backbone;
-use scalelong_diffusion::samplers::{Ddim, Ddpm, DpmSolverFast, DpmSolverPP2M, EulerMaruyama, EulerOde, Sampler};
-use scalelong_diffusion::{ClipX0, DiscreteSchedule, Guided, NoisePredictor, Schedule, VpSde};
-
-/// The samplers that fit a continuous VP-SDE model, by command-line name.
-pub const VP_SAMPLERS: &[&str] = &["dpm-solver", "euler-ode", "euler-sde"];
-
-/// The samplers that fit a discrete (DDPM-style) schedule, by command-line name.
-pub const DISCRETE_SAMPLERS: &[&str] = &["ddim", "dpm-solver++", "ddpm"];
-
-pub fn discrete_sampler(name: &str, steps: usize, schedule: DiscreteSchedule) -> Result<Box<dyn Sampler>> {
-    Ok(match name {
-        "ddim" => Box::new(Ddim::new(schedule, steps, 0.0)),
-        "dpm-solver++" | "dpmpp-2m" => Box::new(DpmSolverPP2M::new(schedule, steps)),
-        "ddpm" => Box::new(Ddpm::new(schedule, steps)),
-        _ => candle_core::bail!(
-            "unknown sampler `{name}` for a discrete-schedule model: expected one of {}",
-            DISCRETE_SAMPLERS.join(", ")
-        ),
-    })
-}
-
-pub fn vp_sampler(name: &str, steps: usize, sde: VpSde) -> Result<Box<dyn Sampler>> {
-    Ok(match name {
-        "dpm-solver" => Box::new(DpmSolverFast::new(sde, steps)),
-        "euler-ode" => Box::new(EulerOde::new(sde, steps)),
-        "euler-sde" | "euler-maruyama" => Box::new(EulerMaruyama::new(sde, steps)),
-        _ => candle_core::bail!(
-            "unknown sampler `{name}` for a VP-SDE model: expected one of {}",
-            VP_SAMPLERS.join(", ")
-        ),
-    })
-}
+use scalelong_diffusion::samplers::Sampler;
+use scalelong_diffusion::{ClipX0, Guided, NoisePredictor, Schedule};
 
 /// What to condition on: labels for class-conditional models, with optional guidance; and
 /// whether to clip the implied clean image to [-1, 1] at every step (see [`ClipX0`]).

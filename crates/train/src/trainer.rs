@@ -536,7 +536,7 @@ impl Trainer {
         let ema: HashMap<String, Tensor> = self.ema_weights().into_iter().collect();
         let model = self.config.model.build(VarBuilder::from_tensors(ema, DType::F32, &self.device))?;
         let s = &self.config.sample;
-        let sampler = sampling::vp_sampler(&s.sampler, s.steps, self.config.train.schedule.sde())?;
+        let sampler = s.sampler.build(s.steps, &Schedule::Vp(self.config.train.schedule.sde()))?;
         let m = &self.config.model;
         let mut rng = ChaCha8Rng::seed_from_u64(self.config.train.seed.wrapping_add(1));
         let size = m.image_size();

@@ -28,7 +28,8 @@ impl Ddim {
     }
 
     fn stride(&self) -> usize {
-        self.schedule.len() / self.steps
+        // No steps, no timesteps (and no division by zero); `sample` refuses 0 steps.
+        self.schedule.len() / self.steps.max(1)
     }
 
     /// The network time inputs, highest first.

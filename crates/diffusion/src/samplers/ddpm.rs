@@ -23,7 +23,8 @@ impl Ddpm {
     }
 
     fn stride(&self) -> usize {
-        self.schedule.len() / self.steps
+        // No steps, no timesteps (and no division by zero); `sample` refuses 0 steps.
+        self.schedule.len() / self.steps.max(1)
     }
 
     pub fn timesteps(&self) -> Vec<usize> {

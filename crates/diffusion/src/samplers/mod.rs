@@ -9,12 +9,14 @@ mod ddpm;
 mod dpm_solver;
 mod dpmpp_2m;
 mod euler;
+mod kind;
 
 pub use ddim::Ddim;
 pub use ddpm::Ddpm;
 pub use dpm_solver::DpmSolverFast;
 pub use dpmpp_2m::DpmSolverPP2M;
 pub use euler::{EulerMaruyama, EulerOde};
+pub use kind::SamplerKind;
 
 use candle_core::{Result, Tensor};
 use rand::RngCore;

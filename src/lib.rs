@@ -2,7 +2,7 @@
 //!
 //! This facade re-exports the workspace's crates under one name:
 //! - [`lsc_scaling`]: the CS / LS scaling of long skips, independent of any backbone;
-//! - [`backbones`]: U-ViT (and later a conv UNet) built from official checkpoints;
+//! - [`backbones`]: U-ViT and diffusers' conv UNet2DModel, built from official checkpoints;
 //! - [`diffusion`]: noise schedules, objectives and samplers;
 //! - [`data`]: datasets and batching;
 //! - [`train`]: the training loop, checkpoints and sampling helpers.

@@ -156,6 +156,7 @@ fn hub(name: &str) -> Result<ImageDataset> {
 #[cfg(not(feature = "hub"))]
 fn hub(name: &str) -> Result<ImageDataset> {
     Err(data_err!(
-        "hf:{name}: this build has no Hugging Face loaders; rebuild with `--features hub`, or pass a local folder"
+        "hf:{name}: this build has no Hugging Face dataset loaders (the `hub` feature of scalelong-data, off in the \
+         scalelong binary); download the dataset and pass its folder: idx:DIR, cifar:DIR or folder:DIR"
     ))
 }

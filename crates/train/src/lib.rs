@@ -1,4 +1,4 @@
-//! Training U-ViT diffusion models with scaled long skips: AdamW exactly as PyTorch, EMA,
+//! Training diffusion models (U-ViT or the conv UNet) with scaled long skips: AdamW exactly as PyTorch, EMA,
 //! warm-up, clipping, accumulation, atomic and exactly resumable checkpoints, JSONL metrics and
 //! sample grids. The `scalelong train` command is a thin shell around [`Trainer`].
 

@@ -6,7 +6,8 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device};
 use clap::Args;
 use scalelong_backbones::{checkpoint as weights_file, params, ModelConfig, SkipScaling, UViT, UViTConfig};
-use scalelong_train::{checkpoint, TrainConfig};
+use scalelong_train::checkpoint::{self, Group};
+use scalelong_train::TrainConfig;
 
 use crate::model_spec::ModelArgs;
 
@@ -67,8 +68,8 @@ fn training_checkpoint(path: &Path, model: &ModelArgs) -> Result<()> {
             specs
         }
     };
-    for group in ["model", "ema"] {
-        weights_file::check(&format!("{} ({group} weights)", path.display()), &specs, &ck.group(group))?;
+    for group in [Group::Model, Group::Ema] {
+        weights_file::check(&format!("{} ({} weights)", path.display(), group.prefix()), &specs, &ck.group(group))?;
     }
     println!(
         "\ntraining checkpoint {}: step {}, data {}; weights and EMA weights fit this model",

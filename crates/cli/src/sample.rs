@@ -10,9 +10,10 @@ use clap::Args;
 use rand::SeedableRng;
 use scalelong_backbones::{weights, Backbone, UNet2D, UNet2DConfig, UViT, UViTConfig};
 use scalelong_diffusion::{noise, BetaSchedule, DiscreteSchedule, SamplerKind, Schedule};
+use scalelong_train::checkpoint::{self, Group};
 use scalelong_train::config::NoiseSchedule;
 use scalelong_train::sampling::{self, Conditioning};
-use scalelong_train::{checkpoint, TrainConfig};
+use scalelong_train::TrainConfig;
 
 use crate::model_spec::ModelArgs;
 
@@ -115,7 +116,7 @@ fn load(args: &SampleArgs, device: &Device) -> Result<Loaded> {
         let ck = checkpoint::load(checkpoint, device)?;
         let cfg = TrainConfig::from_toml(ck.meta("config")?, &checkpoint.display().to_string())
             .map_err(anyhow::Error::msg)?;
-        let weights: HashMap<String, Tensor> = ck.group(if args.no_ema { "model" } else { "ema" });
+        let weights: HashMap<String, Tensor> = ck.group(if args.no_ema { Group::Model } else { Group::Ema });
         let model = cfg.model.build(VarBuilder::from_tensors(weights, DType::F32, device))?;
         let null_label = ck.meta("null_label").ok().and_then(|v| v.parse().ok());
         return Ok(Loaded { model, schedule: Schedule::Vp(cfg.train.schedule.sde()), null_label });

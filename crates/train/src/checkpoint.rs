@@ -13,6 +13,37 @@ use candle_core::{DType, Device, Result, Tensor};
 pub const FORMAT_KEY: &str = "format";
 pub const FORMAT: &str = "scalelong-train-v1";
 
+/// The tensor groups of a training checkpoint: every parameter's name under each prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    /// The trained weights.
+    Model,
+    /// Their exponential moving average (what sampling uses).
+    Ema,
+    /// AdamW's first moments.
+    AdamM,
+    /// AdamW's second moments.
+    AdamV,
+}
+
+impl Group {
+    pub const ALL: [Self; 4] = [Self::Model, Self::Ema, Self::AdamM, Self::AdamV];
+
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Self::Model => "model",
+            Self::Ema => "ema",
+            Self::AdamM => "adam.m",
+            Self::AdamV => "adam.v",
+        }
+    }
+
+    /// The key of parameter `name` in this group.
+    pub fn key(self, name: &str) -> String {
+        format!("{}.{name}", self.prefix())
+    }
+}
+
 /// Writes `tensors` and `metadata` as safetensors at `path`, atomically.
 pub fn save(path: &Path, tensors: &[(String, Tensor)], metadata: HashMap<String, String>) -> Result<()> {
     let mut data = Vec::with_capacity(tensors.len());
@@ -82,9 +113,9 @@ impl Loaded {
         v.parse().map_err(|_| candle_core::Error::Msg(format!("checkpoint metadata `{key}` = `{v}` is not a number")))
     }
 
-    /// Tensors under `prefix.`, prefix removed.
-    pub fn group(&self, prefix: &str) -> HashMap<String, Tensor> {
-        let p = format!("{prefix}.");
+    /// The tensors of one group, by parameter name.
+    pub fn group(&self, group: Group) -> HashMap<String, Tensor> {
+        let p = format!("{}.", group.prefix());
         self.tensors.iter().filter_map(|(k, t)| k.strip_prefix(&p).map(|n| (n.to_string(), t.clone()))).collect()
     }
 }

@@ -15,7 +15,7 @@ use scalelong_backbones::{checkpoint as weights_file, weights, Backbone, Taps};
 use scalelong_data::{DataPosition, DataSpec, ImageDataset, Loader, LoaderConfig};
 use scalelong_diffusion::{drop_labels, noise, Schedule, TrainingObjective};
 
-use crate::checkpoint::{self, FORMAT, FORMAT_KEY};
+use crate::checkpoint::{self, Group, FORMAT, FORMAT_KEY};
 use crate::config::{Fit, TrainConfig};
 use crate::diagnostics::{self, Diagnostics, Probe};
 use crate::init::SeededVars;
@@ -151,7 +151,7 @@ impl Trainer {
             false => weights::resolve(&spec, offline)?.weights,
         };
         let tensors = match checkpoint::is_training_checkpoint(&path) {
-            true => checkpoint::load(&path, &self.device)?.group("ema"),
+            true => checkpoint::load(&path, &self.device)?.group(Group::Ema),
             false => weights_file::read_tensors(&path, &self.device)?,
         };
         let specs: Vec<_> = self
@@ -425,10 +425,10 @@ impl Trainer {
         std::fs::create_dir_all(&dir).map_err(|e| candle_core::Error::Msg(format!("{}: {e}", dir.display())))?;
         let mut tensors = Vec::with_capacity(4 * self.names.len());
         for (i, name) in self.names.iter().enumerate() {
-            tensors.push((format!("model.{name}"), self.opt.params()[i].as_tensor().clone()));
-            tensors.push((format!("ema.{name}"), self.ema[i].clone()));
-            tensors.push((format!("adam.m.{name}"), self.opt.m[i].clone()));
-            tensors.push((format!("adam.v.{name}"), self.opt.v[i].clone()));
+            tensors.push((Group::Model.key(name), self.opt.params()[i].as_tensor().clone()));
+            tensors.push((Group::Ema.key(name), self.ema[i].clone()));
+            tensors.push((Group::AdamM.key(name), self.opt.m[i].clone()));
+            tensors.push((Group::AdamV.key(name), self.opt.v[i].clone()));
         }
         let meta: HashMap<String, String> = [
             (FORMAT_KEY, FORMAT.to_string()),
@@ -493,7 +493,7 @@ impl Trainer {
                 path.display()
             );
         }
-        let (model, ema, m, v) = (ck.group("model"), ck.group("ema"), ck.group("adam.m"), ck.group("adam.v"));
+        let [model, ema, m, v] = Group::ALL.map(|g| ck.group(g));
         for (i, name) in self.names.iter().enumerate() {
             let want = self.opt.params()[i].dims().to_vec();
             let get = |group: &HashMap<String, Tensor>, what: &str| -> Result<Tensor> {

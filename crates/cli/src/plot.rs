@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use plotters::prelude::*;
+use scalelong_train::stability::moving_average;
 
 const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
@@ -50,14 +51,8 @@ fn read_series(spec: &str, key: &str, smooth: usize) -> Result<(String, Vec<(f64
     if points.is_empty() {
         bail!("{path}: no `{key}` values");
     }
-    let w = smooth.max(1);
-    let smoothed = (0..points.len())
-        .map(|i| {
-            let lo = i.saturating_sub(w - 1);
-            let ys = &points[lo..=i];
-            (points[i].0, ys.iter().map(|p| p.1).sum::<f64>() / ys.len() as f64)
-        })
-        .collect();
+    let ys: Vec<f64> = points.iter().map(|p| p.1).collect();
+    let smoothed = points.iter().zip(moving_average(&ys, smooth)).map(|(p, y)| (p.0, y)).collect();
     Ok((label, smoothed))
 }
 

@@ -227,9 +227,9 @@ fn write_report(
         ("grad_norm.png", "Global gradient norm", "gradient norm", |r| r.grad_norm.clone(), true, UpperRight),
         (
             "loss.png",
-            "Training loss (moving average of 5 records)",
+            "Training loss (moving average over the study window)",
             "loss",
-            |r| moving_average(&r.loss, 5),
+            |r| moving_average(&r.loss, study::WINDOW),
             true,
             UpperRight,
         ),

@@ -12,8 +12,8 @@ use crate::ops::{bias_add, conv2d, group_norm, group_norm_silu, layer_norm, Conv
 /// a plain normal is the same distribution for every practical purpose.
 pub(crate) const TRUNC_NORMAL_002: Init = Init::Randn { mean: 0.0, stdev: 0.02 };
 
-/// `nn.Linear` initialised as the official `_init_weights`: weight trunc-normal(0.02), bias 0.
-pub(crate) fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
+/// `nn.Linear` initialised as the official U-ViT's `_init_weights`: weight trunc-normal(0.02), bias 0.
+pub(crate) fn official_linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
     let weight = vb.get_with_hints((out_dim, in_dim), "weight", TRUNC_NORMAL_002)?;
     let bias = if bias { Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?) } else { None };
     Ok(Linear::new(weight, bias))
@@ -55,6 +55,20 @@ impl Module for Linear {
 pub(crate) fn torch_default_init(fan_in: usize) -> Init {
     let bound = 1.0 / (fan_in as f64).sqrt();
     Init::Uniform { lo: -bound, up: bound }
+}
+
+/// `nn.Linear` with PyTorch's default initialisation (and a bias).
+pub(crate) fn torch_linear(cin: usize, cout: usize, vb: VarBuilder) -> Result<Linear> {
+    let init = torch_default_init(cin);
+    Ok(Linear::new(vb.get_with_hints((cout, cin), "weight", init)?, Some(vb.get_with_hints(cout, "bias", init)?)))
+}
+
+/// `nn.Conv2d` (k x k, with a bias) with PyTorch's default initialisation.
+pub(crate) fn torch_conv2d(cin: usize, cout: usize, k: usize, cfg: Conv2dParams, vb: VarBuilder) -> Result<Conv2d> {
+    let init = torch_default_init(cin * k * k);
+    let w = vb.get_with_hints((cout, cin, k, k), "weight", init)?;
+    let b = vb.get_with_hints(cout, "bias", init)?;
+    Ok(Conv2d::new(w, Some(b), cfg))
 }
 
 /// LayerNorm over the last axis with affine weight and bias.

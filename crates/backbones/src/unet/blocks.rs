@@ -5,22 +5,8 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use crate::nn::{torch_default_init, Conv2d, GroupNorm, Linear};
+use crate::nn::{torch_conv2d as conv2d, torch_linear as linear, Conv2d, GroupNorm, Linear};
 use crate::ops::{attention, silu, upsample_nearest2x, Conv2dParams};
-
-/// `nn.Conv2d` with PyTorch's default initialisation.
-pub(crate) fn conv2d(cin: usize, cout: usize, k: usize, cfg: Conv2dParams, vb: VarBuilder) -> Result<Conv2d> {
-    let init = torch_default_init(cin * k * k);
-    let w = vb.get_with_hints((cout, cin, k, k), "weight", init)?;
-    let b = vb.get_with_hints(cout, "bias", init)?;
-    Ok(Conv2d::new(w, Some(b), cfg))
-}
-
-/// `nn.Linear` with PyTorch's default initialisation.
-pub(crate) fn linear(cin: usize, cout: usize, vb: VarBuilder) -> Result<Linear> {
-    let init = torch_default_init(cin);
-    Ok(Linear::new(vb.get_with_hints((cout, cin), "weight", init)?, Some(vb.get_with_hints(cout, "bias", init)?)))
-}
 
 /// `nn.GroupNorm` with PyTorch's initialisation (weight 1, bias 0).
 pub(crate) fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<GroupNorm> {

@@ -20,11 +20,13 @@ use candle_nn::{Embedding, Init, VarBuilder};
 use scalelong_lsc_scaling::{Calibration, SkipScaling, DEFAULT_REDUCTION};
 
 use crate::checkpoint;
+use crate::nn::{torch_conv2d as conv2d, torch_linear as linear};
 use crate::nn::{Conv2d, GroupNorm, Linear};
 use crate::params::ParamSpec;
 use crate::skip::SkipScale;
 use crate::taps::Taps;
-use blocks::{conv2d, group_norm, linear, PAD1};
+use crate::timesteps::Timesteps;
+use blocks::{group_norm, PAD1};
 
 /// ResNets, their attentions (attention blocks only) and the resampler of one resolution.
 #[derive(Debug, Clone)]
@@ -205,12 +207,12 @@ impl UNet2D {
         }
         let dtype = x.dtype();
         let (l1, l2) = &self.time_embedding;
-        let t = self.time_proj(&timesteps.broadcast_as(b)?)?.to_dtype(dtype)?;
+        let t = self.time_proj().forward(&timesteps.broadcast_as(b)?)?.to_dtype(dtype)?;
         let mut emb = l2.forward(&l1.forward(&t)?.silu()?)?;
         match (&self.class_embedding, y) {
             (Some(ClassEmbedding::Table(e)), Some(y)) => emb = (emb + e.forward(y)?)?,
             (Some(ClassEmbedding::Timestep(l1, l2)), Some(y)) => {
-                let p = self.time_proj(y)?.to_dtype(dtype)?;
+                let p = self.time_proj().forward(y)?.to_dtype(dtype)?;
                 emb = (emb + l2.forward(&l1.forward(&p)?.silu()?)?)?
             }
             (None, None) => {}
@@ -270,22 +272,10 @@ impl UNet2D {
         self.conv_out.forward(&self.conv_norm_out.forward_silu(&h)?)
     }
 
-    /// diffusers' `get_timestep_embedding`, in f64 where the device has it.
-    fn time_proj(&self, t: &Tensor) -> Result<Tensor> {
+    /// diffusers' `time_proj`: its `get_timestep_embedding` with the config's layout.
+    fn time_proj(&self) -> Timesteps {
         let c = &self.config;
-        let dim = c.block_out_channels[0];
-        let half = dim / 2;
-        let dtype = if matches!(t.device(), Device::Metal(_)) { DType::F32 } else { DType::F64 };
-        let freqs: Vec<f64> =
-            (0..half).map(|k| (-(10000f64.ln()) * k as f64 / (half as f64 - c.freq_shift)).exp()).collect();
-        let freqs = Tensor::new(freqs, t.device())?.to_dtype(dtype)?;
-        let args = t.to_dtype(dtype)?.unsqueeze(1)?.broadcast_mul(&freqs.unsqueeze(0)?)?;
-        let (sin, cos) = (args.sin()?, args.cos()?);
-        let mut parts = if c.flip_sin_to_cos { vec![cos, sin] } else { vec![sin, cos] };
-        if dim % 2 == 1 {
-            parts.push(Tensor::zeros((t.dim(0)?, 1), dtype, t.device())?);
-        }
-        Tensor::cat(&parts, 1)
+        Timesteps::new(c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift)
     }
 }
 

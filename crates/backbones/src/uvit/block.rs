@@ -3,7 +3,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::nn::{linear, LayerNorm, Linear};
+use crate::nn::{official_linear as linear, LayerNorm, Linear};
 use crate::ops::attention;
 
 /// Multi-head self-attention: `qkv` split as (3, heads, head_dim), softmax(q k^T / sqrt(d)) v, `proj`.

@@ -20,9 +20,10 @@ use crate::skip::SkipScale;
 use std::path::Path;
 
 use crate::checkpoint;
-use crate::nn::{linear, torch_default_init, LayerNorm, Linear, TRUNC_NORMAL_002};
+use crate::nn::{official_linear as linear, torch_conv2d, torch_default_init, LayerNorm, Linear, TRUNC_NORMAL_002};
 use crate::params::ParamSpec;
 use crate::taps::Taps;
+use crate::timesteps::Timesteps;
 
 #[derive(Debug, Clone)]
 pub struct UViT {
@@ -84,12 +85,8 @@ impl UViT {
         };
         let norm = LayerNorm::new(d, LayerNorm::DEFAULT_EPS, vb.pp("norm"))?;
         let decoder_pred = linear(d, p * p * ch, true, vb.pp("decoder_pred"))?;
-        let fl_init = torch_default_init(ch * 9);
-        let final_layer = crate::nn::Conv2d::new(
-            vb.get_with_hints((ch, ch, 3, 3), "final_layer.weight", fl_init)?,
-            Some(vb.get_with_hints(ch, "final_layer.bias", fl_init)?),
-            crate::ops::Conv2dParams { padding: 1, stride: 1 },
-        );
+        let final_layer =
+            torch_conv2d(ch, ch, 3, crate::ops::Conv2dParams { padding: 1, stride: 1 }, vb.pp("final_layer"))?;
         Ok(Self {
             config: c.clone(),
             patch_proj_weight,
@@ -152,7 +149,7 @@ impl UViT {
             fail!("U-ViT input has shape {:?}, expected (B, {}, {}, {})", x.dims(), c.in_chans, c.img_size, c.img_size);
         }
         let mut tokens = vec![self.patch_embed(x)?];
-        let mut time = timestep_embedding(timesteps, c.embed_dim)?.to_dtype(x.dtype())?;
+        let mut time = Timesteps::new(c.embed_dim, true, 0.0).forward(timesteps)?.to_dtype(x.dtype())?;
         if let Some((l1, l2)) = &self.time_embed {
             time = l2.forward(&l1.forward(&time)?.silu()?)?;
         }
@@ -209,21 +206,6 @@ impl UViT {
         let g = c.img_size / p;
         x.reshape((b, g, g, p, p, ch))?.permute((0, 5, 1, 3, 2, 4))?.reshape((b, ch, c.img_size, c.img_size))
     }
-}
-
-/// Sinusoidal embedding `[cos(t f_k), sin(t f_k)]`, f_k = 10000^(-k/half), zero-padded for odd dims.
-/// Computed in f64 where the device has it: t * 999 reaches 999 rad, where f32 loses 1e-4.
-pub fn timestep_embedding(timesteps: &Tensor, dim: usize) -> Result<Tensor> {
-    let half = dim / 2;
-    let dtype = if matches!(timesteps.device(), Device::Metal(_)) { DType::F32 } else { DType::F64 };
-    let freqs: Vec<f64> = (0..half).map(|k| (-(10000f64.ln()) * k as f64 / half as f64).exp()).collect();
-    let freqs = Tensor::new(freqs, timesteps.device())?.to_dtype(dtype)?;
-    let args = timesteps.to_dtype(dtype)?.unsqueeze(1)?.broadcast_mul(&freqs.unsqueeze(0)?)?;
-    let mut parts = vec![args.cos()?, args.sin()?];
-    if dim % 2 == 1 {
-        parts.push(Tensor::zeros((timesteps.dim(0)?, 1), dtype, timesteps.device())?);
-    }
-    Tensor::cat(&parts, 1)
 }
 
 #[cfg(test)]

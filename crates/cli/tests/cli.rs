@@ -101,6 +101,11 @@ fn train_resume_and_sample_end_to_end() {
     assert!(!o.status.success() && stderr(&o).contains("different model"), "{}", stderr(&o));
 
     let ck = run.join("checkpoints/step_00000006.safetensors");
+    // `info` reads our training checkpoints: the model from the config inside, both weight sets checked.
+    let o = scalelong(&["info", "--checkpoint", ck.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("skip scaling: ls") && out.contains("step 6") && out.contains("EMA weights fit"), "{out}");
     let (grid, raw) = (dir.path().join("grid.png"), dir.path().join("raw.npy"));
     let args = [
         "sample",

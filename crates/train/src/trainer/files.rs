@@ -1,0 +1,190 @@
+//! What a run reads and writes besides its metrics: pretrained weights, checkpoints (atomic,
+//! exactly resumable) and sample grids.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Result, Tensor};
+use candle_nn::VarBuilder;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use scalelong_backbones::{checkpoint as weights_file, weights};
+use scalelong_data::DataPosition;
+use scalelong_diffusion::{noise, Schedule};
+
+use super::Trainer;
+use crate::checkpoint::{self, Group, FORMAT, FORMAT_KEY};
+use crate::config::TrainConfig;
+use crate::sampling::{self, Conditioning};
+
+impl Trainer {
+    /// Starts from pretrained weights (`train.init_from`): every parameter the file has, with the
+    /// shape the model wants; LS calibration networks (`se.*`) the file lacks keep their fresh
+    /// initialisation. Anything else missing, unexpected or wrongly shaped is an error naming it.
+    pub(super) fn init_from(&mut self) -> Result<()> {
+        let spec = self.config.train.init_from.clone();
+        let offline = weights::offline_from_env(false);
+        let path = match Path::new(&spec).is_file() {
+            true => PathBuf::from(&spec),
+            false => weights::resolve(&spec, offline)?.weights,
+        };
+        let tensors = match checkpoint::is_training_checkpoint(&path) {
+            true => checkpoint::load(&path, &self.device)?.group(Group::Ema),
+            false => weights_file::read_tensors(&path, &self.device)?,
+        };
+        let specs: Vec<_> = self
+            .config
+            .model
+            .param_specs()?
+            .into_iter()
+            .filter(|p| !p.name.starts_with("se.") || tensors.contains_key(&p.name))
+            .collect();
+        weights_file::check(&format!("train.init_from {}", path.display()), &specs, &tensors)?;
+        for (name, var) in self.names.iter().zip(self.opt.params()) {
+            if let Some(t) = tensors.get(name) {
+                var.set(&t.to_dtype(DType::F32)?.to_device(&self.device)?)?;
+            }
+        }
+        for (e, p) in self.ema.iter_mut().zip(self.opt.params()) {
+            *e = p.as_tensor().copy()?.detach();
+        }
+        tracing::info!(from = %path.display(), tensors = specs.len(), "initialised from pretrained weights");
+        Ok(())
+    }
+
+    /// Writes `checkpoints/step_N.safetensors` atomically and deletes all but the newest `keep`.
+    pub fn save_checkpoint(&self) -> Result<PathBuf> {
+        let dir = self.checkpoint_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| candle_core::Error::Msg(format!("{}: {e}", dir.display())))?;
+        let mut tensors = Vec::with_capacity(4 * self.names.len());
+        for (i, name) in self.names.iter().enumerate() {
+            tensors.push((Group::Model.key(name), self.opt.params()[i].as_tensor().clone()));
+            tensors.push((Group::Ema.key(name), self.ema[i].clone()));
+            tensors.push((Group::AdamM.key(name), self.opt.m[i].clone()));
+            tensors.push((Group::AdamV.key(name), self.opt.v[i].clone()));
+        }
+        let meta: HashMap<String, String> = [
+            (FORMAT_KEY, FORMAT.to_string()),
+            ("arch", self.config.model.arch().to_string()),
+            ("config", self.config.to_toml()),
+            ("step", self.step.to_string()),
+            ("adam_step", self.opt.step.to_string()),
+            ("rng_word_pos", self.rng.get_word_pos().to_string()),
+            ("data_epoch", self.position.epoch.to_string()),
+            ("data_offset", self.position.offset.to_string()),
+            ("skipped", self.skipped.to_string()),
+            ("null_label", self.null_label.map(|n| n.to_string()).unwrap_or_default()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let path = checkpoint::path_for(&dir, self.step);
+        checkpoint::save(&path, &tensors, meta)?;
+        let all = checkpoint::list(&dir);
+        for (_, old) in all.iter().take(all.len().saturating_sub(self.config.checkpoint.keep)) {
+            let _ = std::fs::remove_file(old);
+        }
+        Ok(path)
+    }
+
+    /// Continues from the checkpoint at `path`: weights, EMA, AdamW moments, step, RNG and data
+    /// position. If it cannot be read, the error names the previous checkpoint in its folder.
+    /// Checkpoints newer than it in the run's folder are set aside (`*.superseded`), so they are
+    /// neither resumed from later nor kept in place of the new ones.
+    pub fn resume_from(&mut self, path: &Path) -> Result<()> {
+        if let Err(e) = self.restore(path) {
+            let hint = match crate::run_dir::previous_checkpoint(path) {
+                Some(prev) => format!(
+                    "; the previous checkpoint is {}: continue from it with `scalelong train --resume {}`",
+                    prev.display(),
+                    prev.display()
+                ),
+                None => String::new(),
+            };
+            candle_core::bail!("cannot resume from {}: {e}{hint}", path.display());
+        }
+        let moved = crate::run_dir::set_aside_newer(&self.checkpoint_dir(), self.step)
+            .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", self.checkpoint_dir().display())))?;
+        for p in moved {
+            tracing::warn!(path = %p.display(), "a checkpoint newer than the one resumed from was set aside");
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, path: &Path) -> Result<()> {
+        let ck = checkpoint::load(path, &self.device)?;
+        let saved = TrainConfig::from_toml(ck.meta("config")?, &format!("stored in {}", path.display()))
+            .map_err(candle_core::Error::Msg)?;
+        if saved.model != self.config.model {
+            candle_core::bail!(
+                "cannot resume from {}: it holds a different model ([model] differs from the config given)",
+                path.display()
+            );
+        }
+        let [model, ema, m, v] = Group::ALL.map(|g| ck.group(g));
+        for (i, name) in self.names.iter().enumerate() {
+            let want = self.opt.params()[i].dims().to_vec();
+            let get = |group: &HashMap<String, Tensor>, what: &str| -> Result<Tensor> {
+                let t = group
+                    .get(name)
+                    .ok_or_else(|| candle_core::Error::Msg(format!("{}: missing {what} `{name}`", path.display())))?;
+                if t.dims() != want.as_slice() {
+                    candle_core::bail!(
+                        "{}: {what} `{name}` has shape {:?}, expected {want:?}",
+                        path.display(),
+                        t.dims()
+                    );
+                }
+                Ok(t.clone())
+            };
+            let (w, e, m1, m2) = (
+                get(&model, "weight")?,
+                get(&ema, "EMA weight")?,
+                get(&m, "AdamW first moment")?,
+                get(&v, "AdamW second moment")?,
+            );
+            self.opt.params()[i].set(&w)?;
+            self.ema[i] = e;
+            self.opt.m[i] = m1;
+            self.opt.v[i] = m2;
+        }
+        self.step = ck.meta_parse("step")?;
+        self.opt.step = ck.meta_parse("adam_step")?;
+        self.skipped = ck.meta_parse("skipped")?;
+        self.rng = ChaCha8Rng::seed_from_u64(self.config.train.seed);
+        self.rng.set_word_pos(ck.meta_parse("rng_word_pos")?);
+        self.position = DataPosition { epoch: ck.meta_parse("data_epoch")?, offset: ck.meta_parse("data_offset")? };
+        self.loader = None;
+        tracing::info!(step = self.step, checkpoint = %path.display(), "resumed");
+        Ok(())
+    }
+
+    /// Samples a grid from the EMA weights (fixed noise, so grids from different steps compare).
+    pub fn sample_grid(&self, path: &Path) -> Result<()> {
+        let ema: HashMap<String, Tensor> = self.ema_weights().into_iter().collect();
+        let model = self.config.model.build(VarBuilder::from_tensors(ema, DType::F32, &self.device))?;
+        let s = &self.config.sample;
+        let sampler = s.sampler.build(s.steps, &Schedule::Vp(self.config.train.schedule.sde()))?;
+        let m = &self.config.model;
+        let mut rng = ChaCha8Rng::seed_from_u64(self.config.train.seed.wrapping_add(1));
+        let size = m.image_size();
+        let x = noise::randn((s.n, m.in_channels(), size, size), DType::F32, &self.device, &mut rng)?;
+        let labels = match m.num_classes() {
+            Some(_) => Some(Tensor::new(
+                (0..s.n as u32).map(|i| i % self.dataset.num_classes().max(1) as u32).collect::<Vec<_>>(),
+                &self.device,
+            )?),
+            None => None,
+        };
+        let clip_x0 = s.clip_x0.then(|| Schedule::Vp(self.config.train.schedule.sde()));
+        let images = sampling::sample(
+            &model,
+            sampler.as_ref(),
+            &x,
+            &Conditioning { labels, guidance: None, clip_x0 },
+            &mut rng,
+        )?;
+        let cols = (s.n as f64).sqrt().ceil() as usize;
+        scalelong_data::save_grid(&images, path, cols).map_err(candle_core::Error::wrap)
+    }
+}

@@ -40,10 +40,12 @@ pub fn run(args: &InfoArgs) -> Result<()> {
 /// One of our training checkpoints: its model (from the config inside), step, and a check that
 /// its weights and EMA weights fit that model.
 fn training_checkpoint(path: &Path, model: &ModelArgs) -> Result<()> {
-    if model.preset.is_some() || model.config.is_some() || model.scaling.is_some() {
+    let given = model.given();
+    if !given.is_empty() {
         bail!(
-            "{}: a scalelong training checkpoint holds its own model config; leave out --preset, --config and --scaling",
-            path.display()
+            "{}: a scalelong training checkpoint holds its own model config; leave out {}",
+            path.display(),
+            given.join(", ")
         );
     }
     let ck = checkpoint::load(path, &Device::Cpu)?;

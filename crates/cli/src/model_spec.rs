@@ -23,6 +23,18 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// The flags given, by name (a training checkpoint carries its own model, so none may be).
+    pub fn given(&self) -> Vec<&'static str> {
+        [
+            ("--preset", self.preset.is_some()),
+            ("--config", self.config.is_some()),
+            ("--scaling", self.scaling.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, set)| set.then_some(flag))
+        .collect()
+    }
+
     pub fn resolve(&self) -> Result<UViTConfig> {
         let base = match (&self.preset, &self.config) {
             (Some(name), None) => UViTConfig::preset(name)?,

@@ -95,15 +95,8 @@ fn load(args: &SampleArgs, device: &Device) -> Result<Loaded> {
         bail!("--checkpoint {}: no such file", checkpoint.display());
     }
     if checkpoint::is_training_checkpoint(checkpoint) {
-        let given: Vec<&str> = [
-            ("--preset", args.model.preset.is_some()),
-            ("--config", args.model.config.is_some()),
-            ("--scaling", args.model.scaling.is_some()),
-            ("--schedule", args.schedule.is_some()),
-        ]
-        .into_iter()
-        .filter_map(|(flag, set)| set.then_some(flag))
-        .collect();
+        let mut given = args.model.given();
+        given.extend(args.schedule.map(|_| "--schedule"));
         if !given.is_empty() {
             bail!(
                 "{}: a scalelong training checkpoint holds its own model config and schedule, so {} would be \

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use clap::builder::TypedValueParser;
 use clap::Args;
 use scalelong_backbones::uvit::PRESETS;
 use scalelong_backbones::{ModelConfig, SkipScaling, UViTConfig};
@@ -11,7 +12,7 @@ use scalelong_train::TrainConfig;
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
     /// An official U-ViT config: cifar10-uvit-s2, celeba64-uvit-s4, imagenet64-uvit-m4, imagenet64-uvit-l4.
-    #[arg(long, conflicts_with = "config")]
+    #[arg(long, conflicts_with = "config", value_parser = clap::builder::PossibleValuesParser::new(PRESETS).map(String::from))]
     pub preset: Option<String>,
     /// A TOML config (configs/*.toml; its [model] table is used), or a JSON file of the official
     /// `UViT(...)` constructor arguments.

@@ -15,6 +15,7 @@ use scalelong_train::config::NoiseSchedule;
 use scalelong_train::sampling::{self, Conditioning};
 use scalelong_train::TrainConfig;
 
+use crate::device::DeviceArg;
 use crate::model_spec::ModelArgs;
 
 #[derive(Debug, Args)]
@@ -35,7 +36,7 @@ pub struct SampleArgs {
     model: ModelArgs,
     /// VP-SDE models (U-ViT): dpm-solver (default), euler-ode or euler-sde. Discrete-schedule
     /// models (diffusers UNets): ddim (default), dpm-solver++ or ddpm.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::device::sampler_parser())]
     sampler: Option<SamplerKind>,
     /// Network evaluations (DPM-Solver) or steps (Euler).
     #[arg(long, default_value_t = 50)]
@@ -73,11 +74,10 @@ pub struct SampleArgs {
     #[arg(long)]
     no_ema: bool,
     /// Noise schedule of official weights: vp-linear (the official models; default) or vp-cosine.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::device::schedule_parser())]
     schedule: Option<NoiseSchedule>,
-    /// cpu, cuda or metal.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    device: DeviceArg,
 }
 
 struct Loaded {
@@ -213,7 +213,7 @@ fn check_fits(n: usize, c: usize, size: usize) -> Result<()> {
 }
 
 pub fn run(args: &SampleArgs) -> Result<()> {
-    let device = crate::device::device(&args.device)?;
+    let device = args.device.open()?;
     let Loaded { model, schedule, null_label } = load(args, &device)?;
     let size = model.image_size().context("the model's config has no sample_size")?;
     if args.n == 0 || args.batch_size == 0 {

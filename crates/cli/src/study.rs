@@ -1,6 +1,7 @@
 //! `scalelong study`: one config trained once per long-skip scaling and seed, then a report with
 //! the stability measures and plots (docs/stability.md).
 
+use crate::device::DeviceArg;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -45,9 +46,8 @@ pub struct StudyArgs {
     /// Report title (default: the config's name).
     #[arg(long)]
     title: Option<String>,
-    /// cpu, cuda or metal.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    device: DeviceArg,
 }
 
 pub fn run(args: &StudyArgs) -> Result<()> {
@@ -67,7 +67,7 @@ pub fn run(args: &StudyArgs) -> Result<()> {
         tracing::info!(runs = runs.len(), to_do = todo.len(), jobs = args.jobs, out = %args.out.display(), "study");
         if args.jobs <= 1 {
             for (k, r) in todo.iter().enumerate() {
-                train_here(r, &runs_dir.join(&r.name), &args.device, k + 1, todo.len())?;
+                train_here(r, &runs_dir.join(&r.name), args.device, k + 1, todo.len())?;
             }
         } else {
             train_in_processes(&todo, &runs_dir, args)?;
@@ -90,8 +90,8 @@ fn finished(dir: &Path, config: &TrainConfig) -> bool {
     checkpoint::list(&dir.join("checkpoints")).last().is_some_and(|(step, _)| *step >= config.train.max_steps)
 }
 
-fn train_here(r: &StudyRun, dir: &Path, device: &str, k: usize, n: usize) -> Result<()> {
-    let device = crate::device::device(device)?;
+fn train_here(r: &StudyRun, dir: &Path, device: DeviceArg, k: usize, n: usize) -> Result<()> {
+    let device = device.open()?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::write(dir.join("config.toml"), r.config.to_toml())
         .with_context(|| format!("writing {}/config.toml", dir.display()))?;
@@ -138,7 +138,7 @@ fn train_in_processes(todo: &[&StudyRun], runs_dir: &Path, args: &StudyArgs) -> 
                 false => "--resume",
             };
             let child = Command::new(&exe)
-                .args(["train", start, "--device", &args.device, "--config"])
+                .args(["train", start, "--device", args.device.name(), "--config"])
                 .arg(dir.join("config.toml"))
                 .arg("--run-dir")
                 .arg(&dir)

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::device::{DeviceArg, DtypeArg};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -59,12 +60,12 @@ pub struct TrainArgs {
     /// Start a new run in a folder that holds one, deleting its checkpoints, metrics and samples.
     #[arg(long, conflicts_with = "resume")]
     overwrite: bool,
-    /// cpu, cuda or metal (the last two need the matching build feature).
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    /// cuda and metal need the matching build feature.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    device: DeviceArg,
     /// Compute dtype: f32, or bf16 / f16 on a GPU (master weights stay f32).
-    #[arg(long, default_value = "f32")]
-    dtype: String,
+    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+    dtype: DtypeArg,
 }
 
 impl TrainArgs {
@@ -175,16 +176,14 @@ fn catch_signals(flag: &Arc<AtomicBool>, which: &Arc<AtomicUsize>) -> Result<()>
 pub fn run(args: &TrainArgs) -> Result<()> {
     let (cfg, name) = args.config()?;
     let run_dir = args.run_dir(&name);
-    let resume_from = run_dir::prepare(&run_dir, &args.start()).map_err(anyhow::Error::msg)?;
-    let device = crate::device::device(&args.device)?;
-    let dtype = crate::device::dtype(&args.dtype)?;
+    let (device, dtype) = (args.device.open()?, args.dtype.dtype());
     if dtype != candle_core::DType::F32 && device.is_cpu() {
         anyhow::bail!(
-            "--dtype {} needs a GPU (--device cuda or metal): candle's CPU backend has no {} matmul",
-            args.dtype,
-            args.dtype
+            "--dtype {dtype:?} needs a GPU (--device cuda or metal): candle's CPU backend has no {dtype:?} matmul"
         );
     }
+    // Last of the checks, as --overwrite deletes the previous run.
+    let resume_from = run_dir::prepare(&run_dir, &args.start()).map_err(anyhow::Error::msg)?;
     tracing::info!(run_dir = %run_dir.display(), data = %cfg.data.spec, arch = cfg.model.arch(), scaling = %cfg.model.scaling(), "loading data and model");
     let mut trainer = Trainer::new(cfg.clone(), &run_dir, &device, dtype, false)?;
     if let Some(path) = &resume_from {

@@ -163,6 +163,7 @@ fn bad_input_and_faults_fail_clearly() {
             train(&tiny, "24", &["--set", "train.lrate=1"]),
             vec!["train.lrate", "unknown field `lrate`"],
         ),
+        ("--device typo", train(&tiny, "34", &["--device", "gpu"]), vec!["gpu", "[possible values: cpu, cuda, metal]"]),
         ("--resume and --overwrite", train(&tiny, "25", &["--resume", "--overwrite"]), vec!["--overwrite", "--resume"]),
         // ---- data
         ("data missing", train(&tiny, "26", &["--data", &s.p("no_such_data")]), vec!["no_such_data", "not found"]),
@@ -373,6 +374,11 @@ fn a_run_is_never_overwritten_or_restarted_by_accident() {
     let err = text(&o.stderr);
     assert!(!o.status.success() && err.contains("step_00000005.safetensors"), "{err}");
     assert!(err.contains("previous checkpoint is") && err.contains("step_00000004.safetensors"), "{err}");
+    // --overwrite is the last check: a run that fails an earlier one (metal, which no Linux build has)
+    // deletes nothing.
+    let o = train(&["--max-steps", "2", "--overwrite", "--device", "metal"]);
+    assert!(!o.status.success() && text(&o.stderr).contains("--device metal"), "{}", text(&o.stderr));
+    assert_eq!(metrics_steps(&run), [1, 2, 3, 4, 5]);
     // --overwrite starts over.
     assert!(train(&["--max-steps", "2", "--overwrite"]).status.success());
     assert_eq!(metrics_steps(&run), [1, 2]);

@@ -46,6 +46,11 @@ impl SamplerKind {
         self.names().0
     }
 
+    /// Other names accepted for it.
+    pub fn aliases(self) -> &'static [&'static str] {
+        self.names().1
+    }
+
     /// Whether this sampler walks `schedule`'s kind of time (continuous VP or discrete steps).
     pub fn fits(self, schedule: &Schedule) -> bool {
         let vp = matches!(self, Self::DpmSolver | Self::EulerOde | Self::EulerSde);

@@ -8,38 +8,51 @@ use rand_chacha::ChaCha8Rng;
 use scalelong_backbones::{Backbone, Taps};
 use scalelong_data::{make_batch, DataPosition, ImageDataset, LoaderConfig};
 use scalelong_diffusion::{noise, TrainingObjective};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::{nan_if_null, nans_if_null};
 
 use crate::config::DiagnosticsConfig;
 
 /// Mean, smallest and largest value of one LS gate over the batch and its gated axis.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct GateStats {
+    #[serde(deserialize_with = "nan_if_null")]
     pub mean: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub min: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub max: f64,
 }
 
 /// One diagnostics record (a `metrics.jsonl` line carries these fields next to the loss).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Diagnostics {
     /// Norm of the last out-block's output: the "norm of feature" of the paper's figure.
+    #[serde(deserialize_with = "nan_if_null")]
     pub feature_norm: f64,
     /// Norm of every block's output, in execution order (in-blocks, mid-block, out-blocks).
+    #[serde(deserialize_with = "nans_if_null")]
     pub block_feature_norms: Vec<f64>,
     /// Norm of each long skip before scaling, outermost (i = 1) first.
+    #[serde(deserialize_with = "nans_if_null")]
     pub skip_norms: Vec<f64>,
     /// The same after scaling, as the out-block merges it.
+    #[serde(deserialize_with = "nans_if_null")]
     pub scaled_skip_norms: Vec<f64>,
     /// Global gradient norm of each block's parameters, in execution order.
+    #[serde(deserialize_with = "nans_if_null")]
     pub block_grad_norms: Vec<f64>,
     /// LS gates, outermost skip first (empty for constant scalings).
     pub gates: Vec<GateStats>,
     /// Loss of the current weights on the fixed validation batch.
+    #[serde(deserialize_with = "nan_if_null")]
     pub val_loss: f64,
     /// Loss of the EMA weights on the same batch.
+    #[serde(deserialize_with = "nan_if_null")]
     pub val_loss_ema: f64,
     /// ||f(x + delta) - f(x)|| / ||delta|| at each probe time, averaged over the probe images.
+    #[serde(deserialize_with = "nans_if_null")]
     pub robustness: Vec<f64>,
 }
 

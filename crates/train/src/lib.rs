@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod diagnostics;
 mod init;
+pub mod metrics;
 pub mod optim;
 pub mod run_dir;
 pub mod sampling;

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use scalelong_backbones::SkipScaling;
 
+use crate::metrics::MetricsLine;
 use crate::stability::{mean, mean_abs_relative_change, sig3, steps_to_reach, tail_mean, windowed_spread, Spread};
 use crate::TrainConfig;
 
@@ -82,29 +83,19 @@ impl RunRecord {
             block_feature_norms: vec![],
         };
         for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let v: serde_json::Value =
-                serde_json::from_str(line).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
-            if v.get("feature_norm").is_none() {
-                continue;
+            let m = MetricsLine::parse(line).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
+            let Some(d) = m.diagnostics else { continue };
+            if d.robustness.is_empty() {
+                return Err(format!("{}:{}: `robustness` is empty", path.display(), i + 1));
             }
-            let num = |k: &str| {
-                v[k].as_f64().ok_or_else(|| format!("{}:{}: `{k}` missing or not a number", path.display(), i + 1))
-            };
-            let rob = v["robustness"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|x| x.as_f64()).collect::<Vec<_>>())
-                .filter(|a| !a.is_empty())
-                .ok_or_else(|| format!("{}:{}: `robustness` missing", path.display(), i + 1))?;
-            r.steps.push(num("step")? as u64);
-            r.feature_norm.push(num("feature_norm")?);
-            r.grad_norm.push(num("grad_norm")?);
-            // The loss of a window with only skipped steps is NaN (written as null).
-            r.loss.push(v["loss"].as_f64().unwrap_or(f64::NAN));
-            r.val_loss.push(num("val_loss")?);
-            r.val_loss_ema.push(num("val_loss_ema")?);
-            r.robustness.push(mean(&rob));
-            let blocks = v["block_feature_norms"].as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).collect());
-            r.block_feature_norms.push(blocks.unwrap_or_default());
+            r.steps.push(m.step);
+            r.feature_norm.push(d.feature_norm);
+            r.grad_norm.push(m.grad_norm);
+            r.loss.push(m.loss);
+            r.val_loss.push(d.val_loss);
+            r.val_loss_ema.push(d.val_loss_ema);
+            r.robustness.push(mean(&d.robustness));
+            r.block_feature_norms.push(d.block_feature_norms);
         }
         if r.steps.is_empty() {
             return Err(format!("{}: no diagnostics records (diagnostics.every = 0?)", path.display()));

@@ -22,6 +22,7 @@ use crate::checkpoint;
 use crate::config::TrainConfig;
 use crate::diagnostics::{Diagnostics, Probe};
 use crate::init::SeededVars;
+use crate::metrics::MetricsLine;
 use crate::optim::{AdamW, AdamWConfig};
 use setup::{check_classes, load_data, probe};
 
@@ -193,21 +194,16 @@ impl Trainer {
             let log_now = r.step % cfg.log.every.max(1) == 0 || r.step == cfg.train.max_steps;
             if log_now || r.diagnostics.is_some() {
                 let secs = window_start.elapsed().as_secs_f64().max(1e-9);
-                let mut line = serde_json::json!({
-                    "step": r.step,
-                    "loss": if window_n > 0 { window_loss / window_n as f64 } else { f64::NAN },
-                    "lr": r.lr,
-                    "grad_norm": r.grad_norm,
-                    "img_per_s": window_images as f64 / secs,
-                    "skipped_total": self.skipped,
-                });
-                if let (Some(d), Some(obj)) = (&r.diagnostics, line.as_object_mut()) {
-                    if let serde_json::Value::Object(fields) =
-                        serde_json::to_value(d).map_err(candle_core::Error::wrap)?
-                    {
-                        obj.extend(fields);
-                    }
+                let line = MetricsLine {
+                    step: r.step,
+                    loss: if window_n > 0 { window_loss / window_n as f64 } else { f64::NAN },
+                    lr: r.lr,
+                    grad_norm: r.grad_norm,
+                    img_per_s: window_images as f64 / secs,
+                    skipped_total: self.skipped,
+                    diagnostics: r.diagnostics.clone(),
                 }
+                .to_json();
                 writeln!(metrics, "{line}").map_err(|e| candle_core::Error::Msg(format!("metrics.jsonl: {e}")))?;
                 metrics.flush().map_err(|e| candle_core::Error::Msg(format!("metrics.jsonl: {e}")))?;
                 (window_loss, window_n, window_images, window_start) = (0.0, 0, 0, Instant::now());
@@ -246,6 +242,7 @@ fn open_metrics(path: &Path, step: u64) -> std::io::Result<std::fs::File> {
         let kept: String = text
             .lines()
             .filter(|l| {
+                // By `step` alone: a line is never dropped for a field this version reads differently.
                 serde_json::from_str::<serde_json::Value>(l)
                     .ok()
                     .and_then(|v| v["step"].as_u64())

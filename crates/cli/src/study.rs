@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use scalelong_backbones::SkipScaling;
-use scalelong_train::stability::{mean, moving_average, sig3};
+use scalelong_train::stability::{mean, moving_average};
 use scalelong_train::study::{self, RunRecord, StudyRun};
 use scalelong_train::{checkpoint, Event, TrainConfig, Trainer};
 
@@ -178,10 +178,9 @@ fn train_in_processes(todo: &[&StudyRun], runs_dir: &Path, args: &StudyArgs) -> 
 
 /// Mean over seeds per mode of one series, with the min..max band.
 fn curves(records: &[RunRecord], series: fn(&RunRecord) -> Vec<f64>) -> Vec<Curve> {
-    study::modes(records)
+    study::by_mode(records)
         .into_iter()
-        .map(|mode| {
-            let runs: Vec<&RunRecord> = records.iter().filter(|r| r.mode == mode).collect();
+        .map(|(mode, runs)| {
             let values: Vec<Vec<f64>> = runs.iter().map(|r| series(r)).collect();
             let len = values.iter().map(Vec::len).min().unwrap_or(0);
             let steps = &runs[0].steps;
@@ -201,6 +200,10 @@ fn curves(records: &[RunRecord], series: fn(&RunRecord) -> Vec<f64>) -> Vec<Curv
         })
         .collect()
 }
+
+/// The loss plot's title, which names the study's smoothing window.
+const LOSS_TITLE: &str = "Training loss (moving average of 5 records)";
+const _: () = assert!(study::WINDOW == 5, "LOSS_TITLE names the window");
 
 /// (file, title, y axis, series, log y, where the legend goes).
 type Plot = (&'static str, &'static str, &'static str, fn(&RunRecord) -> Vec<f64>, bool, SeriesLabelPosition);
@@ -225,14 +228,7 @@ fn write_report(
             UpperLeft,
         ),
         ("grad_norm.png", "Global gradient norm", "gradient norm", |r| r.grad_norm.clone(), true, UpperRight),
-        (
-            "loss.png",
-            "Training loss (moving average over the study window)",
-            "loss",
-            |r| moving_average(&r.loss, study::WINDOW),
-            true,
-            UpperRight,
-        ),
+        ("loss.png", LOSS_TITLE, "loss", |r| moving_average(&r.loss, study::WINDOW), true, UpperRight),
         ("val_loss.png", "Validation loss, EMA weights", "val loss", |r| r.val_loss_ema.clone(), true, UpperRight),
         (
             "robustness.png",
@@ -246,80 +242,9 @@ fn write_report(
     for (file, chart_title, y, series, log_y, legend) in &plots {
         line_chart(&out.join(file), chart_title, y, &curves(records, *series), *log_y, legend.clone())?;
     }
-    let m = &base.model;
-    let t = &base.train;
-    let d = &base.diagnostics;
-    let seeds: Vec<String> = {
-        let mut s: Vec<u64> = records.iter().map(|r| r.seed).collect();
-        s.dedup();
-        s.sort();
-        s.dedup();
-        s.iter().map(|s| s.to_string()).collect()
-    };
-    let mut md = format!("# Stability study: {title}\n\n");
-    md += &format!(
-        "{model}; data `{data}`; \
-batch {b}, {steps} steps, AdamW lr {lr} (warm-up {warm}), betas ({b1}, {b2}), weight decay {wd}, gradient clip {clip}, \
-EMA {ema}; seeds {seeds}. Diagnostics every {every} steps; validation batch of {vi} images from `{val}`; \
-robustness at t = {pt:?} with {pi} images, perturbation std {eps}.\n\n",
-        model = m.describe(),
-        data = base.data.spec,
-        b = t.batch_size,
-        steps = t.max_steps,
-        lr = t.lr,
-        warm = t.warmup_steps,
-        b1 = t.beta1,
-        b2 = t.beta2,
-        wd = t.weight_decay,
-        clip = if t.grad_clip > 0.0 { t.grad_clip.to_string() } else { "off".into() },
-        ema = t.ema_decay,
-        seeds = seeds.join(", "),
-        every = d.every,
-        vi = d.val_images,
-        val = if d.val_data.is_empty() { "the training data" } else { &d.val_data },
-        pt = d.probe_t,
-        pi = d.probe_images,
-        eps = d.probe_eps,
-    );
-    md += &format!(
-        "Every value is mean ± sample standard deviation over the seeds. Baseline of the speed-up: `{baseline}`. \
-Definitions in the scalelong repository's docs/stability.md \
-(\"final\" = mean of the last {tail} records; change = mean absolute relative change between records; \
-spread = coefficient of variation in windows of {win} records).\n\n",
-        tail = study::TAIL,
-        win = study::WINDOW
-    );
-    md += &study::table(&summaries);
-    md += &format!("\nFinal feature norm, largest first: {}.\n", study::feature_norm_ordering(&summaries));
-    if let Some(holds) = study::paper_ordering_holds(&summaries) {
-        md += &format!(
-            "The paper's ordering (none > inv-sqrt2 > both of ls and cs) {} in this study.\n",
-            if holds { "holds" } else { "does not hold" }
-        );
-    }
-    md += &format!(
-        "\n## Final norm of every block\n\nMean over seeds of each block's output norm (mean of the last {} records), in execution order; `out1` merges the innermost skip, the last `out` block's norm is the feature norm above.\n\n",
-        study::TAIL
-    );
-    md += &study::block_table(&summaries, base.model.encoder_blocks());
-    md += "\n## Per run\n\n| run | final feature norm | final val loss (EMA) | robustness |\n|---|---|---|---|\n";
-    for r in records {
-        md += &format!(
-            "| {}, seed {} | {} | {} | {} |\n",
-            r.mode,
-            r.seed,
-            sig3(study::tail(&r.feature_norm)),
-            sig3(study::tail(&r.val_loss_ema)),
-            sig3(study::tail(&r.robustness))
-        );
-    }
-    md += "\n## Plots\n\nMean over seeds; the shaded band is the min..max over seeds.\n\n";
-    for (file, chart_title, ..) in &plots {
-        md += &format!("![{chart_title}]({file})\n\n");
-    }
-    if !args.report_only {
-        md += &format!("This invocation took {:.0} min.\n", took.as_secs_f64() / 60.0);
-    }
+    let charts: Vec<(&str, &str)> = plots.iter().map(|p| (p.0, p.1)).collect();
+    let took = (!args.report_only).then_some(took);
+    let md = study::report::markdown(title, base, records, baseline, &summaries, &charts, took);
     let path = out.join("report.md");
     std::fs::write(&path, md).with_context(|| format!("writing {}", path.display()))
 }

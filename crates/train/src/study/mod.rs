@@ -3,6 +3,8 @@
 //! caller's job (`scalelong study`); this module plans them, reads their records and writes the
 //! report's numbers. Definitions: docs/stability.md.
 
+pub mod report;
+
 use std::path::Path;
 
 use scalelong_backbones::SkipScaling;
@@ -133,15 +135,16 @@ pub struct ModeSummary {
     pub speedup: Spread,
 }
 
-/// The modes of a study, in the order they first appear.
-pub fn modes(records: &[RunRecord]) -> Vec<SkipScaling> {
-    let mut modes: Vec<SkipScaling> = Vec::new();
+/// The runs of each mode, modes in the order they first appear.
+pub fn by_mode(records: &[RunRecord]) -> Vec<(SkipScaling, Vec<&RunRecord>)> {
+    let mut groups: Vec<(SkipScaling, Vec<&RunRecord>)> = Vec::new();
     for r in records {
-        if !modes.contains(&r.mode) {
-            modes.push(r.mode);
+        match groups.iter_mut().find(|(m, _)| *m == r.mode) {
+            Some((_, runs)) => runs.push(r),
+            None => groups.push((r.mode, vec![r])),
         }
     }
-    modes
+    groups
 }
 
 /// Summarises the runs per mode (in the order the modes first appear), against `baseline`.
@@ -152,10 +155,9 @@ pub fn summarize(records: &[RunRecord], baseline: SkipScaling) -> Vec<ModeSummar
         let base_steps = steps_to_reach(&base.steps, &base.val_loss_ema, target, TAIL)?;
         Some((steps_to_reach(&r.steps, &r.val_loss_ema, target, TAIL), base_steps))
     };
-    modes(records)
+    by_mode(records)
         .into_iter()
-        .map(|mode| {
-            let runs: Vec<&RunRecord> = records.iter().filter(|r| r.mode == mode).collect();
+        .map(|(mode, runs)| {
             let over = |f: &dyn Fn(&RunRecord) -> f64| Spread::of(&runs.iter().map(|r| f(r)).collect::<Vec<_>>());
             let reached: Vec<(Option<u64>, u64, u64)> = runs
                 .iter()

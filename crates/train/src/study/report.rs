@@ -1,0 +1,100 @@
+//! The study's report as Markdown: the recipe, the table, the per-block and per-run values and
+//! the plots (drawn by the caller, listed here by file and title).
+
+use std::time::Duration;
+
+use super::{
+    block_table, feature_norm_ordering, paper_ordering_holds, table, tail, ModeSummary, RunRecord, TAIL, WINDOW,
+};
+use scalelong_backbones::SkipScaling;
+
+use crate::stability::sig3;
+use crate::TrainConfig;
+
+/// The report of a study of `base` over `records`, summarised against `baseline`; `charts` are (file, title) of the plots beside
+/// it; `took`, when given, is the wall-clock time of this invocation.
+pub fn markdown(
+    title: &str,
+    base: &TrainConfig,
+    records: &[RunRecord],
+    baseline: SkipScaling,
+    summaries: &[ModeSummary],
+    charts: &[(&str, &str)],
+    took: Option<Duration>,
+) -> String {
+    let m = &base.model;
+    let t = &base.train;
+    let d = &base.diagnostics;
+    let seeds: Vec<String> = {
+        let mut s: Vec<u64> = records.iter().map(|r| r.seed).collect();
+        s.dedup();
+        s.sort();
+        s.dedup();
+        s.iter().map(|s| s.to_string()).collect()
+    };
+    let mut md = format!("# Stability study: {title}\n\n");
+    md += &format!(
+        "{model}; data `{data}`; \
+batch {b}, {steps} steps, AdamW lr {lr} (warm-up {warm}), betas ({b1}, {b2}), weight decay {wd}, gradient clip {clip}, \
+EMA {ema}; seeds {seeds}. Diagnostics every {every} steps; validation batch of {vi} images from `{val}`; \
+robustness at t = {pt:?} with {pi} images, perturbation std {eps}.\n\n",
+        model = m.describe(),
+        data = base.data.spec,
+        b = t.batch_size,
+        steps = t.max_steps,
+        lr = t.lr,
+        warm = t.warmup_steps,
+        b1 = t.beta1,
+        b2 = t.beta2,
+        wd = t.weight_decay,
+        clip = if t.grad_clip > 0.0 { t.grad_clip.to_string() } else { "off".into() },
+        ema = t.ema_decay,
+        seeds = seeds.join(", "),
+        every = d.every,
+        vi = d.val_images,
+        val = if d.val_data.is_empty() { "the training data" } else { &d.val_data },
+        pt = d.probe_t,
+        pi = d.probe_images,
+        eps = d.probe_eps,
+    );
+    md += &format!(
+        "Every value is mean ± sample standard deviation over the seeds. Baseline of the speed-up: `{baseline}`. \
+Definitions in the scalelong repository's docs/stability.md \
+(\"final\" = mean of the last {tail} records; change = mean absolute relative change between records; \
+spread = coefficient of variation in windows of {win} records).\n\n",
+        tail = TAIL,
+        win = WINDOW
+    );
+    md += &table(summaries);
+    md += &format!("\nFinal feature norm, largest first: {}.\n", feature_norm_ordering(summaries));
+    if let Some(holds) = paper_ordering_holds(summaries) {
+        md += &format!(
+            "The paper's ordering (none > inv-sqrt2 > both of ls and cs) {} in this study.\n",
+            if holds { "holds" } else { "does not hold" }
+        );
+    }
+    md += &format!(
+        "\n## Final norm of every block\n\nMean over seeds of each block's output norm (mean of the last {} records), in execution order; `out1` merges the innermost skip, the last `out` block's norm is the feature norm above.\n\n",
+        TAIL
+    );
+    md += &block_table(summaries, base.model.encoder_blocks());
+    md += "\n## Per run\n\n| run | final feature norm | final val loss (EMA) | robustness |\n|---|---|---|---|\n";
+    for r in records {
+        md += &format!(
+            "| {}, seed {} | {} | {} | {} |\n",
+            r.mode,
+            r.seed,
+            sig3(tail(&r.feature_norm)),
+            sig3(tail(&r.val_loss_ema)),
+            sig3(tail(&r.robustness))
+        );
+    }
+    md += "\n## Plots\n\nMean over seeds; the shaded band is the min..max over seeds.\n\n";
+    for (file, chart_title) in charts {
+        md += &format!("![{chart_title}]({file})\n\n");
+    }
+    if let Some(took) = took {
+        md += &format!("This invocation took {:.0} min.\n", took.as_secs_f64() / 60.0);
+    }
+    md
+}

@@ -146,17 +146,12 @@ impl TrainArgs {
 }
 
 /// Exit status after a signal stopped training (128 + the signal number, as shells report it).
+#[derive(Debug)]
 pub struct Interrupted(pub i32);
 
 impl std::fmt::Display for Interrupted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "interrupted by signal {}", self.0 - 128)
-    }
-}
-
-impl std::fmt::Debug for Interrupted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(self, f)
     }
 }
 
@@ -185,10 +180,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     // Last of the checks, as --overwrite deletes the previous run.
     let resume_from = run_dir::prepare(&run_dir, &args.start()).map_err(anyhow::Error::msg)?;
     tracing::info!(run_dir = %run_dir.display(), data = %cfg.data.spec, arch = cfg.model.arch(), scaling = %cfg.model.scaling(), "loading data and model");
-    let mut trainer = Trainer::new(cfg.clone(), &run_dir, &device, dtype, false)?;
-    if let Some(path) = &resume_from {
-        trainer.resume_from(path)?;
-    }
+    let mut trainer = match &resume_from {
+        Some(path) => Trainer::resumed_from(cfg.clone(), &run_dir, &device, dtype, path)?,
+        None => Trainer::new(cfg.clone(), &run_dir, &device, dtype, false)?,
+    };
     let (stop, signal) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
     catch_signals(&stop, &signal)?;
     trainer.stop_when(stop);

@@ -11,39 +11,17 @@
 //! [`TimeArithmetic::Exact`] uses float64 and cancellation-free formulas.
 
 use num_traits::Float;
-use serde::{Deserialize, Serialize};
 
 use crate::VpSde;
 
 /// Which arithmetic a VP sampler (DPM-Solver, Euler) uses for its times and coefficients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TimeArithmetic {
     /// float32, operation by operation as the official code: samples match the official sampler's.
     #[default]
     Official,
     /// float64 with cancellation-free formulas: the grid the algorithm describes.
     Exact,
-}
-
-impl std::str::FromStr for TimeArithmetic {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "official" => Ok(Self::Official),
-            "exact" => Ok(Self::Exact),
-            _ => Err(format!("unknown time arithmetic `{s}`: expected official or exact")),
-        }
-    }
-}
-
-impl std::fmt::Display for TimeArithmetic {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Official => "official",
-            Self::Exact => "exact",
-        })
-    }
 }
 
 /// The VP marginals in one float type. Samplers are written once over this trait.
@@ -99,11 +77,14 @@ impl Marginals for Exact {
 /// float32 as the official `NoiseScheduleVP` (DPM-Solver) and `VPSDE` / `VPSDECosine` (Euler).
 pub(crate) struct Official(pub VpSde);
 
-impl Official {
-    /// `log(cos((t + s) / (1 + s) * pi / 2))` in float32.
-    fn log_cos(&self, t: f32, s: f64) -> f32 {
-        ((t + s as f32) / (1.0 + s) as f32 * std::f64::consts::PI as f32 / 2.0).cos().ln()
-    }
+/// The cosine schedule's angle `(t + s) / (1 + s) * pi / 2`, in float32 as the official code.
+fn angle(t: f32, s: f64) -> f32 {
+    (t + s as f32) / (1.0 + s) as f32 * std::f64::consts::PI as f32 / 2.0
+}
+
+/// `cosine_log_alpha_0 = log(cos(s / (1 + s) * pi / 2))`, a Python float (float64).
+fn cosine_log_alpha_0(s: f64) -> f64 {
+    (s / (1.0 + s) * std::f64::consts::FRAC_PI_2).cos().ln()
 }
 
 impl Marginals for Official {
@@ -114,10 +95,7 @@ impl Marginals for Official {
             VpSde::Linear { beta_min, beta_max } => {
                 t * t * -0.25 * (beta_max - beta_min) as f32 - t * 0.5 * beta_min as f32
             }
-            VpSde::Cosine { s } => {
-                let log_alpha_0 = ((s / (1.0 + s) * std::f64::consts::PI / 2.0).cos()).ln();
-                self.log_cos(t, s) - log_alpha_0 as f32
-            }
+            VpSde::Cosine { s } => angle(t, s).cos().ln() - cosine_log_alpha_0(s) as f32,
         }
     }
     fn sigma(&self, t: f32) -> f32 {
@@ -140,9 +118,9 @@ impl Marginals for Official {
                 tmp / (delta.sqrt() + beta_min as f32) / (beta_max - beta_min) as f32
             }
             VpSde::Cosine { s } => {
-                let log_alpha_0 = ((s / (1.0 + s) * std::f64::consts::PI / 2.0).cos()).ln();
                 let log_alpha = -0.5 * log_add;
-                (log_alpha + log_alpha_0 as f32).exp().acos() * 2.0 * (1.0 + s) as f32 / std::f64::consts::PI as f32
+                (log_alpha + cosine_log_alpha_0(s) as f32).exp().acos() * 2.0 * (1.0 + s) as f32
+                    / std::f64::consts::PI as f32
                     - s as f32
             }
         }
@@ -155,10 +133,7 @@ impl Marginals for Official {
             // beta_0 + t * (beta_1 - beta_0)
             VpSde::Linear { beta_min, beta_max } => beta_min as f32 + t * (beta_max - beta_min) as f32,
             // tan((t + s) / (1 + s) * pi / 2) / (1 + s) * pi
-            VpSde::Cosine { s } => {
-                ((t + s as f32) / (1.0 + s) as f32 * std::f64::consts::PI as f32 / 2.0).tan() / (1.0 + s) as f32
-                    * std::f64::consts::PI as f32
-            }
+            VpSde::Cosine { s } => angle(t, s).tan() / (1.0 + s) as f32 * std::f64::consts::PI as f32,
         };
         let g = beta.sqrt();
         (beta, g * g)
@@ -172,7 +147,7 @@ impl Marginals for Official {
             // 1 - F(t) / F0, F(t) = cos((t + s) / (1 + s) * pi / 2) ** 2
             VpSde::Cosine { s } => {
                 let f0 = (s / (1.0 + s) * std::f64::consts::PI / 2.0).cos().powi(2);
-                let c = ((t + s as f32) / (1.0 + s) as f32 * std::f64::consts::PI as f32 / 2.0).cos();
+                let c = angle(t, s).cos();
                 1.0 - c * c / f0 as f32
             }
         };
@@ -237,7 +212,5 @@ mod tests {
                 assert!((o.inv_sigma_sde(t) as f64 * e.sigma(tt) - 1.0).abs() < 1e-5);
             }
         }
-        assert_eq!("exact".parse::<TimeArithmetic>(), Ok(TimeArithmetic::Exact));
-        assert!("f32".parse::<TimeArithmetic>().unwrap_err().contains("official or exact"));
     }
 }

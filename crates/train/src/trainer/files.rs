@@ -91,7 +91,7 @@ impl Trainer {
     /// position. If it cannot be read, the error names the previous checkpoint in its folder.
     /// Checkpoints newer than it in the run's folder are set aside (`*.superseded`), so they are
     /// neither resumed from later nor kept in place of the new ones.
-    pub fn resume_from(&mut self, path: &Path) -> Result<()> {
+    pub(super) fn resume_from(&mut self, path: &Path) -> Result<()> {
         if let Err(e) = self.restore(path) {
             let hint = match crate::run_dir::previous_checkpoint(path) {
                 Some(prev) => format!(

@@ -96,9 +96,36 @@ pub struct FedBatch {
 }
 
 impl Trainer {
-    /// A fresh run (weights from the seed), or, with `resume`, the latest checkpoint in
-    /// `run_dir/checkpoints` (a fresh run if there is none).
+    /// A fresh run (weights from the seed, or `train.init_from`), or, with `resume`, the latest
+    /// checkpoint in `run_dir/checkpoints` (a fresh run if there is none).
     pub fn new(config: TrainConfig, run_dir: &Path, device: &Device, dtype: DType, resume: bool) -> Result<Self> {
+        let mut trainer = Self::build(config, run_dir, device, dtype)?;
+        match checkpoint::list(&trainer.checkpoint_dir()).pop().filter(|_| resume) {
+            Some((_, path)) => trainer.resume_from(&path)?,
+            None if !trainer.config.train.init_from.is_empty() => trainer.init_from()?,
+            None => {}
+        }
+        Ok(trainer)
+    }
+
+    /// A run continued from the checkpoint at `path`: weights, EMA, AdamW moments, step, RNG and
+    /// data position. If it cannot be read, the error names the previous checkpoint in its folder;
+    /// newer checkpoints beside it are set aside (`*.superseded`). Pretrained weights
+    /// (`train.init_from`) are not loaded: the checkpoint replaces them.
+    pub fn resumed_from(
+        config: TrainConfig,
+        run_dir: &Path,
+        device: &Device,
+        dtype: DType,
+        path: &Path,
+    ) -> Result<Self> {
+        let mut trainer = Self::build(config, run_dir, device, dtype)?;
+        trainer.resume_from(path)?;
+        Ok(trainer)
+    }
+
+    /// Data, model with seeded weights, optimizer and EMA, at step 0.
+    fn build(config: TrainConfig, run_dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
         config.validate().map_err(candle_core::Error::Msg)?;
         let spec: DataSpec = config.data.spec.parse().map_err(candle_core::Error::wrap)?;
         let dataset = Arc::new(load_data(&config, &spec).map_err(candle_core::Error::wrap)?);
@@ -114,7 +141,7 @@ impl Trainer {
         let ema = vars.iter().map(|v| Ok(v.as_tensor().copy()?.detach())).collect::<Result<Vec<_>>>()?;
         let t = &config.train;
         let adam = AdamWConfig { beta1: t.beta1, beta2: t.beta2, eps: t.eps, weight_decay: t.weight_decay };
-        let mut trainer = Self {
+        Ok(Self {
             run_dir: run_dir.to_path_buf(),
             device: device.clone(),
             dtype,
@@ -135,13 +162,7 @@ impl Trainer {
             fed: Default::default(),
             stop: None,
             config,
-        };
-        match checkpoint::list(&trainer.checkpoint_dir()).pop().filter(|_| resume) {
-            Some((_, path)) => trainer.resume_from(&path)?,
-            None if !trainer.config.train.init_from.is_empty() => trainer.init_from()?,
-            None => {}
-        }
-        Ok(trainer)
+        })
     }
 
     pub fn step(&self) -> u64 {

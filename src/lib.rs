@@ -15,7 +15,7 @@
 //!
 //! # fn main() -> anyhow::Result<()> {
 //! let cfg = UViTConfig::preset("cifar10-uvit-s2")?.with_scaling("cs:0.5".parse()?);
-//! let model = UViT::from_checkpoint(&cfg, "nnet_ema.pth".as_ref(), DType::F32, &Device::Cpu)?;
+//! let model = cfg.load("nnet_ema.pth".as_ref(), DType::F32, &Device::Cpu)?;
 //! let x_t = Tensor::randn(0f32, 1.0, (4, 3, 32, 32), &Device::Cpu)?;
 //! let t = Tensor::new(&[0.5f32; 4], &Device::Cpu)?;
 //! let eps = model.forward(&x_t, &(t * 999.0)?, None)?;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use common::{parity_dir, Fixture};
-use scalelong::backbones::{UViT, UViTConfig};
+use scalelong::backbones::{Architecture, Network, UViTConfig};
 
 fn case() -> Result<(Fixture, UViTConfig)> {
     let fx = Fixture::read(&parity_dir().join("uvit_0_none.safetensors"))?;
@@ -23,7 +23,7 @@ fn repo_fixture(name: &str) -> PathBuf {
 
 /// Loads `path` and checks the forward pass against the official output.
 fn assert_loads_and_matches(path: &Path, fx: &Fixture, cfg: &UViTConfig) -> Result<()> {
-    let model = UViT::from_checkpoint(cfg, path, DType::F32, &Device::Cpu)?;
+    let model = cfg.load(path, DType::F32, &Device::Cpu)?;
     let out = model.forward(fx.tensor("input.x")?, fx.tensor("input.timesteps")?, None)?;
     let err = (out - fx.tensor("output")?)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
     assert!(err < 1e-4, "{}: output off by {err}", path.display());
@@ -36,7 +36,7 @@ fn save(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
 }
 
 fn load_err(cfg: &UViTConfig, path: &Path) -> String {
-    match UViT::from_checkpoint(cfg, path, DType::F32, &Device::Cpu) {
+    match cfg.load(path, DType::F32, &Device::Cpu) {
         Ok(_) => panic!("{} loaded but should not have", path.display()),
         Err(e) => e.to_string(),
     }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;
-use scalelong::backbones::{UViT, UViTConfig};
+use scalelong::backbones::{Architecture, Network, UViTConfig};
 use scalelong::diffusion::samplers::{DpmSolverFast, EulerOde, Sampler};
 use scalelong::diffusion::{TimeArithmetic, VpSde};
 
@@ -44,7 +44,7 @@ fn samplers_match_the_official_ones_on_a_trained_network() -> Result<()> {
     let dir = official_dir();
     let json = std::fs::read_to_string(dir.join("config.json")).with_context(|| format!("{}", dir.display()))?;
     let cfg = UViTConfig::from_official_json(&json)?;
-    let model = UViT::from_checkpoint(&cfg, &dir.join("nnet_ema.pth"), DType::F32, &Device::Cpu)?;
+    let model = cfg.load(&dir.join("nnet_ema.pth"), DType::F32, &Device::Cpu)?;
     let net = |x: &Tensor, t: &Tensor| model.forward(x, t, None);
     let z = Tensor::read_npy(dir.join("init_noise.npy"))?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);

@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
 use common::{fixtures, parity_dir, Fixture};
 use scalelong::backbones::params::ParamSpec;
-use scalelong::backbones::{checkpoint, SkipScaling, UNet2D, UNet2DConfig, UViT, UViTConfig};
+use scalelong::backbones::{checkpoint, Architecture, Network, SkipScaling, UNet2D, UNet2DConfig, UViT, UViTConfig};
 
 /// Output agreement, absolute.
 const OUTPUT_TOL: f64 = 1e-4;
@@ -94,7 +94,7 @@ fn check_uvit(fx: &Fixture) -> Result<Vec<String>> {
         bail!("metadata `kind` = {}, expected uvit", fx.meta("kind")?);
     }
     let config = UViTConfig::from_official_json(fx.meta("config")?)?;
-    let specs = UViT::param_specs(&config)?;
+    let specs = config.param_specs()?;
     let (t, y) = (fx.tensor("input.timesteps")?, fx.optional("input.y"));
     check_model_case(fx, &specs, |vb, x| UViT::new(&config, vb)?.forward(x, t, y))
 }
@@ -123,7 +123,7 @@ fn check_unet(fx: &Fixture) -> Result<Vec<String>> {
         bail!("metadata `kind` = {}, expected unet2d", fx.meta("kind")?);
     }
     let config = unet_config(fx)?;
-    let specs = UNet2D::param_specs(&config)?;
+    let specs = config.param_specs()?;
     let (t, y) = (fx.tensor("input.timesteps")?, fx.optional("input.y"));
     check_model_case(fx, &specs, |vb, x| UNet2D::new(&config, vb)?.forward(x, t, y))
 }
@@ -294,7 +294,7 @@ fn check_sampler_net(fx: &Fixture) -> Result<Vec<String>> {
     }
     let config = UViTConfig::from_official_json(fx.meta("config")?)?;
     let weights = fx.group("model");
-    checkpoint::check(&fx.name, &UViT::param_specs(&config)?, &weights)?;
+    checkpoint::check(&fx.name, &config.param_specs()?, &weights)?;
     let model = UViT::new(&config, VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu))?;
     let net = |x: &Tensor, t: &Tensor| model.forward(x, t, None);
     let x_t = fx.tensor("x_T")?;

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
 use clap::Args;
-use scalelong_backbones::{ModelConfig, SkipScaling, UNet2DConfig, UViTConfig};
+use scalelong_backbones::{Architecture, ModelConfig, Network, SkipScaling, UNet2DConfig, UViTConfig};
 use scalelong_train::{AdamW, AdamWConfig, SeededVars};
 use serde::Serialize;
 
@@ -166,7 +166,7 @@ fn time_ours(cfg: &ModelConfig, case: &Case, device: &Device) -> Result<Measured
     let vars: Vec<Var> = seeded.vars().into_iter().map(|(_, v)| v).collect();
     let adam = AdamWConfig { beta1: 0.99, beta2: 0.999, eps: 1e-8, weight_decay: 0.03 };
     let mut opt = AdamW::new(vars, adam)?;
-    let size = cfg.image_size();
+    let size = cfg.train_size();
     let shape = (case.batch, cfg.in_channels(), size, size);
     let x = Tensor::randn(0f32, 1.0, shape, device)?;
     let eps = Tensor::randn(0f32, 1.0, shape, device)?;
@@ -220,16 +220,14 @@ fn measured(mut command: Command, what: &str) -> Result<Measured> {
 }
 
 fn time_reference(python: &str, cfg: &ModelConfig, case: &Case, threads: usize) -> Result<Measured> {
-    let (arch, config) = match cfg {
-        ModelConfig::UViT(c) => ("uvit", serde_json::to_value(c)?),
-        ModelConfig::UNet2D(c) => ("unet2d", serde_json::to_value(c)?),
-    };
+    let mut config = serde_json::to_value(cfg)?;
+    config.as_object_mut().and_then(|o| o.remove("arch")); // passed on its own below
     let (scaling, kappa) = match cfg.scaling() {
         SkipScaling::Constant { kappa } => ("cs".to_string(), kappa),
         s => (s.to_string(), 0.5),
     };
     let json = serde_json::json!({
-        "arch": arch, "config": config, "scaling": scaling, "kappa": kappa, "batch": case.batch,
+        "arch": cfg.arch(), "config": config, "scaling": scaling, "kappa": kappa, "batch": case.batch,
         "warmup": case.warmup, "repeats": case.repeats, "threads": threads,
     });
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench_reference.py");

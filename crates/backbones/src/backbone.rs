@@ -1,4 +1,6 @@
-//! Either backbone behind one type, for code that only runs a model (sampling, diagnostics).
+//! Every backbone behind one type: [`ModelConfig`] (the `[model]` table of a training config) and
+//! the [`Backbone`] it builds. Both forward to the backbone's [`Architecture`] and [`Network`]
+//! impls; adding a backbone adds a variant here and a line in [`each_arch!`].
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
@@ -6,8 +8,17 @@ use scalelong_lsc_scaling::SkipScaling;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::params::ParamSpec;
+use crate::architecture::{Architecture, Network};
 use crate::{Taps, UNet2D, UNet2DConfig, UViT, UViTConfig};
+
+/// Which backbone to build. `arch = "unet2d"` selects diffusers' UNet2DModel (its `config.json`
+/// keys); without `arch` it is a U-ViT.
+#[allow(clippy::large_enum_variant)] // one per run; boxing would only obscure the match arms
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelConfig {
+    UViT(UViTConfig),
+    UNet2D(UNet2DConfig),
+}
 
 // Built once per run and moved rarely: the size difference does not matter.
 #[allow(clippy::large_enum_variant)]
@@ -17,44 +28,42 @@ pub enum Backbone {
     UNet2D(UNet2D),
 }
 
-impl Backbone {
-    /// The network output for noisy images `x` at the network's time input `t` (U-ViT: t * 999 of
-    /// the continuous VP-SDE; UNet: the discrete step) and, if class-conditional, labels `y`.
-    pub fn forward(&self, x: &Tensor, t: &Tensor, y: Option<&Tensor>) -> Result<Tensor> {
-        match self {
-            Self::UViT(m) => m.forward(x, t, y),
-            Self::UNet2D(m) => m.forward(x, t, y),
+/// Runs `$body` with `$x` bound to the backbone inside either enum.
+macro_rules! each_arch {
+    ($value:expr, $x:ident => $body:expr) => {
+        match $value {
+            Self::UViT($x) => $body,
+            Self::UNet2D($x) => $body,
         }
-    }
+    };
+}
 
-    pub fn forward_with_taps(&self, x: &Tensor, t: &Tensor, y: Option<&Tensor>, taps: &mut Taps) -> Result<Tensor> {
+impl Network for Backbone {
+    fn run(&self, x: &Tensor, t: &Tensor, y: Option<&Tensor>, taps: Option<&mut Taps>) -> Result<Tensor> {
+        each_arch!(self, m => m.run(x, t, y, taps))
+    }
+}
+
+impl Backbone {
+    pub fn config(&self) -> ModelConfig {
         match self {
-            Self::UViT(m) => m.forward_with_taps(x, t, y, taps),
-            Self::UNet2D(m) => m.forward_with_taps(x, t, y, taps),
+            Self::UViT(m) => ModelConfig::UViT(m.config().clone()),
+            Self::UNet2D(m) => ModelConfig::UNet2D(m.config().clone()),
         }
     }
 
     pub fn in_channels(&self) -> usize {
-        match self {
-            Self::UViT(m) => m.config().in_chans,
-            Self::UNet2D(m) => m.config().in_channels,
-        }
+        each_arch!(self, m => m.config().in_channels())
     }
 
     /// The image size the model was built for (`None`: a UNet without `sample_size`).
     pub fn image_size(&self) -> Option<usize> {
-        match self {
-            Self::UViT(m) => Some(m.config().img_size),
-            Self::UNet2D(m) => m.config().sample_size,
-        }
+        each_arch!(self, m => m.config().image_size())
     }
 
     /// Number of class labels a class-conditional model takes.
     pub fn num_classes(&self) -> Option<usize> {
-        match self {
-            Self::UViT(m) => m.config().num_classes,
-            Self::UNet2D(m) => m.config().num_class_embeds,
-        }
+        each_arch!(self, m => m.config().num_classes())
     }
 }
 
@@ -70,137 +79,73 @@ impl From<UNet2D> for Backbone {
     }
 }
 
-/// Which backbone to build: the `[model]` table of a training config. `arch = "unet2d"` selects
-/// diffusers' UNet2DModel (its `config.json` keys); without `arch` it is a U-ViT.
-#[allow(clippy::large_enum_variant)] // one per run; boxing would only obscure the match arms
-#[derive(Debug, Clone, PartialEq)]
-pub enum ModelConfig {
-    UViT(UViTConfig),
-    UNet2D(UNet2DConfig),
+impl Architecture for ModelConfig {
+    type Model = Backbone;
+    fn arch(&self) -> &'static str {
+        each_arch!(self, c => c.arch())
+    }
+
+    fn build(&self, vb: VarBuilder) -> Result<Backbone> {
+        each_arch!(self, c => c.build(vb).map(Backbone::from))
+    }
+    fn validate_for_training(&self) -> Result<()> {
+        each_arch!(self, c => c.validate_for_training())
+    }
+    fn scaling(&self) -> SkipScaling {
+        each_arch!(self, c => c.scaling())
+    }
+    fn set_scaling(&mut self, scaling: SkipScaling) {
+        each_arch!(self, c => c.set_scaling(scaling))
+    }
+    fn in_channels(&self) -> usize {
+        each_arch!(self, c => c.in_channels())
+    }
+    fn image_size(&self) -> Option<usize> {
+        each_arch!(self, c => c.image_size())
+    }
+    fn num_classes(&self) -> Option<usize> {
+        each_arch!(self, c => c.num_classes())
+    }
+    fn num_skips(&self) -> usize {
+        each_arch!(self, c => Architecture::num_skips(c))
+    }
+    fn encoder_blocks(&self) -> usize {
+        each_arch!(self, c => c.encoder_blocks())
+    }
+    fn block_of(&self, param: &str) -> Option<usize> {
+        each_arch!(self, c => c.block_of(param))
+    }
+    fn merged_by(&self, skip: usize) -> String {
+        each_arch!(self, c => c.merged_by(skip))
+    }
+    fn describe(&self) -> String {
+        each_arch!(self, c => c.describe())
+    }
+    fn forward_flops(&self) -> f64 {
+        each_arch!(self, c => c.forward_flops())
+    }
 }
 
 impl ModelConfig {
-    pub fn validate(&self) -> Result<()> {
-        match self {
-            Self::UViT(c) => c.validate(),
-            Self::UNet2D(c) => {
-                c.validate().map_err(candle_core::Error::Msg)?;
-                if c.sample_size.is_none() {
-                    candle_core::bail!("model.sample_size must be set to train a UNet2D");
-                }
-                if c.dropout != 0.0 {
-                    candle_core::bail!(
-                        "model.dropout = {}: training with dropout is not implemented; expected 0",
-                        c.dropout
-                    );
-                }
-                Ok(())
-            }
-        }
-    }
-
-    pub fn scaling(&self) -> SkipScaling {
-        match self {
-            Self::UViT(c) => c.scaling,
-            Self::UNet2D(c) => c.scaling,
-        }
-    }
-
-    pub fn set_scaling(&mut self, scaling: SkipScaling) {
-        match self {
-            Self::UViT(c) => c.scaling = scaling,
-            Self::UNet2D(c) => c.scaling = scaling,
-        }
-    }
-
-    pub fn in_channels(&self) -> usize {
-        match self {
-            Self::UViT(c) => c.in_chans,
-            Self::UNet2D(c) => c.in_channels,
-        }
-    }
-
-    /// Square image side (a UNet's `sample_size`; validated to be set for training).
-    pub fn image_size(&self) -> usize {
-        match self {
-            Self::UViT(c) => c.img_size,
-            Self::UNet2D(c) => c.sample_size.unwrap_or(0),
-        }
-    }
-
-    pub fn num_classes(&self) -> Option<usize> {
-        match self {
-            Self::UViT(c) => c.num_classes,
-            Self::UNet2D(c) => c.num_class_embeds,
-        }
-    }
-
-    /// Encoder blocks (U-ViT in-blocks, UNet down blocks); as many decoder blocks follow the mid-block.
-    pub fn encoder_blocks(&self) -> usize {
-        match self {
-            Self::UViT(c) => c.num_skips(),
-            Self::UNet2D(c) => c.block_out_channels.len(),
-        }
-    }
-
-    pub fn build(&self, vb: VarBuilder) -> Result<Backbone> {
-        Ok(match self {
-            Self::UViT(c) => UViT::new(c, vb)?.into(),
-            Self::UNet2D(c) => UNet2D::new(c, vb)?.into(),
-        })
-    }
-
-    pub fn param_specs(&self) -> Result<Vec<ParamSpec>> {
-        match self {
-            Self::UViT(c) => UViT::param_specs(c),
-            Self::UNet2D(c) => UNet2D::param_specs(c),
-        }
-    }
-
-    /// One line for reports, e.g. `U-ViT 32x32x1, patch 4, width 64, depth 12 (6 long skips), 2 heads`.
-    pub fn describe(&self) -> String {
-        match self {
-            Self::UViT(c) => format!(
-                "U-ViT {s}x{s}x{}, patch {}, width {}, depth {} ({} long skips), {} heads",
-                c.in_chans,
-                c.patch_size,
-                c.embed_dim,
-                c.depth,
-                c.num_skips(),
-                c.num_heads,
-                s = c.img_size
-            ),
-            Self::UNet2D(c) => format!(
-                "UNet2D {s}x{s}x{}, channels {:?}, {} ResNets per block ({} long skips)",
-                c.in_channels,
-                c.block_out_channels,
-                c.layers_per_block,
-                c.num_skips(),
-                s = c.sample_size.unwrap_or(0)
-            ),
-        }
-    }
-
-    /// `uvit` or `unet2d`.
-    pub fn arch(&self) -> &'static str {
-        match self {
-            Self::UViT(_) => "uvit",
-            Self::UNet2D(_) => "unet2d",
-        }
+    /// Square image side to train and sample at; `validate_for_training` makes sure it is set
+    /// (0 only for an unvalidated UNet config without `sample_size`).
+    pub fn train_size(&self) -> usize {
+        self.image_size().unwrap_or(0)
     }
 }
 
 impl Serialize for ModelConfig {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         #[derive(Serialize)]
-        struct Tagged<'a> {
+        struct Tagged<'a, C> {
             arch: &'static str,
             #[serde(flatten)]
-            config: &'a UNet2DConfig,
+            config: &'a C,
         }
         match self {
+            // A U-ViT table has no `arch` key, as configs written before the UNet had none.
             Self::UViT(c) => c.serialize(s),
-            Self::UNet2D(c) => Tagged { arch: "unet2d", config: c }.serialize(s),
+            Self::UNet2D(c) => Tagged { arch: UNet2DConfig::ARCH, config: c }.serialize(s),
         }
     }
 }
@@ -209,15 +154,20 @@ impl<'de> Deserialize<'de> for ModelConfig {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let mut table = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
         let arch = match table.remove("arch") {
-            None => "uvit".to_string(),
+            None => UViTConfig::ARCH.to_string(),
             Some(serde_json::Value::String(a)) => a,
-            Some(other) => return Err(D::Error::custom(format!("`arch` = {other}: expected \"uvit\" or \"unet2d\""))),
+            Some(other) => {
+                return Err(D::Error::custom(format!("`arch` = {other}: expected one of {}", ARCHS.join(", "))))
+            }
         };
         let value = serde_json::Value::Object(table);
         match arch.as_str() {
-            "uvit" => serde_json::from_value(value).map(Self::UViT).map_err(D::Error::custom),
-            "unet2d" => serde_json::from_value(value).map(Self::UNet2D).map_err(D::Error::custom),
-            other => Err(D::Error::custom(format!("`arch` = {other:?}: expected \"uvit\" or \"unet2d\""))),
+            UViTConfig::ARCH => serde_json::from_value(value).map(Self::UViT).map_err(D::Error::custom),
+            UNet2DConfig::ARCH => serde_json::from_value(value).map(Self::UNet2D).map_err(D::Error::custom),
+            other => Err(D::Error::custom(format!("`arch` = {other:?}: expected one of {}", ARCHS.join(", ")))),
         }
     }
 }
+
+/// Every `arch` a `[model]` table may name.
+pub const ARCHS: [&str; 2] = [UViTConfig::ARCH, UNet2DConfig::ARCH];

@@ -2,19 +2,9 @@
 //! matmuls and convolutions, which are all but a few percent of the work. A training step
 //! (forward + backward) is about three forward passes. Used to report achieved GFLOP/s.
 
-use crate::{ModelConfig, UNet2DConfig, UViTConfig};
+use crate::{UNet2DConfig, UViTConfig};
 
-impl ModelConfig {
-    /// FLOPs of one forward pass for one image.
-    pub fn forward_flops(&self) -> f64 {
-        match self {
-            Self::UViT(c) => uvit_flops(c),
-            Self::UNet2D(c) => unet_flops(c),
-        }
-    }
-}
-
-fn uvit_flops(c: &UViTConfig) -> f64 {
+pub(crate) fn uvit(c: &UViTConfig) -> f64 {
     let (n, d, p) = (c.num_tokens() as f64, c.embed_dim as f64, c.num_patches() as f64);
     let patch = (c.in_chans * c.patch_size * c.patch_size) as f64;
     let hidden = (c.mlp_ratio * c.embed_dim as f64).floor();
@@ -27,7 +17,7 @@ fn uvit_flops(c: &UViTConfig) -> f64 {
     blocks + skip_linear + io
 }
 
-fn unet_flops(c: &UNet2DConfig) -> f64 {
+pub(crate) fn unet(c: &UNet2DConfig) -> f64 {
     let conv = |cin: usize, cout: usize, k: usize, side: usize| 2.0 * (cin * cout * k * k * side * side) as f64;
     let resnet = |cin: usize, cout: usize, side: usize| {
         conv(cin, cout, 3, side) + conv(cout, cout, 3, side) + if cin != cout { conv(cin, cout, 1, side) } else { 0.0 }
@@ -80,6 +70,7 @@ fn unet_flops(c: &UNet2DConfig) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Architecture, ModelConfig};
 
     #[test]
     fn known_counts() {

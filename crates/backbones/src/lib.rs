@@ -11,6 +11,7 @@ macro_rules! fail {
     };
 }
 
+mod architecture;
 mod backbone;
 pub mod checkpoint;
 mod flops;
@@ -24,9 +25,10 @@ pub mod unet;
 pub mod uvit;
 pub mod weights;
 
-pub use backbone::{Backbone, ModelConfig};
+pub use architecture::{is_gate_param, Architecture, Network, GATE_PREFIX};
+pub use backbone::{Backbone, ModelConfig, ARCHS};
 pub use nn::{Conv2d, GroupNorm, LayerNorm, Linear};
-pub use scalelong_lsc_scaling::SkipScaling;
+pub use scalelong_lsc_scaling::{SkipFactor, SkipScaling};
 pub use taps::Taps;
 pub use timesteps::Timesteps;
 pub use unet::{UNet2D, UNet2DConfig};

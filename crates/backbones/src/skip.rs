@@ -1,8 +1,10 @@
 //! How one decoder stage scales the long skip it merges; shared by every backbone.
 
 use candle_core::{Result, Tensor};
-use scalelong_lsc_scaling::Calibration;
+use candle_nn::VarBuilder;
+use scalelong_lsc_scaling::{Calibration, SkipFactor, SkipScaling};
 
+use crate::architecture::GATE_PREFIX;
 use crate::taps::Taps;
 
 #[derive(Debug, Clone)]
@@ -13,12 +15,24 @@ pub(crate) enum SkipScale {
 }
 
 impl SkipScale {
-    /// The constant-mode scale of skip `i` of `n` (1 = outermost); learned modes return `None`.
-    pub(crate) fn constant(scaling: scalelong_lsc_scaling::SkipScaling, i: usize, n: usize) -> Option<Self> {
-        match scaling.constant_coefficient(i, n)? {
-            1.0 => Some(Self::Identity),
-            c => Some(Self::Constant(c)),
+    /// The scale of every skip of `n`, outermost (i = 1) first. LS gates come from `gate(i, vb)`:
+    /// one shared under `se`, or one per skip under `se.{n - i}` (`k = 0` for the skip merged first).
+    pub(crate) fn for_skips<'a>(
+        scaling: SkipScaling,
+        n: usize,
+        vb: &VarBuilder<'a>,
+        gate: impl Fn(usize, VarBuilder<'a>) -> Result<Calibration>,
+    ) -> Result<Vec<Self>> {
+        if scaling == SkipScaling::Learned {
+            return Ok(vec![Self::Gate(gate(1, vb.pp(GATE_PREFIX))?); n]);
         }
+        (1..=n)
+            .map(|i| match scaling.factor(i, n).map_err(candle_core::Error::wrap)? {
+                SkipFactor::Constant(1.0) => Ok(Self::Identity),
+                SkipFactor::Constant(c) => Ok(Self::Constant(c)),
+                SkipFactor::Gate => Ok(Self::Gate(gate(i, vb.pp(format!("{GATE_PREFIX}.{}", n - i)))?)),
+            })
+            .collect()
     }
 
     /// The scaled skip; an LS gate is recorded in `taps` (innermost first, as the decoder runs).

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device};
 use clap::Args;
-use scalelong_backbones::{checkpoint as weights_file, params, ModelConfig, SkipScaling, UViT, UViTConfig};
+use scalelong_backbones::params::{self, ParamSpec};
+use scalelong_backbones::{checkpoint as weights_file, Architecture, ModelConfig, SkipFactor, SkipScaling};
 use scalelong_train::checkpoint::{self, Group};
 use scalelong_train::TrainConfig;
 
@@ -29,9 +30,9 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         bail!("--checkpoint {}: no such file", path.display());
     }
     let cfg = args.model.resolve()?;
-    print_uvit(&cfg)?;
+    print_model(&cfg)?;
     if let Some(path) = &args.checkpoint {
-        UViT::from_checkpoint(&cfg, path, DType::F32, &Device::Cpu)?;
+        cfg.load(path, DType::F32, &Device::Cpu)?;
         println!("\ncheckpoint {} fits this model", path.display());
     }
     Ok(())
@@ -51,25 +52,7 @@ fn training_checkpoint(path: &Path, model: &ModelArgs) -> Result<()> {
     let ck = checkpoint::load(path, &Device::Cpu)?;
     let cfg = TrainConfig::from_toml(ck.meta("config")?, &format!("stored in {}", path.display()))
         .map_err(anyhow::Error::msg)?;
-    let specs = match &cfg.model {
-        ModelConfig::UViT(c) => {
-            print_uvit(c)?;
-            UViT::param_specs(c)?
-        }
-        ModelConfig::UNet2D(c) => {
-            let specs = cfg.model.param_specs()?;
-            println!(
-                "UNet2D: {} channels, {}x{} images, blocks {:?}, skip scaling {}, {} parameters",
-                c.in_channels,
-                c.sample_size.unwrap_or_default(),
-                c.sample_size.unwrap_or_default(),
-                c.block_out_channels,
-                c.scaling,
-                thousands(params::count(&specs))
-            );
-            specs
-        }
-    };
+    let specs = print_model(&cfg.model)?;
     for group in [Group::Model, Group::Ema] {
         weights_file::check(&format!("{} ({} weights)", path.display(), group.prefix()), &specs, &ck.group(group))?;
     }
@@ -82,21 +65,12 @@ fn training_checkpoint(path: &Path, model: &ModelArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_uvit(cfg: &UViTConfig) -> Result<()> {
-    let specs = UViT::param_specs(cfg)?;
-    println!(
-        "U-ViT: {}x{}x{} images, patch {}, width {}, depth {}, {} heads, {} tokens{}",
-        cfg.in_chans,
-        cfg.img_size,
-        cfg.img_size,
-        cfg.patch_size,
-        cfg.embed_dim,
-        cfg.depth,
-        cfg.num_heads,
-        cfg.num_tokens(),
-        cfg.num_classes.map(|n| format!(", {n} classes")).unwrap_or_default()
-    );
-    println!("skip scaling: {}\n", cfg.scaling);
+/// The model, its parameters by module and how each long skip is scaled; returns the parameters.
+fn print_model(cfg: &ModelConfig) -> Result<Vec<ParamSpec>> {
+    let specs = cfg.param_specs()?;
+    let classes = cfg.num_classes().map(|n| format!(", {n} classes")).unwrap_or_default();
+    println!("{}{classes}", cfg.describe());
+    println!("skip scaling: {}\n", cfg.scaling());
     println!("{:<14} {:>14}", "module", "parameters");
     for (module, n) in params::count_by_module(&specs) {
         println!("{module:<14} {:>14}", thousands(n));
@@ -104,24 +78,24 @@ fn print_uvit(cfg: &UViTConfig) -> Result<()> {
     println!("{:<14} {:>14}\n", "total", thousands(params::count(&specs)));
 
     let n = cfg.num_skips();
-    println!("{:<6} {:<16} coefficient", "skip", "merged by");
+    let width = (1..=n).map(|i| cfg.merged_by(i).len()).max().unwrap_or(0).max(16);
+    println!("{:<6} {:<width$} coefficient", "skip", "merged by");
     for i in 1..=n {
-        let k = n - i; // out-blocks merge the innermost skip first
-        let coef = match cfg.scaling {
-            SkipScaling::Learned => "LS gate se (shared)".to_string(),
-            SkipScaling::LearnedPerSkip => format!("LS gate se.{k}"),
-            s => format!("{}", s.constant_coefficient(i, n).expect("constant mode")),
+        let coef = match cfg.scaling().factor(i, n)? {
+            SkipFactor::Constant(c) => c.to_string(),
+            SkipFactor::Gate => {
+                let shared = if cfg.scaling() == SkipScaling::Learned { " (shared)" } else { "" };
+                format!("LS gate {}{shared}", cfg.gate_name(i).unwrap_or_default())
+            }
         };
-        let place = if i == 1 {
-            " (outermost)"
-        } else if i == n {
-            " (innermost)"
-        } else {
-            ""
+        let place = match i {
+            1 => " (outermost)",
+            _ if i == n => " (innermost)",
+            _ => "",
         };
-        println!("{:<6} {:<16} {coef}{place}", i, format!("out_blocks.{k}"));
+        println!("{:<6} {:<width$} {coef}{place}", i, cfg.merged_by(i));
     }
-    Ok(())
+    Ok(specs)
 }
 
 fn thousands(n: usize) -> String {

@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::builder::TypedValueParser;
 use clap::Args;
 use scalelong_backbones::uvit::PRESETS;
-use scalelong_backbones::{ModelConfig, SkipScaling, UViTConfig};
+use scalelong_backbones::{Architecture, ModelConfig, SkipScaling, UNet2DConfig, UViTConfig};
 use scalelong_train::TrainConfig;
 
 #[derive(Debug, Clone, Args)]
@@ -36,31 +36,37 @@ impl ModelArgs {
         .collect()
     }
 
-    pub fn resolve(&self) -> Result<UViTConfig> {
-        let base = match (&self.preset, &self.config) {
-            (Some(name), None) => UViTConfig::preset(name)?,
+    /// The model the flags name: a preset, or a config file, with `--scaling` applied.
+    pub fn resolve(&self) -> Result<ModelConfig> {
+        let mut cfg = match (&self.preset, &self.config) {
+            (Some(name), None) => ModelConfig::UViT(UViTConfig::preset(name)?),
             (None, Some(path)) => read_config(path)?,
             (None, None) => {
                 bail!("no model given: pass --preset NAME (one of {}) or --config FILE", PRESETS.join(", "))
             }
             (Some(_), Some(_)) => unreachable!("clap rejects --preset with --config"),
         };
-        let cfg = match self.scaling {
-            Some(s) => base.with_scaling(s),
-            None => base,
-        };
-        cfg.validate()?;
+        if let Some(s) = self.scaling {
+            cfg.set_scaling(s);
+        }
+        cfg.param_specs()?; // builds the model once: every check of the config, no allocation
         Ok(cfg)
     }
 }
 
-pub fn read_config(path: &Path) -> Result<UViTConfig> {
+/// A training config's `[model]` table (TOML), the official `UViT(...)` arguments (JSON), or a
+/// diffusers `config.json` (JSON with `_class_name`).
+pub fn read_config(path: &Path) -> Result<ModelConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+    let source = path.display().to_string();
     if path.extension().is_some_and(|e| e == "json") {
-        return UViTConfig::from_official_json(&text).with_context(|| format!("in config {}", path.display()));
+        let diffusers = serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|v| v.get("_class_name").is_some());
+        return Ok(match diffusers {
+            true => ModelConfig::UNet2D(UNet2DConfig::from_json(&text, &source)?),
+            false => {
+                ModelConfig::UViT(UViTConfig::from_official_json(&text).with_context(|| format!("in config {source}"))?)
+            }
+        });
     }
-    match TrainConfig::from_toml(&text, &path.display().to_string()).map_err(anyhow::Error::msg)?.model {
-        ModelConfig::UViT(c) => Ok(c),
-        ModelConfig::UNet2D(_) => bail!("{}: a UNet2D config; this command takes U-ViT configs", path.display()),
-    }
+    Ok(TrainConfig::from_toml(&text, &source).map_err(anyhow::Error::msg)?.model)
 }

@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use clap::Args;
 use rand::SeedableRng;
-use scalelong_backbones::{weights, Backbone, UNet2D, UNet2DConfig, UViT, UViTConfig};
+use scalelong_backbones::{weights, Architecture, Backbone, ModelConfig, UNet2DConfig};
 use scalelong_diffusion::{noise, BetaSchedule, DiscreteSchedule, SamplerKind, Schedule};
 use scalelong_train::checkpoint::{self, Group};
 use scalelong_train::config::NoiseSchedule;
@@ -120,8 +120,15 @@ fn load(args: &SampleArgs, device: &Device) -> Result<Loaded> {
             checkpoint.display()
         );
     }
-    let cfg: UViTConfig = args.model.resolve()?;
-    let model = UViT::from_checkpoint(&cfg, checkpoint, DType::F32, device)?;
+    let cfg = match args.model.resolve()? {
+        ModelConfig::UViT(c) => c,
+        ModelConfig::UNet2D(_) => bail!(
+            "{}: a UNet2D's weights outside a training checkpoint come with their noise schedule in a diffusers \
+             folder: pass --weights DIR (or hf://OWNER/REPO) instead of --checkpoint",
+            checkpoint.display()
+        ),
+    };
+    let model = cfg.load(checkpoint, DType::F32, device)?;
     let sde = args.schedule.unwrap_or(NoiseSchedule::VpLinear).sde();
     Ok(Loaded { model: model.into(), schedule: Schedule::Vp(sde), null_label: None })
 }
@@ -140,7 +147,7 @@ fn load_diffusers(spec: &str, args: &SampleArgs, device: &Device) -> Result<Load
         cfg = cfg.with_scaling(s);
         cfg.validate().map_err(anyhow::Error::msg)?;
     }
-    let model = UNet2D::from_checkpoint(&cfg, &files.weights, DType::F32, device)?;
+    let model = cfg.load(&files.weights, DType::F32, device)?;
     let schedule = match &files.scheduler {
         Some(p) => discrete_schedule(p)?,
         None => DiscreteSchedule::ddpm_linear(),

@@ -8,7 +8,7 @@ use crate::device::{DeviceArg, DtypeArg};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use scalelong_backbones::SkipScaling;
+use scalelong_backbones::{Architecture, SkipScaling};
 use scalelong_train::{run_dir, Event, RunEnd, Start, TrainConfig, Trainer};
 
 /// The recipe used when no --config is given: the embedded MNIST on a small U-ViT.

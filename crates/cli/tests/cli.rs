@@ -34,6 +34,32 @@ fn info_prints_counts_and_skip_coefficients() {
 }
 
 #[test]
+fn info_describes_unets_from_toml_and_diffusers_configs() {
+    // The UNet's skips are merged by the up-block ResNets, innermost first.
+    let o = scalelong(&["info", "--config", &repo("configs/cifar10-ddpm-unet-finetune-cs.toml")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("UNet2D 32x32x3") && out.contains("skip scaling: cs:0.5"), "{out}");
+    assert!(out.contains("1      up_blocks.3.resnets.2 1 (outermost)"), "{out}");
+    assert!(out.contains("12     up_blocks.0.resnets.0 0.00048828125 (innermost)"), "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("config.json");
+    std::fs::write(
+        &json,
+        r#"{"_class_name": "UNet2DModel", "block_out_channels": [32, 64], "layers_per_block": 1,
+            "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+            "sample_size": 16, "norm_num_groups": 8, "attention_head_dim": null}"#,
+    )
+    .unwrap();
+    let o = scalelong(&["info", "--config", json.to_str().unwrap(), "--scaling", "ls-per-skip"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("1      up_blocks.1.resnets.1 LS gate se.3 (outermost)"), "{out}");
+    assert!(out.contains("4      up_blocks.0.resnets.0 LS gate se.0 (innermost)"), "{out}");
+}
+
+#[test]
 fn info_reads_config_files_and_checks_checkpoints() {
     let o = scalelong(&["info", "--config", &repo("configs/mnist-uvit-cpu.toml")]);
     assert!(o.status.success(), "{}", stderr(&o));

@@ -30,7 +30,7 @@ impl Calibration {
             return Err(candle_core::Error::wrap(ScalingError::EmptyCalibration { width, reduction }));
         }
         if axis == 0 {
-            fail!("LS calibration cannot gate axis 0: that is the batch axis");
+            return Err(candle_core::Error::wrap(ScalingError::GateAxis { axis, dims: vec![] }));
         }
         Ok(Self {
             layer1: torch_default_linear(width, hidden, vb.pp("layer1"))?,
@@ -50,7 +50,10 @@ impl Calibration {
     pub fn gate(&self, skip: &Tensor) -> Result<Tensor> {
         let rank = skip.rank();
         if self.axis >= rank {
-            fail!("LS calibration gates axis {} but the skip has shape {:?}", self.axis, skip.dims());
+            return Err(candle_core::Error::wrap(ScalingError::GateAxis {
+                axis: self.axis,
+                dims: skip.dims().to_vec(),
+            }));
         }
         let moved = if self.axis == 1 { skip.clone() } else { skip.transpose(1, self.axis)? };
         let squeezed = if rank > 2 { moved.flatten_from(2)?.mean(2)? } else { moved };

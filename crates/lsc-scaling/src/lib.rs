@@ -12,26 +12,19 @@
 //! | [`SkipScaling::Learned`] (LS) | `ls` | gate from one shared [`Calibration`] |
 //! | [`SkipScaling::LearnedPerSkip`] | `ls-per-skip` | gate from calibration module `i` |
 //!
-//! This crate knows nothing of backbones: a backbone asks [`SkipScaling::constant_coefficient`]
+//! This crate knows nothing of backbones: a backbone asks [`SkipScaling::factor`]
 //! for each skip, or builds [`Calibration`] gates over whichever axis it wants gated.
 //!
 //! ```
-//! use scalelong_lsc_scaling::SkipScaling;
+//! use scalelong_lsc_scaling::{SkipFactor, SkipScaling};
 //! let cs: SkipScaling = "cs:0.5".parse().unwrap();
 //! // Six skips, innermost (i = 6) gets the smallest factor.
-//! assert_eq!(cs.constant_coefficient(6, 6), Some(1.0 / 32.0));
-//! assert_eq!(cs.constant_coefficient(1, 6), Some(1.0));
+//! assert_eq!(cs.factor(6, 6), Ok(SkipFactor::Constant(1.0 / 32.0)));
+//! assert_eq!(cs.factor(1, 6), Ok(SkipFactor::Constant(1.0)));
 //! ```
-
-/// Returns a plain error message (no backtrace attached, unlike `candle_core::bail!`).
-macro_rules! fail {
-    ($($arg:tt)*) => {
-        return Err(candle_core::Error::Msg(format!($($arg)*)))
-    };
-}
 
 mod calibration;
 mod scaling;
 
 pub use calibration::{Calibration, DEFAULT_REDUCTION};
-pub use scaling::{ScalingError, SkipScaling};
+pub use scaling::{ScalingError, SkipFactor, SkipScaling};

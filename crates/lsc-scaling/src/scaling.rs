@@ -20,6 +20,15 @@ pub enum SkipScaling {
     LearnedPerSkip,
 }
 
+/// How one skip is scaled (see [`SkipScaling::factor`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SkipFactor {
+    /// Multiplied by this constant.
+    Constant(f64),
+    /// Multiplied by a calibration gate computed from the skip itself (LS).
+    Gate,
+}
+
 /// A scaling mode that cannot be used, with what was expected.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ScalingError {
@@ -37,6 +46,10 @@ pub enum ScalingError {
          of 0: expected a reduction <= {width}"
     )]
     EmptyCalibration { width: usize, reduction: usize },
+    #[error(
+        "LS calibration cannot gate axis {axis} of a skip shaped {dims:?}: expected 1 <= axis < rank (0 is the batch)"
+    )]
+    GateAxis { axis: usize, dims: Vec<usize> },
 }
 
 impl SkipScaling {
@@ -72,25 +85,17 @@ impl SkipScaling {
         Ok(self)
     }
 
-    /// The constant coefficient of skip `skip` of `num_skips` (1 = outermost), or `None` for the
-    /// learned modes whose gate depends on the input.
-    ///
-    /// # Panics
-    /// Never; use [`SkipScaling::checked_coefficient`] to get an error on an out-of-range skip.
-    pub fn constant_coefficient(&self, skip: usize, num_skips: usize) -> Option<f64> {
-        self.checked_coefficient(skip, num_skips).ok().flatten()
-    }
-
-    /// As [`SkipScaling::constant_coefficient`], with an error when `skip` is not in `1..=num_skips`.
-    pub fn checked_coefficient(&self, skip: usize, num_skips: usize) -> Result<Option<f64>, ScalingError> {
+    /// How skip `skip` of `num_skips` (1 = outermost) is scaled: a constant factor, or a learned
+    /// gate that depends on the input; an error when `skip` is not in `1..=num_skips`.
+    pub fn factor(&self, skip: usize, num_skips: usize) -> Result<SkipFactor, ScalingError> {
         if skip == 0 || skip > num_skips {
             return Err(ScalingError::SkipOutOfRange { skip, num_skips });
         }
         Ok(match *self {
-            Self::None => Some(1.0),
-            Self::InvSqrt2 => Some(std::f64::consts::FRAC_1_SQRT_2),
-            Self::Constant { kappa } => Some(kappa.powi(skip as i32 - 1)),
-            Self::Learned | Self::LearnedPerSkip => None,
+            Self::None => SkipFactor::Constant(1.0),
+            Self::InvSqrt2 => SkipFactor::Constant(std::f64::consts::FRAC_1_SQRT_2),
+            Self::Constant { kappa } => SkipFactor::Constant(kappa.powi(skip as i32 - 1)),
+            Self::Learned | Self::LearnedPerSkip => SkipFactor::Gate,
         })
     }
 
@@ -209,14 +214,15 @@ mod tests {
     fn cs_coefficients_follow_the_paper() {
         let cs = SkipScaling::cs(0.5).unwrap();
         // Listed in decoder order (innermost first), as REFERENCE.md does.
-        let decoder_order: Vec<f64> = (1..=6).rev().map(|i| cs.constant_coefficient(i, 6).unwrap()).collect();
-        assert_eq!(decoder_order, [1.0 / 32.0, 1.0 / 16.0, 1.0 / 8.0, 0.25, 0.5, 1.0]);
-        let r = SkipScaling::InvSqrt2.constant_coefficient(3, 6).unwrap();
+        let decoder_order: Vec<SkipFactor> = (1..=6).rev().map(|i| cs.factor(i, 6).unwrap()).collect();
+        let want = [1.0 / 32.0, 1.0 / 16.0, 1.0 / 8.0, 0.25, 0.5, 1.0].map(SkipFactor::Constant);
+        assert_eq!(decoder_order, want);
+        let SkipFactor::Constant(r) = SkipScaling::InvSqrt2.factor(3, 6).unwrap() else { panic!("constant") };
         assert!((r * r - 0.5).abs() < 1e-15);
-        assert_eq!(SkipScaling::None.constant_coefficient(4, 6), Some(1.0));
-        assert_eq!(SkipScaling::Learned.constant_coefficient(4, 6), None);
-        assert!(matches!(cs.checked_coefficient(0, 6), Err(ScalingError::SkipOutOfRange { .. })));
-        assert!(matches!(cs.checked_coefficient(7, 6), Err(ScalingError::SkipOutOfRange { .. })));
+        assert_eq!(SkipScaling::None.factor(4, 6), Ok(SkipFactor::Constant(1.0)));
+        assert_eq!(SkipScaling::Learned.factor(4, 6), Ok(SkipFactor::Gate));
+        assert!(matches!(cs.factor(0, 6), Err(ScalingError::SkipOutOfRange { .. })));
+        assert!(matches!(cs.factor(7, 6), Err(ScalingError::SkipOutOfRange { .. })));
     }
 
     #[test]

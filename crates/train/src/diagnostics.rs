@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Result, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use scalelong_backbones::{Backbone, Taps};
+use scalelong_backbones::{Architecture, Backbone, Network, Taps};
 use scalelong_data::{make_batch, DataPosition, ImageDataset, LoaderConfig};
 use scalelong_diffusion::{noise, TrainingObjective};
 use serde::{Deserialize, Serialize};
@@ -62,25 +62,12 @@ pub fn mean_sample_norm(x: &Tensor) -> Result<f64> {
     Ok(n.to_scalar::<f32>()? as f64)
 }
 
-/// Which block a parameter belongs to, as an index in execution order for a model with `n`
-/// encoder blocks (U-ViT `in_blocks.k`, UNet `down_blocks.k`), a `mid_block` and `n` decoder
-/// blocks (`out_blocks.k`, `up_blocks.k`); `None` for embeddings and the output head.
-pub fn block_index(name: &str, n: usize) -> Option<usize> {
-    let numbered = |prefix: &str| name.strip_prefix(prefix)?.split('.').next()?.parse::<usize>().ok();
-    if let Some(k) = numbered("in_blocks.").or_else(|| numbered("down_blocks.")) {
-        Some(k)
-    } else if name.starts_with("mid_block.") {
-        Some(n)
-    } else {
-        numbered("out_blocks.").or_else(|| numbered("up_blocks.")).map(|k| n + 1 + k)
-    }
-}
-
-/// Groups per-parameter squared gradient norms (same order as `names`) into per-block norms.
-pub fn block_grad_norms(names: &[String], squared: &[f64], skips: usize) -> Vec<f64> {
-    let mut sums = vec![0.0; 2 * skips + 1];
+/// Groups per-parameter squared gradient norms (same order as `names`) into the norms of the
+/// model's blocks, in execution order (as [`Architecture::block_of`] numbers them).
+pub fn block_grad_norms(model: &impl Architecture, names: &[String], squared: &[f64]) -> Vec<f64> {
+    let mut sums = vec![0.0; 2 * model.encoder_blocks() + 1];
     for (name, sq) in names.iter().zip(squared) {
-        if let Some(b) = block_index(name, skips) {
+        if let Some(b) = model.block_of(name) {
             sums[b] += sq;
         }
     }

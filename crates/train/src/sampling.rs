@@ -2,7 +2,7 @@
 
 use candle_core::{Result, Tensor};
 use rand::RngCore;
-use scalelong_backbones::Backbone;
+use scalelong_backbones::{Backbone, Network};
 use scalelong_diffusion::samplers::Sampler;
 use scalelong_diffusion::{ClipX0, Guided, NoisePredictor, Schedule};
 

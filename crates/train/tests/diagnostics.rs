@@ -2,8 +2,8 @@
 //! relations their definitions imply.
 
 use candle_core::{DType, Device, Tensor};
-use scalelong_backbones::SkipScaling;
-use scalelong_train::diagnostics::{block_grad_norms, block_index, mean_sample_norm, Diagnostics};
+use scalelong_backbones::{Architecture, SkipScaling};
+use scalelong_train::diagnostics::{block_grad_norms, mean_sample_norm, Diagnostics};
 use scalelong_train::{Event, TrainConfig, Trainer};
 
 fn tiny(scaling: &str) -> TrainConfig {
@@ -125,14 +125,15 @@ fn definitions_by_hand() {
     // Per-sample L2 norms 5 and 0, averaged: 2.5.
     let x = Tensor::new(&[[3f32, 4.0], [0.0, 0.0]], &Device::Cpu).unwrap();
     assert_eq!(mean_sample_norm(&x).unwrap(), 2.5);
-    assert_eq!(block_index("in_blocks.1.attn.qkv.weight", 3), Some(1));
-    assert_eq!(block_index("mid_block.norm1.weight", 3), Some(3));
-    assert_eq!(block_index("out_blocks.2.skip_linear.weight", 3), Some(6));
-    assert_eq!(block_index("pos_embed", 3), None);
-    assert_eq!(block_index("se.0.fc1.weight", 3), None);
+    let model = tiny("ls-per-skip").model; // depth 4: 2 in-blocks, a mid-block, 2 out-blocks
+    assert_eq!(model.block_of("in_blocks.1.attn.qkv.weight"), Some(1));
+    assert_eq!(model.block_of("mid_block.norm1.weight"), Some(2));
+    assert_eq!(model.block_of("out_blocks.1.skip_linear.weight"), Some(4));
+    assert_eq!(model.block_of("pos_embed"), None);
+    assert_eq!(model.block_of("se.0.layer1.weight"), None);
     let names: Vec<String> = ["in_blocks.0.a", "in_blocks.0.b", "mid_block.a", "out_blocks.0.a", "decoder_pred.weight"]
         .map(String::from)
         .into();
     // sqrt(9 + 16) = 5, sqrt(4) = 2, sqrt(1) = 1; the head is not a block.
-    assert_eq!(block_grad_norms(&names, &[9.0, 16.0, 4.0, 1.0, 100.0], 1), vec![5.0, 2.0, 1.0]);
+    assert_eq!(block_grad_norms(&model, &names, &[9.0, 16.0, 4.0, 1.0, 100.0]), vec![5.0, 0.0, 2.0, 1.0, 0.0]);
 }

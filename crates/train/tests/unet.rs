@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
+use scalelong_backbones::Architecture;
 use scalelong_train::{Event, TrainConfig, Trainer};
 
 fn tiny_unet(scaling: &str) -> TrainConfig {

@@ -164,7 +164,7 @@ impl UNet2DConfig {
     pub fn from_json(text: &str, source: &str) -> Result<Self> {
         let cfg: Self = serde_json::from_str(text)
             .map_err(|e| candle_core::Error::Msg(format!("UNet2DModel config {source}: {e}")))?;
-        cfg.validate().map_err(|e| candle_core::Error::Msg(format!("UNet2DModel config {source}: {e}")))?;
+        cfg.check().map_err(|e| candle_core::Error::Msg(format!("UNet2DModel config {source}: {e}")))?;
         Ok(cfg)
     }
 
@@ -200,8 +200,12 @@ impl UNet2DConfig {
         self.skip_channels().len()
     }
 
-    /// Checks everything the forward pass relies on; the message names the key and what it expects.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    /// Checks every key this implementation reads, naming the key and what it expects.
+    pub fn validate(&self) -> Result<()> {
+        self.check().map_err(candle_core::Error::Msg)
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
         let n = self.block_out_channels.len();
         let unsupported =
             |key: &str, got: &str, want: &str| Err(format!("`{key}` = {got:?} is not supported: expected {want}"));

@@ -13,16 +13,13 @@ pub use crate::ops::upsample_nearest2x;
 pub use blocks::{Downsample2D, ResnetBlock2D, SpatialAttention, Upsample2D};
 pub use config::{UNet2DConfig, DOWN_BLOCKS, UP_BLOCKS};
 
-use std::path::Path;
-
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, Init, VarBuilder};
 use scalelong_lsc_scaling::{Calibration, SkipScaling, DEFAULT_REDUCTION};
 
-use crate::checkpoint;
+use crate::architecture::{numbered_block, Architecture, Network};
 use crate::nn::{torch_conv2d as conv2d, torch_linear as linear};
 use crate::nn::{Conv2d, GroupNorm, Linear};
-use crate::params::ParamSpec;
 use crate::skip::SkipScale;
 use crate::taps::Taps;
 use crate::timesteps::Timesteps;
@@ -59,7 +56,7 @@ pub struct UNet2D {
 
 impl UNet2D {
     pub fn new(config: &UNet2DConfig, vb: VarBuilder) -> Result<Self> {
-        config.validate().map_err(candle_core::Error::Msg)?;
+        config.validate()?;
         let c = config;
         let ch = &c.block_out_channels;
         let (temb, eps, scale_shift) = (c.time_embed_dim(), c.norm_eps, c.resnet_time_scale_shift == "scale_shift");
@@ -139,15 +136,11 @@ impl UNet2D {
             prev = cout;
         }
         let n = skip_channels.len();
-        let gate = |width: usize, vb| Calibration::new(width, DEFAULT_REDUCTION.min(width), 1, vb);
-        let skip_scales = match c.scaling {
-            SkipScaling::Learned => vec![SkipScale::Gate(gate(skip_channels[0], vb.pp("se"))?); n],
-            // se.{k}: k = 0 for the innermost skip (merged first), i.e. skip i = n - k.
-            SkipScaling::LearnedPerSkip => (1..=n)
-                .map(|i| Ok(SkipScale::Gate(gate(skip_channels[i - 1], vb.pp(format!("se.{}", n - i)))?)))
-                .collect::<Result<_>>()?,
-            constant => (1..=n).map(|i| SkipScale::constant(constant, i, n).expect("constant mode")).collect(),
+        let gate = |i: usize, vb| {
+            let width = skip_channels[i - 1];
+            Calibration::new(width, DEFAULT_REDUCTION.min(width), 1, vb)
         };
+        let skip_scales = SkipScale::for_skips(c.scaling, n, &vb, gate)?;
         Ok(Self {
             config: c.clone(),
             time_embedding,
@@ -162,40 +155,12 @@ impl UNet2D {
         })
     }
 
-    /// The parameters this config asks for (names and shapes), without allocating them.
-    pub fn param_specs(config: &UNet2DConfig) -> Result<Vec<ParamSpec>> {
-        crate::params::param_specs(|vb| Self::new(config, vb))
-    }
-
-    /// Loads `diffusion_pytorch_model.safetensors` (or a `.pth` state dict) as diffusers saved it;
-    /// missing, unexpected or wrongly shaped tensors give one error naming all of them.
-    pub fn from_checkpoint(config: &UNet2DConfig, path: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        checkpoint::load_checked(path, &Self::param_specs(config)?, dtype, device, |vb| Self::new(config, vb))
-    }
-
     pub fn config(&self) -> &UNet2DConfig {
         &self.config
     }
+}
 
-    /// Predicts from `x` (B, C, H, W) at the discrete `timesteps` (B,); `y` (B,) are class labels
-    /// for class-conditional models.
-    pub fn forward(&self, x: &Tensor, timesteps: &Tensor, y: Option<&Tensor>) -> Result<Tensor> {
-        self.run(x, timesteps, y, None)
-    }
-
-    /// As [`UNet2D::forward`], also recording the skips before and after scaling, the LS gates and
-    /// the output of every stage (encoder stages, mid-block, decoder stages) into `taps`.
-    pub fn forward_with_taps(
-        &self,
-        x: &Tensor,
-        timesteps: &Tensor,
-        y: Option<&Tensor>,
-        taps: &mut Taps,
-    ) -> Result<Tensor> {
-        *taps = Taps::default();
-        self.run(x, timesteps, y, Some(taps))
-    }
-
+impl Network for UNet2D {
     fn run(&self, x: &Tensor, timesteps: &Tensor, y: Option<&Tensor>, mut taps: Option<&mut Taps>) -> Result<Tensor> {
         let c = &self.config;
         let (b, ch, ..) = x.dims4()?;
@@ -271,11 +236,82 @@ impl UNet2D {
         }
         self.conv_out.forward(&self.conv_norm_out.forward_silu(&h)?)
     }
+}
 
+impl UNet2D {
     /// diffusers' `time_proj`: its `get_timestep_embedding` with the config's layout.
     fn time_proj(&self) -> Timesteps {
         let c = &self.config;
         Timesteps::new(c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift)
+    }
+}
+
+impl UNet2DConfig {
+    /// The `arch` key of a `[model]` table.
+    pub const ARCH: &'static str = "unet2d";
+}
+
+impl Architecture for UNet2DConfig {
+    type Model = UNet2D;
+    fn arch(&self) -> &'static str {
+        Self::ARCH
+    }
+
+    fn build(&self, vb: VarBuilder) -> Result<UNet2D> {
+        UNet2D::new(self, vb)
+    }
+    fn validate_for_training(&self) -> Result<()> {
+        self.validate()?;
+        if self.sample_size.is_none() {
+            fail!("model.sample_size must be set to train a UNet2D");
+        }
+        if self.dropout != 0.0 {
+            fail!("model.dropout = {}: training with dropout is not implemented; expected 0", self.dropout);
+        }
+        Ok(())
+    }
+    fn scaling(&self) -> SkipScaling {
+        self.scaling
+    }
+    fn set_scaling(&mut self, scaling: SkipScaling) {
+        self.scaling = scaling;
+    }
+    fn in_channels(&self) -> usize {
+        self.in_channels
+    }
+    fn image_size(&self) -> Option<usize> {
+        self.sample_size
+    }
+    fn num_classes(&self) -> Option<usize> {
+        self.num_class_embeds
+    }
+    fn num_skips(&self) -> usize {
+        UNet2DConfig::num_skips(self)
+    }
+    fn encoder_blocks(&self) -> usize {
+        self.block_out_channels.len()
+    }
+    fn block_of(&self, param: &str) -> Option<usize> {
+        numbered_block(param, self.block_out_channels.len(), "down_blocks", "mid_block", "up_blocks")
+    }
+    fn merged_by(&self, skip: usize) -> String {
+        // Each up block has layers_per_block + 1 ResNets; the first pops the innermost skip.
+        let k = UNet2DConfig::num_skips(self) - skip;
+        let per = self.layers_per_block + 1;
+        format!("up_blocks.{}.resnets.{}", k / per, k % per)
+    }
+    fn describe(&self) -> String {
+        format!(
+            "UNet2D {s}x{s}x{}, channels {:?}, {} ResNets per block ({} long skips)",
+            self.in_channels,
+            self.block_out_channels,
+            self.layers_per_block,
+            UNet2DConfig::num_skips(self),
+            s = self.sample_size.unwrap_or(0)
+        )
+    }
+    fn forward_flops(&self) -> f64 {
+        crate::flops::unet(self)
     }
 }
 

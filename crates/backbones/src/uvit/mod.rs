@@ -11,17 +11,14 @@ mod config;
 pub use block::{Attention, Block, Mlp};
 pub use config::{UViTConfig, PRESETS};
 
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, Init, VarBuilder};
 use scalelong_lsc_scaling::{Calibration, SkipScaling};
 
 use crate::skip::SkipScale;
 
-use std::path::Path;
-
-use crate::checkpoint;
+use crate::architecture::{numbered_block, Architecture, Network};
 use crate::nn::{official_linear as linear, torch_conv2d, torch_default_init, LayerNorm, Linear, TRUNC_NORMAL_002};
-use crate::params::ParamSpec;
 use crate::taps::Taps;
 use crate::timesteps::Timesteps;
 
@@ -73,16 +70,9 @@ impl UViT {
         let in_blocks = (0..n).map(|k| block(vb.pp(format!("in_blocks.{k}")), false)).collect::<Result<_>>()?;
         let mid_block = block(vb.pp("mid_block"), false)?;
         let out_blocks = (0..n).map(|k| block(vb.pp(format!("out_blocks.{k}")), true)).collect::<Result<_>>()?;
-        let gate = |vb: VarBuilder| Calibration::new(c.num_tokens(), c.ls_reduction, 1, vb);
-        let skip_scales = match c.scaling {
-            SkipScaling::Learned => vec![SkipScale::Gate(gate(vb.pp("se"))?); n],
-            SkipScaling::LearnedPerSkip => {
-                (0..n).map(|k| Ok(SkipScale::Gate(gate(vb.pp(format!("se.{k}")))?))).collect::<Result<_>>()?
-            }
-            constant => {
-                (0..n).map(|k| SkipScale::constant(constant, n - k, n).expect("learned modes handled above")).collect()
-            }
-        };
+        let gate = |_, vb| Calibration::new(c.num_tokens(), c.ls_reduction, 1, vb);
+        let mut skip_scales = SkipScale::for_skips(c.scaling, n, &vb, gate)?;
+        skip_scales.reverse(); // out-blocks run innermost skip first
         let norm = LayerNorm::new(d, LayerNorm::DEFAULT_EPS, vb.pp("norm"))?;
         let decoder_pred = linear(d, p * p * ch, true, vb.pp("decoder_pred"))?;
         let final_layer =
@@ -104,41 +94,12 @@ impl UViT {
         })
     }
 
-    /// The parameters this config asks for (names and shapes), without allocating them.
-    pub fn param_specs(config: &UViTConfig) -> Result<Vec<ParamSpec>> {
-        crate::params::param_specs(|vb| Self::new(config, vb))
-    }
-
-    /// Loads weights from a `.safetensors` or `.pth` file (official state dicts as they are,
-    /// `{"model": ...}` wrappers and `module.` prefixes too). Missing, unexpected or wrongly shaped
-    /// tensors give one error naming all of them.
-    pub fn from_checkpoint(config: &UViTConfig, path: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        checkpoint::load_checked(path, &Self::param_specs(config)?, dtype, device, |vb| Self::new(config, vb))
-    }
-
     pub fn config(&self) -> &UViTConfig {
         &self.config
     }
+}
 
-    /// Predicts from a noisy image `x` (B, C, H, W), the network's time input `timesteps` (B,)
-    /// (t * 999 for the continuous VP-SDE) and, for class-conditional models, labels `y` (B,).
-    pub fn forward(&self, x: &Tensor, timesteps: &Tensor, y: Option<&Tensor>) -> Result<Tensor> {
-        self.run(x, timesteps, y, None)
-    }
-
-    /// As [`UViT::forward`], also recording every skip before and after scaling, every block's
-    /// output and the LS gates into `taps`.
-    pub fn forward_with_taps(
-        &self,
-        x: &Tensor,
-        timesteps: &Tensor,
-        y: Option<&Tensor>,
-        taps: &mut Taps,
-    ) -> Result<Tensor> {
-        *taps = Taps::default();
-        self.run(x, timesteps, y, Some(taps))
-    }
-
+impl Network for UViT {
     fn run(&self, x: &Tensor, timesteps: &Tensor, y: Option<&Tensor>, mut taps: Option<&mut Taps>) -> Result<Tensor> {
         let c = &self.config;
         let (b, ch, h, w) = x.dims4()?;
@@ -188,7 +149,9 @@ impl UViT {
         let x = x.narrow(1, self.config.extras(), c.num_patches())?;
         self.final_layer.forward(&self.unpatchify(&x, b)?)
     }
+}
 
+impl UViT {
     /// `Conv2d(kernel = stride = patch)` as patchify + matmul: the same sum, in one GEMM.
     fn patch_embed(&self, x: &Tensor) -> Result<Tensor> {
         let c = &self.config;
@@ -205,6 +168,68 @@ impl UViT {
         let (p, ch) = (c.patch_size, c.in_chans);
         let g = c.img_size / p;
         x.reshape((b, g, g, p, p, ch))?.permute((0, 5, 1, 3, 2, 4))?.reshape((b, ch, c.img_size, c.img_size))
+    }
+}
+
+impl UViTConfig {
+    /// The `arch` key of a `[model]` table.
+    pub const ARCH: &'static str = "uvit";
+}
+
+impl Architecture for UViTConfig {
+    type Model = UViT;
+    fn arch(&self) -> &'static str {
+        Self::ARCH
+    }
+
+    fn build(&self, vb: VarBuilder) -> Result<UViT> {
+        UViT::new(self, vb)
+    }
+    fn validate_for_training(&self) -> Result<()> {
+        self.validate()
+    }
+    fn scaling(&self) -> SkipScaling {
+        self.scaling
+    }
+    fn set_scaling(&mut self, scaling: SkipScaling) {
+        self.scaling = scaling;
+    }
+    fn in_channels(&self) -> usize {
+        self.in_chans
+    }
+    fn image_size(&self) -> Option<usize> {
+        Some(self.img_size)
+    }
+    fn num_classes(&self) -> Option<usize> {
+        self.num_classes
+    }
+    fn num_skips(&self) -> usize {
+        UViTConfig::num_skips(self)
+    }
+    fn encoder_blocks(&self) -> usize {
+        UViTConfig::num_skips(self)
+    }
+    fn block_of(&self, param: &str) -> Option<usize> {
+        numbered_block(param, UViTConfig::num_skips(self), "in_blocks", "mid_block", "out_blocks")
+    }
+    fn merged_by(&self, skip: usize) -> String {
+        // Out-blocks merge the innermost skip first.
+        format!("out_blocks.{}", UViTConfig::num_skips(self) - skip)
+    }
+    fn describe(&self) -> String {
+        format!(
+            "U-ViT {s}x{s}x{}, patch {}, width {}, depth {} ({} long skips), {} heads",
+            self.in_chans,
+            self.patch_size,
+            self.embed_dim,
+            self.depth,
+            UViTConfig::num_skips(self),
+            self.num_heads,
+            s = self.img_size
+        )
+    }
+    fn forward_flops(&self) -> f64 {
+        crate::flops::uvit(self)
     }
 }
 

@@ -1,8 +1,10 @@
 use super::*;
+use candle_core::{DType, Device};
 use candle_nn::VarMap;
+use scalelong_lsc_scaling::SkipFactor;
 
 fn count(cfg: &UViTConfig) -> usize {
-    crate::params::count(&UViT::param_specs(cfg).unwrap())
+    crate::params::count(&cfg.param_specs().unwrap())
 }
 
 #[test]
@@ -66,9 +68,9 @@ fn taps_hand_out_skips_before_and_after_scaling() -> Result<()> {
         // Skip i (outermost first) is the output of in-block i.
         assert_eq!(max_abs_diff(&taps.skips[0], &taps.blocks[0]), 0.0);
         for (i, (raw, scaled)) in taps.skips.iter().zip(&taps.scaled_skips).enumerate() {
-            let want = match scaling.constant_coefficient(i + 1, 2) {
-                Some(c) => (raw * c)?,
-                None => raw.broadcast_mul(&taps.gates[i])?,
+            let want = match scaling.factor(i + 1, 2).unwrap() {
+                SkipFactor::Constant(c) => (raw * c)?,
+                SkipFactor::Gate => raw.broadcast_mul(&taps.gates[i])?,
             };
             assert!(max_abs_diff(scaled, &want) < 1e-6, "{scaling}: skip {}", i + 1);
         }
@@ -92,7 +94,7 @@ fn varmap_model_has_the_official_initialisation() -> Result<()> {
     let cfg = tiny(SkipScaling::LearnedPerSkip, Some(10));
     let (_, vm) = random_model(&cfg)?;
     let data = vm.data().lock().unwrap();
-    assert_eq!(data.len(), UViT::param_specs(&cfg)?.len());
+    assert_eq!(data.len(), cfg.param_specs()?.len());
     let stats = |name: &str| -> (f32, f32) {
         let v = data[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let mean = v.iter().sum::<f32>() / v.len() as f32;

@@ -6,7 +6,7 @@ mod sections;
 
 use std::path::Path;
 
-use scalelong_backbones::ModelConfig;
+use scalelong_backbones::{Architecture, ModelConfig};
 use scalelong_diffusion::{SamplerKind, Schedule};
 use serde::{Deserialize, Serialize};
 
@@ -69,7 +69,7 @@ impl TrainConfig {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        self.model.validate().map_err(|e| e.to_string())?;
+        self.model.validate_for_training().map_err(|e| e.to_string())?;
         let t = &self.train;
         let d = &self.diagnostics;
         let sm = &self.sample;

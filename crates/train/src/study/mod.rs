@@ -7,7 +7,7 @@ pub mod report;
 
 use std::path::Path;
 
-use scalelong_backbones::SkipScaling;
+use scalelong_backbones::{Architecture, SkipScaling};
 
 use crate::metrics::MetricsLine;
 use crate::stability::{mean, mean_abs_relative_change, sig3, steps_to_reach, tail_mean, windowed_spread, Spread};

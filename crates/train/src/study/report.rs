@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::{
     block_table, feature_norm_ordering, paper_ordering_holds, table, tail, ModeSummary, RunRecord, TAIL, WINDOW,
 };
-use scalelong_backbones::SkipScaling;
+use scalelong_backbones::{Architecture, SkipScaling};
 
 use crate::stability::sig3;
 use crate::TrainConfig;

@@ -8,7 +8,7 @@ use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use scalelong_backbones::{checkpoint as weights_file, weights};
+use scalelong_backbones::{checkpoint as weights_file, is_gate_param, weights, Architecture};
 use scalelong_data::DataPosition;
 use scalelong_diffusion::{noise, Schedule};
 
@@ -37,7 +37,7 @@ impl Trainer {
             .model
             .param_specs()?
             .into_iter()
-            .filter(|p| !p.name.starts_with("se.") || tensors.contains_key(&p.name))
+            .filter(|p| !is_gate_param(&p.name) || tensors.contains_key(&p.name))
             .collect();
         weights_file::check(&format!("train.init_from {}", path.display()), &specs, &tensors)?;
         for (name, var) in self.names.iter().zip(self.opt.params()) {
@@ -167,7 +167,7 @@ impl Trainer {
         let sampler = s.sampler.build(s.steps, &Schedule::Vp(self.config.train.schedule.sde()))?;
         let m = &self.config.model;
         let mut rng = ChaCha8Rng::seed_from_u64(self.config.train.seed.wrapping_add(1));
-        let size = m.image_size();
+        let size = m.train_size();
         let x = noise::randn((s.n, m.in_channels(), size, size), DType::F32, &self.device, &mut rng)?;
         let labels = match m.num_classes() {
             Some(_) => Some(Tensor::new(

@@ -14,7 +14,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use scalelong_backbones::Backbone;
+use scalelong_backbones::{Architecture, Backbone};
 use scalelong_data::{DataPosition, DataSpec, ImageDataset, Loader};
 use scalelong_diffusion::{Schedule, TrainingObjective};
 

@@ -2,6 +2,7 @@
 //! settings, the class labels check and the diagnostics probe.
 
 use candle_core::{Device, Result};
+use scalelong_backbones::Architecture;
 use scalelong_data::{DataSpec, ImageDataset, LoaderConfig};
 use scalelong_diffusion::TrainingObjective;
 
@@ -38,8 +39,8 @@ pub(super) fn load_data(
 ) -> std::result::Result<ImageDataset, scalelong_data::DataError> {
     let m = &config.model;
     match config.data.fit {
-        Fit::Resize => spec.load(m.in_channels(), m.image_size()),
-        Fit::Pad => spec.load_padded(m.in_channels(), m.image_size()),
+        Fit::Resize => spec.load(m.in_channels(), m.train_size()),
+        Fit::Pad => spec.load_padded(m.in_channels(), m.train_size()),
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
-use scalelong_backbones::{Backbone, Taps};
+use scalelong_backbones::{Architecture, Backbone, Network, Taps};
 use scalelong_data::Loader;
 use scalelong_diffusion::drop_labels;
 
@@ -131,7 +131,6 @@ impl Trainer {
     fn diagnose(&self, taps: &Taps, squared_grads: &[f64]) -> Result<Diagnostics> {
         let probe = self.probe.as_ref().expect("diagnose only with a probe");
         let f = diagnostics::from_taps(taps)?;
-        let skips = self.config.model.encoder_blocks();
         let model =
             self.config.model.build(VarBuilder::from_tensors(self.detached(false), DType::F32, &self.device))?;
         let ema = self.config.model.build(VarBuilder::from_tensors(self.detached(true), DType::F32, &self.device))?;
@@ -141,7 +140,7 @@ impl Trainer {
             skip_norms: f.skip_norms,
             scaled_skip_norms: f.scaled_skip_norms,
             gates: f.gates,
-            block_grad_norms: diagnostics::block_grad_norms(&self.names, squared_grads, skips),
+            block_grad_norms: diagnostics::block_grad_norms(&self.config.model, &self.names, squared_grads),
             val_loss: probe.val_loss(&model, &self.objective)?,
             val_loss_ema: probe.val_loss(&ema, &self.objective)?,
             robustness: probe.robustness(&model)?,

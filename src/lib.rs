@@ -11,7 +11,7 @@
 //!
 //! ```no_run
 //! use candle_core::{DType, Device, Tensor};
-//! use scalelong::backbones::{UViT, UViTConfig};
+//! use scalelong::backbones::{Architecture, Network, UViTConfig};
 //!
 //! # fn main() -> anyhow::Result<()> {
 //! let cfg = UViTConfig::preset("cifar10-uvit-s2")?.with_scaling("cs:0.5".parse()?);

@@ -43,7 +43,11 @@ fn main() -> Result<()> {
     // As in the CLI: never hand freed memory back to the OS (option 15 = purge delay).
     // SAFETY: set before any other thread exists.
     unsafe { libmimalloc_sys::mi_option_set(15, -1) };
-    scalelong_backbones::ops::init_process();
+    // As in the CLI: candle's pool does not spin after each op (it takes a core from our kernels).
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0") };
+    }
     match Cli::parse().command {
         Task::Bench(args) => bench::run(args),
         Task::BenchCase { json } => bench::run_case(&json),

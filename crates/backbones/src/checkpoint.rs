@@ -68,7 +68,9 @@ fn read_pth(path: &Path) -> Result<Vec<(String, Tensor)>> {
             }
         }
     }
-    fail!("no state dict found: expected a dict of tensors at the top level or under one of {WRAPPER_KEYS:?}")
+    candle_core::bail!(
+        "no state dict found: expected a dict of tensors at the top level or under one of {WRAPPER_KEYS:?}"
+    )
 }
 
 fn strip_ddp_prefix(tensors: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
@@ -96,7 +98,11 @@ pub fn check(source: &str, specs: &[ParamSpec], tensors: &HashMap<String, Tensor
     unexpected.sort();
     problems.extend(unexpected.into_iter().map(|k| format!("unexpected `{k}`")));
     if !problems.is_empty() {
-        fail!("checkpoint {source} does not fit the model ({} problems):\n  {}", problems.len(), problems.join("\n  "));
+        candle_core::bail!(
+            "checkpoint {source} does not fit the model ({} problems):\n  {}",
+            problems.len(),
+            problems.join("\n  ")
+        );
     }
     check_finite(source, tensors)
 }
@@ -113,7 +119,7 @@ pub fn check_finite(source: &str, tensors: &HashMap<String, Tensor>) -> Result<(
         }
         let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            fail!(
+            candle_core::bail!(
                 "checkpoint {source}: tensor `{name}` holds a non-finite value ({} at flat index {i}); the weights are damaged",
                 values[i]
             );

@@ -4,13 +4,6 @@
 //! takes its skip scaling from [`scalelong_lsc_scaling::SkipScaling`]. [`checkpoint`] loads official
 //! weights (`.safetensors`, `.pth`) with errors that name what does not fit.
 
-/// Returns a plain error message (no backtrace attached, unlike `candle_core::bail!`).
-macro_rules! fail {
-    ($($arg:tt)*) => {
-        return Err(candle_core::Error::Msg(format!($($arg)*)))
-    };
-}
-
 mod architecture;
 mod backbone;
 pub mod checkpoint;
@@ -27,7 +20,6 @@ pub mod weights;
 
 pub use architecture::{is_gate_param, Architecture, Network, GATE_PREFIX};
 pub use backbone::{Backbone, ModelConfig, ARCHS};
-pub use nn::{Conv2d, GroupNorm, LayerNorm, Linear};
 pub use scalelong_lsc_scaling::{SkipFactor, SkipScaling};
 pub use taps::Taps;
 pub use timesteps::Timesteps;

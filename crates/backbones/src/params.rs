@@ -28,7 +28,7 @@ impl SimpleBackend for Recorder {
     }
 
     fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> Result<Tensor> {
-        fail!("parameter `{name}` requested without a shape")
+        candle_core::bail!("parameter `{name}` requested without a shape")
     }
 
     fn contains_tensor(&self, _: &str) -> bool {

@@ -90,16 +90,19 @@ fn from_local(path: &Path) -> Result<WeightFiles> {
         let found = [WEIGHTS_FILE, "diffusion_pytorch_model.bin"].iter().map(|f| path.join(f)).find(|p| p.is_file());
         match found {
             Some(w) => (path.to_path_buf(), w),
-            None => fail!("{}: no {WEIGHTS_FILE} (or diffusion_pytorch_model.bin) in this folder", path.display()),
+            None => candle_core::bail!(
+                "{}: no {WEIGHTS_FILE} (or diffusion_pytorch_model.bin) in this folder",
+                path.display()
+            ),
         }
     } else if path.is_file() {
         (path.parent().unwrap_or(Path::new(".")).to_path_buf(), path.to_path_buf())
     } else {
-        fail!("weights `{}`: no such file or folder (and not hf://OWNER/REPO)", path.display());
+        candle_core::bail!("weights `{}`: no such file or folder (and not hf://OWNER/REPO)", path.display());
     };
     let config = dir.join("config.json");
     if !config.is_file() {
-        fail!("{}: no config.json beside the weights, so the architecture is unknown", dir.display());
+        candle_core::bail!("{}: no config.json beside the weights, so the architecture is unknown", dir.display());
     }
     let scheduler = [dir.join("scheduler_config.json"), dir.join("../scheduler/scheduler_config.json")]
         .into_iter()
@@ -150,7 +153,9 @@ fn from_hub(spec: &HubSpec, offline: bool) -> Result<WeightFiles> {
 
 #[cfg(not(feature = "hub"))]
 fn from_hub(spec: &HubSpec, _offline: bool) -> Result<WeightFiles> {
-    fail!("{spec}: this build has no Hugging Face Hub support (enable the `hub` feature of scalelong-backbones)")
+    candle_core::bail!(
+        "{spec}: this build has no Hugging Face Hub support (enable the `hub` feature of scalelong-backbones)"
+    )
 }
 
 #[cfg(test)]

@@ -50,8 +50,7 @@ fn training_checkpoint(path: &Path, model: &ModelArgs) -> Result<()> {
         );
     }
     let ck = checkpoint::load(path, &Device::Cpu)?;
-    let cfg = TrainConfig::from_toml(ck.meta("config")?, &format!("stored in {}", path.display()))
-        .map_err(anyhow::Error::msg)?;
+    let cfg = TrainConfig::from_toml(ck.meta("config")?, &format!("stored in {}", path.display()))?;
     let specs = print_model(&cfg.model)?;
     for group in [Group::Model, Group::Ema] {
         weights_file::check(&format!("{} ({} weights)", path.display(), group.prefix()), &specs, &ck.group(group))?;

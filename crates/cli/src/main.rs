@@ -44,6 +44,9 @@ enum Command {
 /// `mi_option_purge_delay` in mimalloc's option enum (v2).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
+/// candle's spin-wait limit for its thread pool; a value the user set wins.
+const SPIN_LIMIT: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
+
 fn main() {
     // Errors are messages; backtraces are for panics. Rust users often set RUST_BACKTRACE=1, which
     // makes candle attach a backtrace to every error; RUST_LIB_BACKTRACE=0 keeps them off errors
@@ -56,7 +59,12 @@ fn main() {
     // buffers, and re-faulting them cost about 15% of a CPU step here.
     // SAFETY: setting an allocator option before any other thread exists.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
-    scalelong_backbones::ops::init_process();
+    // candle's element-wise thread pool spins for a while after each op; beside the rayon threads
+    // of our CPU kernels that takes a core from them (3-5% of a UNet step on two cores).
+    if std::env::var_os(SPIN_LIMIT).is_none() {
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var(SPIN_LIMIT, "0") };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)

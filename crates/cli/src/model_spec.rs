@@ -68,5 +68,5 @@ pub fn read_config(path: &Path) -> Result<ModelConfig> {
             }
         });
     }
-    Ok(TrainConfig::from_toml(&text, &source).map_err(anyhow::Error::msg)?.model)
+    Ok(TrainConfig::from_toml(&text, &source)?.model)
 }

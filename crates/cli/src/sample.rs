@@ -107,8 +107,7 @@ fn load(args: &SampleArgs, device: &Device) -> Result<Loaded> {
             );
         }
         let ck = checkpoint::load(checkpoint, device)?;
-        let cfg = TrainConfig::from_toml(ck.meta("config")?, &checkpoint.display().to_string())
-            .map_err(anyhow::Error::msg)?;
+        let cfg = TrainConfig::from_toml(ck.meta("config")?, &checkpoint.display().to_string())?;
         let weights: HashMap<String, Tensor> = ck.group(if args.no_ema { Group::Model } else { Group::Ema });
         let model = cfg.model.build(VarBuilder::from_tensors(weights, DType::F32, device))?;
         let null_label = ck.meta("null_label").ok().and_then(|v| v.parse().ok());
@@ -145,7 +144,7 @@ fn load_diffusers(spec: &str, args: &SampleArgs, device: &Device) -> Result<Load
     let mut cfg = UNet2DConfig::from_json(&text, &files.config.display().to_string())?;
     if let Some(s) = args.model.scaling {
         cfg = cfg.with_scaling(s);
-        cfg.validate().map_err(anyhow::Error::msg)?;
+        cfg.validate()?;
     }
     let model = cfg.load(&files.weights, DType::F32, device)?;
     let schedule = match &files.scheduler {

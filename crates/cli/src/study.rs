@@ -51,12 +51,12 @@ pub struct StudyArgs {
 }
 
 pub fn run(args: &StudyArgs) -> Result<()> {
-    let mut base = TrainConfig::read(&args.config).map_err(anyhow::Error::msg)?;
+    let mut base = TrainConfig::read(&args.config)?;
     if let Some(n) = args.max_steps {
-        base.set("train.max_steps", &n.to_string()).map_err(anyhow::Error::msg)?;
+        base.set("train.max_steps", &n.to_string())?;
     }
     crate::train::apply_sets(&mut base, &args.sets)?;
-    let runs = study::plan(&base, &args.modes, args.seeds).map_err(anyhow::Error::msg)?;
+    let runs = study::plan(&base, &args.modes, args.seeds)?;
     let runs_dir = args.out.join("runs");
     std::fs::create_dir_all(&runs_dir).with_context(|| format!("creating {}", runs_dir.display()))?;
     std::fs::write(args.out.join("config.toml"), base.to_toml())
@@ -76,8 +76,7 @@ pub fn run(args: &StudyArgs) -> Result<()> {
     let records = runs
         .iter()
         .map(|r| RunRecord::read(&runs_dir.join(&r.name).join("metrics.jsonl"), r.mode, r.seed))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(anyhow::Error::msg)?;
+        .collect::<Result<Vec<_>, _>>()?;
     let name = args.config.file_stem().unwrap_or_default().to_string_lossy().into_owned();
     let title = args.title.clone().unwrap_or(name);
     write_report(&args.out, &title, &base, args, &records, started.elapsed())?;

@@ -71,14 +71,8 @@ pub struct TrainArgs {
 impl TrainArgs {
     fn config(&self) -> Result<(TrainConfig, String)> {
         let (mut cfg, name) = match &self.config {
-            Some(p) => (
-                TrainConfig::read(p).map_err(anyhow::Error::msg)?,
-                p.file_stem().unwrap_or_default().to_string_lossy().into_owned(),
-            ),
-            None => (
-                TrainConfig::from_toml(DEFAULT_CONFIG, "built-in mnist-uvit-cpu.toml").map_err(anyhow::Error::msg)?,
-                "mnist-uvit-cpu".into(),
-            ),
+            Some(p) => (TrainConfig::read(p)?, p.file_stem().unwrap_or_default().to_string_lossy().into_owned()),
+            None => (TrainConfig::from_toml(DEFAULT_CONFIG, "built-in mnist-uvit-cpu.toml")?, "mnist-uvit-cpu".into()),
         };
         if let Some(lr) = self.lr.filter(|v| !(v.is_finite() && *v >= 0.0)) {
             bail!("--lr {lr}: expected a finite number >= 0");
@@ -115,7 +109,7 @@ impl TrainArgs {
 pub fn apply_sets(cfg: &mut TrainConfig, sets: &[String]) -> Result<()> {
     for s in sets {
         let (k, v) = s.split_once('=').with_context(|| format!("--set {s}: expected SECTION.KEY=VALUE"))?;
-        cfg.set(k.trim(), v.trim()).map_err(anyhow::Error::msg)?;
+        cfg.set(k.trim(), v.trim())?;
     }
     Ok(())
 }
@@ -178,7 +172,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         );
     }
     // Last of the checks, as --overwrite deletes the previous run.
-    let resume_from = run_dir::prepare(&run_dir, &args.start()).map_err(anyhow::Error::msg)?;
+    let resume_from = run_dir::prepare(&run_dir, &args.start())?;
     tracing::info!(run_dir = %run_dir.display(), data = %cfg.data.spec, arch = cfg.model.arch(), scaling = %cfg.model.scaling(), "loading data and model");
     let mut trainer = match &resume_from {
         Some(path) => Trainer::resumed_from(cfg.clone(), &run_dir, &device, dtype, path)?,

@@ -26,17 +26,10 @@ impl fmt::Debug for ImageDataset {
     }
 }
 
-/// A dataset that cannot be built, with what was expected.
-#[derive(Debug, Clone, PartialEq)]
+/// A dataset that cannot be built: the message names the file or folder and what was expected.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
 pub struct DataError(pub String);
-
-impl fmt::Display for DataError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for DataError {}
 
 pub type Result<T> = std::result::Result<T, DataError>;
 

@@ -1,5 +1,6 @@
 //! Discrete DDPM schedules as diffusers names them (`linear`, `scaled_linear`, `squaredcos_cap_v2`).
 
+use crate::UnknownName;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -19,20 +20,24 @@ pub enum BetaSchedule {
 impl BetaSchedule {
     /// A schedule by diffusers' name (`beta_schedule`) with its `beta_start` and `beta_end`
     /// (which `squaredcos_cap_v2` ignores).
-    pub fn named(name: &str, start: f64, end: f64) -> Result<Self, String> {
+    pub fn named(name: &str, start: f64, end: f64) -> Result<Self, UnknownName> {
         match name {
             "linear" => Ok(Self::Linear { start, end }),
             "scaled_linear" => Ok(Self::ScaledLinear { start, end }),
             "squaredcos_cap_v2" => Ok(Self::SquaredcosCapV2),
-            _ => Err(format!("unknown beta schedule `{name}`: expected linear, scaled_linear or squaredcos_cap_v2")),
+            _ => Err(UnknownName {
+                kind: "beta schedule",
+                name: name.to_string(),
+                expected: "linear, scaled_linear or squaredcos_cap_v2".to_string(),
+            }),
         }
     }
 }
 
 impl FromStr for BetaSchedule {
-    type Err = String;
+    type Err = UnknownName;
     /// diffusers' names with its default endpoints: `linear`, `scaled_linear`, `squaredcos_cap_v2`.
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
         let (start, end) = if s == "scaled_linear" { (0.00085, 0.012) } else { (1e-4, 0.02) };
         Self::named(s, start, end)
     }
@@ -147,6 +152,6 @@ mod tests {
         assert_eq!((lin.betas()[0], lin.betas()[999]), (1e-4f32 as f64, 0.02f32 as f64));
         let a1 = ((1.0 - 1e-4f32) as f64 * (1.0 - lin.betas()[1] as f32) as f64) as f32 as f64;
         assert_eq!(lin.alpha_bar(1), a1);
-        assert!("cosine".parse::<BetaSchedule>().unwrap_err().contains("squaredcos_cap_v2"));
+        assert!("cosine".parse::<BetaSchedule>().unwrap_err().to_string().contains("squaredcos_cap_v2"));
     }
 }

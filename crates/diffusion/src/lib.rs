@@ -33,6 +33,7 @@
 
 pub mod analytic;
 pub mod discrete;
+mod error;
 mod model;
 pub mod noise;
 pub mod objective;
@@ -42,6 +43,7 @@ mod vp;
 mod vp_arith;
 
 pub use discrete::{BetaSchedule, DiscreteSchedule};
+pub use error::UnknownName;
 pub use model::{ClipX0, Guided, NoisePredictor};
 pub use objective::{drop_labels, NoisedBatch, Prediction, TrainingObjective};
 pub use samplers::{Sampler, SamplerKind};

@@ -5,6 +5,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod diagnostics;
+mod error;
 mod init;
 pub mod metrics;
 pub mod optim;
@@ -15,6 +16,7 @@ pub mod study;
 mod trainer;
 
 pub use config::TrainConfig;
+pub use error::ConfigError;
 pub use init::SeededVars;
 pub use optim::{AdamW, AdamWConfig};
 pub use run_dir::Start;

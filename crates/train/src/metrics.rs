@@ -2,6 +2,7 @@
 //! and the study reads back (`scalelong plot` reads any numeric field by name). JSON has no NaN:
 //! a non-finite value is written as `null` and read back as NaN.
 
+use crate::ConfigError;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::diagnostics::Diagnostics;
@@ -43,7 +44,7 @@ impl MetricsLine {
     }
 
     /// Reads one line; a line with diagnostics (it has `feature_norm`) must have all of them.
-    pub fn parse(line: &str) -> Result<Self, String> {
+    pub fn parse(line: &str) -> Result<Self, ConfigError> {
         let v: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
         let mut m: Self = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
         if v.get("feature_norm").is_some() {
@@ -102,6 +103,6 @@ mod tests {
         assert_eq!((d.gates[0].max, d.robustness.clone()), (0.6, vec![1.0, 2.0]));
         // A diagnostics line that lacks one of its fields is an error, not a line without them.
         let broken = text.replace("\"val_loss\":0.4,", "");
-        assert!(MetricsLine::parse(&broken).unwrap_err().contains("val_loss"));
+        assert!(MetricsLine::parse(&broken).unwrap_err().to_string().contains("val_loss"));
     }
 }

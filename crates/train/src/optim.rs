@@ -27,11 +27,11 @@ impl Default for AdamWConfig {
 pub struct AdamW {
     pub config: AdamWConfig,
     params: Vec<Var>,
-    /// First and second moments, one per parameter, in float32.
-    pub m: Vec<Tensor>,
-    pub v: Vec<Tensor>,
+    /// First and second moments, one per parameter.
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
     /// Optimizer steps taken (bias correction uses it).
-    pub step: u64,
+    steps: u64,
     /// Use the in-place CPU update where it applies (tests switch it off to check the other path).
     in_place: bool,
 }
@@ -41,7 +41,7 @@ impl AdamW {
         // Separate buffers: the CPU update writes the moments in place.
         let m = params.iter().map(|p| p.zeros_like()).collect::<Result<Vec<_>>>()?;
         let v = params.iter().map(|p| p.zeros_like()).collect::<Result<Vec<_>>>()?;
-        Ok(Self { config, params, m, v, step: 0, in_place: true })
+        Ok(Self { config, params, m, v, steps: 0, in_place: true })
     }
 
     /// One step with learning rate `lr` and gradients `grads` (one per parameter, same order):
@@ -51,9 +51,9 @@ impl AdamW {
         if grads.len() != self.params.len() {
             candle_core::bail!("AdamW: {} gradients for {} parameters", grads.len(), self.params.len());
         }
-        self.step += 1;
+        self.steps += 1;
         let c = self.config;
-        let t = self.step as i32;
+        let t = self.steps as i32;
         let (bc1, bc2_sqrt) = (1.0 - c.beta1.powi(t), (1.0 - c.beta2.powi(t)).sqrt());
         let update = Update { lr, wd: c.weight_decay, bc1, bc2_sqrt, eps: c.eps };
         for ((p, g), (m, v)) in self.params.iter().zip(grads).zip(self.m.iter_mut().zip(self.v.iter_mut())) {
@@ -80,6 +80,34 @@ impl AdamW {
 
     pub fn params(&self) -> &[Var] {
         &self.params
+    }
+
+    /// The first and second moments, one per parameter, and the number of steps taken.
+    pub fn state(&self) -> (&[Tensor], &[Tensor], u64) {
+        (&self.m, &self.v, self.steps)
+    }
+
+    /// Restores a saved state (as [`AdamW::state`] gave it): one moment pair per parameter,
+    /// each of its parameter's shape.
+    pub fn restore(&mut self, m: Vec<Tensor>, v: Vec<Tensor>, steps: u64) -> Result<()> {
+        if m.len() != self.params.len() || v.len() != self.params.len() {
+            bail!("AdamW state: {} and {} moments for {} parameters", m.len(), v.len(), self.params.len());
+        }
+        for (i, p) in self.params.iter().enumerate() {
+            if m[i].dims() != p.dims() || v[i].dims() != p.dims() {
+                bail!(
+                    "AdamW state: moments of parameter {i} are {:?} and {:?}, expected {:?}",
+                    m[i].dims(),
+                    v[i].dims(),
+                    p.dims()
+                );
+            }
+        }
+        // Own buffers: the in-place update writes them.
+        self.m = m.iter().map(|t| t.copy()).collect::<Result<_>>()?;
+        self.v = v.iter().map(|t| t.copy()).collect::<Result<_>>()?;
+        self.steps = steps;
+        Ok(())
     }
 }
 
@@ -230,7 +258,7 @@ mod tests {
             let gm = opt.m[0].to_vec1::<f64>()?;
             assert!((gm[0] - m[0]).abs() < 1e-15 && (gm[1] - m[1]).abs() < 1e-15);
         }
-        assert_eq!(opt.step, 3);
+        assert_eq!(opt.state().2, 3);
         assert!(AdamW::new(vec![p], cfg)?.step(&[], 1e-3).is_err());
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! A run folder (`checkpoints/`, `metrics.jsonl`, `samples/`, and `config.toml`, which every
 //! start rewrites) and the checks that keep one run from overwriting or silently replacing another.
 
+use crate::ConfigError;
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint;
@@ -30,7 +31,7 @@ pub fn run_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Checks the folder against `start` before any work; returns the checkpoint to resume from.
-pub fn prepare(dir: &Path, start: &Start) -> Result<Option<PathBuf>, String> {
+pub fn prepare(dir: &Path, start: &Start) -> Result<Option<PathBuf>, ConfigError> {
     let files = run_files(dir);
     let listing = || {
         let shown: Vec<String> = files.iter().take(4).map(|p| p.display().to_string()).collect();
@@ -44,7 +45,8 @@ pub fn prepare(dir: &Path, start: &Start) -> Result<Option<PathBuf>, String> {
              (deletes those files), or give another --run-dir",
             dir.display(),
             listing()
-        )),
+        )
+        .into()),
         Start::Overwrite => {
             for f in &files {
                 std::fs::remove_file(dir.join(f))
@@ -60,17 +62,20 @@ pub fn prepare(dir: &Path, start: &Start) -> Result<Option<PathBuf>, String> {
             None if !dir.exists() => Err(format!(
                 "--resume: run folder {} does not exist; leave out --resume to start a new run there",
                 dir.display()
-            )),
+            )
+            .into()),
             None => Err(format!(
                 "--resume: no checkpoint in {} (nothing to resume); leave out --resume to start a new run, \
                  or give a checkpoint with --resume PATH",
                 dir.join("checkpoints").display()
-            )),
+            )
+            .into()),
         },
         Start::ResumeFrom(path) if !path.is_file() => Err(format!(
             "--resume {}: no such file; expected a checkpoint checkpoints/step_N.safetensors",
             path.display()
-        )),
+        )
+        .into()),
         Start::ResumeFrom(path) => Ok(Some(path.clone())),
     }
 }
@@ -109,17 +114,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let run = dir.path().join("run");
         assert_eq!(prepare(&run, &Start::New), Ok(None));
-        let err = prepare(&run, &Start::Resume).unwrap_err();
+        let err = prepare(&run, &Start::Resume).unwrap_err().to_string();
         assert!(err.contains("does not exist") && err.contains("leave out --resume"), "{err}");
         std::fs::create_dir_all(run.join("checkpoints")).unwrap();
-        let err = prepare(&run, &Start::Resume).unwrap_err();
+        let err = prepare(&run, &Start::Resume).unwrap_err().to_string();
         assert!(err.contains("no checkpoint in") && err.contains("nothing to resume"), "{err}");
         std::fs::write(run.join("metrics.jsonl"), "{}\n").unwrap();
         let (c1, c2) =
             (checkpoint::path_for(&run.join("checkpoints"), 10), checkpoint::path_for(&run.join("checkpoints"), 20));
         std::fs::write(&c1, b"x").unwrap();
         std::fs::write(&c2, b"x").unwrap();
-        let err = prepare(&run, &Start::New).unwrap_err();
+        let err = prepare(&run, &Start::New).unwrap_err().to_string();
         assert!(
             err.contains("already holds a run") && err.contains("--resume") && err.contains("--overwrite"),
             "{err}"
@@ -128,7 +133,7 @@ mod tests {
         assert_eq!(prepare(&run, &Start::Resume), Ok(Some(c2.clone())));
         assert_eq!(previous_checkpoint(&c2), Some(c1.clone()));
         assert_eq!(previous_checkpoint(&c1), None);
-        let err = prepare(&run, &Start::ResumeFrom(run.join("nope.safetensors"))).unwrap_err();
+        let err = prepare(&run, &Start::ResumeFrom(run.join("nope.safetensors"))).unwrap_err().to_string();
         assert!(err.contains("no such file"), "{err}");
         assert_eq!(set_aside_newer(&run.join("checkpoints"), 10).unwrap().len(), 1);
         assert_eq!(checkpoint::list(&run.join("checkpoints")), vec![(10, c1)]);

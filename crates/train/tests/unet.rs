@@ -114,6 +114,6 @@ fn the_shipped_fine_tuning_config_is_the_ddpm_cifar10_unet() {
     assert_eq!(specs.iter().map(|p| p.shape.elem_count()).sum::<usize>(), 35_746_307);
     assert_eq!(cfg.model.arch(), "unet2d");
     let mut with_dropout = cfg.clone();
-    let err = with_dropout.set("model.dropout", "0.1").unwrap_err();
+    let err = with_dropout.set("model.dropout", "0.1").unwrap_err().to_string();
     assert!(err.contains("model.dropout = 0.1") && err.contains("expected 0"), "{err}");
 }

@@ -48,16 +48,6 @@ pub use upsample::upsample_nearest2x;
 use candle_core::{bail, DType, Layout, Result, Tensor};
 use gemm::Parallelism;
 
-/// Process settings for these kernels; call first thing in `main`, before any thread exists.
-/// candle's element-wise thread pool spins for a while after each of its ops; beside the rayon
-/// threads of the kernels here that takes a core away from them (3-5% of a UNet training step on
-/// two cores), so the spin is turned off unless the user set `CANDLE_BARRIER_POOL_SPIN_LIMIT`.
-pub fn init_process() {
-    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
-        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0");
-    }
-}
-
 /// Whether the fused CPU kernels apply to `x`; otherwise callers use the composed candle ops.
 fn fused(x: &Tensor) -> bool {
     x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)

@@ -165,10 +165,10 @@ impl Network for UNet2D {
         let c = &self.config;
         let (b, ch, ..) = x.dims4()?;
         if b == 0 {
-            fail!("UNet2D input has an empty batch (shape {:?}): nothing to run", x.dims());
+            candle_core::bail!("UNet2D input has an empty batch (shape {:?}): nothing to run", x.dims());
         }
         if ch != c.in_channels {
-            fail!("UNet2D input has shape {:?}, expected (B, {}, H, W)", x.dims(), c.in_channels);
+            candle_core::bail!("UNet2D input has shape {:?}, expected (B, {}, H, W)", x.dims(), c.in_channels);
         }
         let dtype = x.dtype();
         let (l1, l2) = &self.time_embedding;
@@ -181,8 +181,8 @@ impl Network for UNet2D {
                 emb = (emb + l2.forward(&l1.forward(&p)?.silu()?)?)?
             }
             (None, None) => {}
-            (Some(_), None) => fail!("class-conditional UNet2D called without labels `y`"),
-            (None, Some(_)) => fail!("unconditional UNet2D called with labels `y`"),
+            (Some(_), None) => candle_core::bail!("class-conditional UNet2D called without labels `y`"),
+            (None, Some(_)) => candle_core::bail!("unconditional UNet2D called with labels `y`"),
         }
         let x = if c.center_input_sample { ((x * 2.0)? - 1.0)? } else { x.clone() };
         let mut h = self.conv_in.forward(&x)?;
@@ -263,10 +263,13 @@ impl Architecture for UNet2DConfig {
     fn validate_for_training(&self) -> Result<()> {
         self.validate()?;
         if self.sample_size.is_none() {
-            fail!("model.sample_size must be set to train a UNet2D");
+            candle_core::bail!("model.sample_size must be set to train a UNet2D");
         }
         if self.dropout != 0.0 {
-            fail!("model.dropout = {}: training with dropout is not implemented; expected 0", self.dropout);
+            candle_core::bail!(
+                "model.dropout = {}: training with dropout is not implemented; expected 0",
+                self.dropout
+            );
         }
         Ok(())
     }

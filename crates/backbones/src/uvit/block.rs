@@ -89,8 +89,8 @@ impl Block {
         let x = match (&self.skip_linear, skip) {
             (Some(merge), Some(skip)) => merge.forward(&Tensor::cat(&[x, skip], 2)?)?,
             (None, None) => x.clone(),
-            (Some(_), None) => fail!("U-ViT out-block called without its long skip"),
-            (None, Some(_)) => fail!("U-ViT block without skip_linear given a long skip"),
+            (Some(_), None) => candle_core::bail!("U-ViT out-block called without its long skip"),
+            (None, Some(_)) => candle_core::bail!("U-ViT block without skip_linear given a long skip"),
         };
         let x = (&x + self.attn.forward(&self.norm1.forward(&x)?)?)?;
         &x + self.mlp.forward(&self.norm2.forward(&x)?)?

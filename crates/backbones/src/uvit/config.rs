@@ -68,7 +68,7 @@ impl UViTConfig {
             "celeba64-uvit-s4" => Self::base(64, 4, 512, 12, 8),
             "imagenet64-uvit-m4" => Self { num_classes: Some(1000), ..Self::base(64, 4, 768, 16, 12) },
             "imagenet64-uvit-l4" => Self { num_classes: Some(1000), ..Self::base(64, 4, 1024, 20, 16) },
-            _ => fail!("unknown U-ViT preset `{name}`: expected one of {}", PRESETS.join(", ")),
+            _ => candle_core::bail!("unknown U-ViT preset `{name}`: expected one of {}", PRESETS.join(", ")),
         })
     }
 
@@ -110,27 +110,40 @@ impl UViTConfig {
         ];
         for (field, v) in positive {
             if v == 0 {
-                fail!("U-ViT config: `{field}` is 0, expected a positive integer");
+                candle_core::bail!("U-ViT config: `{field}` is 0, expected a positive integer");
             }
         }
         if !c.img_size.is_multiple_of(c.patch_size) {
-            fail!("U-ViT config: `img_size` = {} is not a multiple of `patch_size` = {}", c.img_size, c.patch_size);
+            candle_core::bail!(
+                "U-ViT config: `img_size` = {} is not a multiple of `patch_size` = {}",
+                c.img_size,
+                c.patch_size
+            );
         }
         if !c.embed_dim.is_multiple_of(c.num_heads) {
-            fail!("U-ViT config: `embed_dim` = {} is not a multiple of `num_heads` = {}", c.embed_dim, c.num_heads);
+            candle_core::bail!(
+                "U-ViT config: `embed_dim` = {} is not a multiple of `num_heads` = {}",
+                c.embed_dim,
+                c.num_heads
+            );
         }
         if c.depth < 2 {
-            fail!("U-ViT config: `depth` = {} leaves no long skip, expected at least 2", c.depth);
+            candle_core::bail!("U-ViT config: `depth` = {} leaves no long skip, expected at least 2", c.depth);
         }
         if !(c.mlp_ratio.is_finite() && c.mlp_ratio * c.embed_dim as f64 >= 1.0) {
-            fail!("U-ViT config: `mlp_ratio` = {} gives no MLP width, expected a positive number", c.mlp_ratio);
+            candle_core::bail!(
+                "U-ViT config: `mlp_ratio` = {} gives no MLP width, expected a positive number",
+                c.mlp_ratio
+            );
         }
         if c.num_classes == Some(0) {
-            fail!("U-ViT config: `num_classes` = 0, expected a positive count or no value (unconditional)");
+            candle_core::bail!(
+                "U-ViT config: `num_classes` = 0, expected a positive count or no value (unconditional)"
+            );
         }
         c.scaling.validate().map_err(candle_core::Error::wrap)?;
         if c.scaling.is_learned() && (c.ls_reduction == 0 || c.num_tokens() / c.ls_reduction == 0) {
-            fail!(
+            candle_core::bail!(
                 "U-ViT config: LS over {} tokens with `ls_reduction` = {} leaves a hidden width of 0, expected `ls_reduction` in 1..={}",
                 c.num_tokens(),
                 c.ls_reduction,
@@ -146,10 +159,10 @@ impl UViTConfig {
         let a: OfficialArgs =
             serde_json::from_str(json).map_err(|e| candle_core::Error::Msg(format!("official U-ViT config: {e}")))?;
         if !a.conv || !a.skip {
-            fail!("official U-ViT config: only `conv` = true and `skip` = true are supported");
+            candle_core::bail!("official U-ViT config: only `conv` = true and `skip` = true are supported");
         }
         if a.qk_scale.is_some() {
-            fail!("official U-ViT config: `qk_scale` must be null (the default 1/sqrt(head_dim))");
+            candle_core::bail!("official U-ViT config: `qk_scale` must be null (the default 1/sqrt(head_dim))");
         }
         let scaling = match a.scalelong {
             0 => SkipScaling::None,
@@ -157,12 +170,15 @@ impl UViTConfig {
             2 => SkipScaling::Constant { kappa: a.kappa },
             3 => SkipScaling::Learned,
             4 => SkipScaling::LearnedPerSkip,
-            n => fail!("official U-ViT config: `scalelong` = {n}, expected 0 to 4"),
+            n => candle_core::bail!("official U-ViT config: `scalelong` = {n}, expected 0 to 4"),
         };
         if let Some(named) = &a.scaling {
             let named: SkipScaling = named.parse().map_err(candle_core::Error::wrap)?;
             if named.official_flag() != scaling.official_flag() {
-                fail!("official U-ViT config: `scaling` = {named} contradicts `scalelong` = {}", a.scalelong);
+                candle_core::bail!(
+                    "official U-ViT config: `scaling` = {named} contradicts `scalelong` = {}",
+                    a.scalelong
+                );
             }
         }
         let cfg = Self {

@@ -104,10 +104,16 @@ impl Network for UViT {
         let c = &self.config;
         let (b, ch, h, w) = x.dims4()?;
         if b == 0 {
-            fail!("U-ViT input has an empty batch (shape {:?}): nothing to run", x.dims());
+            candle_core::bail!("U-ViT input has an empty batch (shape {:?}): nothing to run", x.dims());
         }
         if (ch, h, w) != (c.in_chans, c.img_size, c.img_size) {
-            fail!("U-ViT input has shape {:?}, expected (B, {}, {}, {})", x.dims(), c.in_chans, c.img_size, c.img_size);
+            candle_core::bail!(
+                "U-ViT input has shape {:?}, expected (B, {}, {}, {})",
+                x.dims(),
+                c.in_chans,
+                c.img_size,
+                c.img_size
+            );
         }
         let mut tokens = vec![self.patch_embed(x)?];
         let mut time = Timesteps::new(c.embed_dim, true, 0.0).forward(timesteps)?.to_dtype(x.dtype())?;
@@ -118,8 +124,8 @@ impl Network for UViT {
         match (&self.label_emb, y) {
             (Some(emb), Some(y)) => tokens.insert(0, emb.forward(y)?.unsqueeze(1)?),
             (None, None) => {}
-            (Some(_), None) => fail!("class-conditional U-ViT called without labels `y`"),
-            (None, Some(_)) => fail!("unconditional U-ViT called with labels `y`"),
+            (Some(_), None) => candle_core::bail!("class-conditional U-ViT called without labels `y`"),
+            (None, Some(_)) => candle_core::bail!("unconditional U-ViT called with labels `y`"),
         }
         let mut x = Tensor::cat(&tokens, 1)?.broadcast_add(&self.pos_embed)?;
         let mut skips = Vec::with_capacity(self.in_blocks.len());

@@ -7,7 +7,7 @@ use candle_core::Result;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{Ddim, Ddpm, DpmSolverFast, DpmSolverPP2M, EulerMaruyama, EulerOde, Sampler};
-use crate::Schedule;
+use crate::{Schedule, UnknownName};
 
 /// Every sampler, by the name a config (`sample.sampler`) or `--sampler` uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -96,11 +96,11 @@ impl SamplerKind {
 }
 
 impl FromStr for SamplerKind {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> std::result::Result<Self, UnknownName> {
         Self::ALL.into_iter().find(|k| k.name() == s || k.names().1.contains(&s)).ok_or_else(|| {
             let all: Vec<&str> = Self::ALL.iter().map(|k| k.name()).collect();
-            format!("unknown sampler `{s}`: expected one of {}", all.join(", "))
+            UnknownName { kind: "sampler", name: s.to_string(), expected: format!("one of {}", all.join(", ")) }
         })
     }
 }
@@ -141,7 +141,11 @@ mod tests {
         }
         assert_eq!("euler-maruyama".parse(), Ok(SamplerKind::EulerSde));
         assert_eq!("dpmpp-2m".parse(), Ok(SamplerKind::DpmSolverPP));
-        assert!("heun".parse::<SamplerKind>().unwrap_err().contains("dpm-solver, euler-ode, euler-sde, ddim"));
+        assert!("heun"
+            .parse::<SamplerKind>()
+            .unwrap_err()
+            .to_string()
+            .contains("dpm-solver, euler-ode, euler-sde, ddim"));
         assert_eq!(SamplerKind::names_for(&vp), "dpm-solver, euler-ode, euler-sde");
         assert_eq!(
             (SamplerKind::default_for(&vp), SamplerKind::default_for(&discrete)),

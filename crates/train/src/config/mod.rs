@@ -4,6 +4,7 @@
 
 mod sections;
 
+use crate::ConfigError;
 use std::path::Path;
 
 use scalelong_backbones::{Architecture, ModelConfig};
@@ -32,13 +33,13 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
-    pub fn from_toml(text: &str, source: &str) -> Result<Self, String> {
+    pub fn from_toml(text: &str, source: &str) -> Result<Self, ConfigError> {
         let cfg: Self = toml::from_str(text).map_err(|e| format!("config {source}: {e}"))?;
         cfg.validate().map_err(|e| format!("config {source}: {e}"))?;
         Ok(cfg)
     }
 
-    pub fn read(path: &Path) -> Result<Self, String> {
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("config {}: {e}", path.display()))?;
         Self::from_toml(&text, &path.display().to_string())
     }
@@ -49,7 +50,7 @@ impl TrainConfig {
 
     /// Sets `section.key` (e.g. `train.batch_size`, `model.scaling`) to a TOML value; a bare word
     /// is taken as a string. The result is re-checked.
-    pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
         let mut doc: toml::Table = toml::from_str(&self.to_toml()).expect("round trip");
         let (section, field) = key
             .split_once('.')
@@ -68,7 +69,7 @@ impl TrainConfig {
         Ok(())
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         self.model.validate_for_training().map_err(|e| e.to_string())?;
         let t = &self.train;
         let d = &self.diagnostics;
@@ -123,7 +124,7 @@ impl TrainConfig {
             ),
         ];
         match checks.into_iter().find(|(ok, _)| !ok) {
-            Some((_, msg)) => Err(msg),
+            Some((_, msg)) => Err(msg.into()),
             None => Ok(()),
         }
     }
@@ -165,13 +166,14 @@ mod tests {
         assert_eq!(cfg.train.batch_size, 64);
         assert_eq!(cfg.model.scaling().to_string(), "cs:0.7");
         assert_eq!(cfg.data.spec, "idx:/data/fashion");
-        let err = cfg.set("train.batchsize", "64").unwrap_err();
+        let err = cfg.set("train.batchsize", "64").unwrap_err().to_string();
         assert!(err.contains("unknown field `batchsize`"), "{err}");
-        let err = cfg.set("model.scaling", "cs:-1").unwrap_err();
+        let err = cfg.set("model.scaling", "cs:-1").unwrap_err().to_string();
         assert!(err.contains("finite number > 0"), "{err}");
-        let err = cfg.set("train.lr", "-1").unwrap_err();
+        let err = cfg.set("train.lr", "-1").unwrap_err().to_string();
         assert!(err.contains("train.lr = -1"), "{err}");
-        let err = TrainConfig::from_toml(&format!("{SMALL}[train]\nlearning_rate = 1\n"), "x.toml").unwrap_err();
+        let err =
+            TrainConfig::from_toml(&format!("{SMALL}[train]\nlearning_rate = 1\n"), "x.toml").unwrap_err().to_string();
         assert!(err.contains("x.toml") && err.contains("unknown field `learning_rate`"), "{err}");
     }
 

@@ -1,6 +1,6 @@
 //! The tables of a training config besides `[model]`, each with the official recipe's defaults.
 
-use scalelong_diffusion::{Prediction, SamplerKind, VpSde};
+use scalelong_diffusion::{Prediction, SamplerKind, UnknownName, VpSde};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,12 +45,12 @@ pub enum NoiseSchedule {
 }
 
 impl std::str::FromStr for NoiseSchedule {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
         match s {
             "vp-linear" => Ok(Self::VpLinear),
             "vp-cosine" => Ok(Self::VpCosine),
-            _ => Err(format!("unknown schedule `{s}`: expected vp-linear or vp-cosine")),
+            _ => Err(UnknownName { kind: "schedule", name: s.to_string(), expected: "vp-linear or vp-cosine".into() }),
         }
     }
 }

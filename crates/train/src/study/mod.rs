@@ -5,6 +5,7 @@
 
 pub mod report;
 
+use crate::ConfigError;
 use std::path::Path;
 
 use scalelong_backbones::{Architecture, SkipScaling};
@@ -30,7 +31,7 @@ pub struct StudyRun {
 
 /// The runs of a study: `seeds` seeds (the config's seed, +1, ...) for each mode, seed-major so
 /// an interrupted study has whole seeds done.
-pub fn plan(base: &TrainConfig, modes: &[SkipScaling], seeds: usize) -> Result<Vec<StudyRun>, String> {
+pub fn plan(base: &TrainConfig, modes: &[SkipScaling], seeds: usize) -> Result<Vec<StudyRun>, ConfigError> {
     if base.diagnostics.every == 0 {
         return Err("a study needs diagnostics: diagnostics.every must be > 0".into());
     }
@@ -70,7 +71,7 @@ pub struct RunRecord {
 
 impl RunRecord {
     /// Reads the lines that carry diagnostics.
-    pub fn read(path: &Path, mode: SkipScaling, seed: u64) -> Result<Self, String> {
+    pub fn read(path: &Path, mode: SkipScaling, seed: u64) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut r = Self {
             mode,
@@ -88,7 +89,7 @@ impl RunRecord {
             let m = MetricsLine::parse(line).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
             let Some(d) = m.diagnostics else { continue };
             if d.robustness.is_empty() {
-                return Err(format!("{}:{}: `robustness` is empty", path.display(), i + 1));
+                return Err(format!("{}:{}: `robustness` is empty", path.display(), i + 1).into());
             }
             r.steps.push(m.step);
             r.feature_norm.push(d.feature_norm);
@@ -100,7 +101,7 @@ impl RunRecord {
             r.block_feature_norms.push(d.block_feature_norms);
         }
         if r.steps.is_empty() {
-            return Err(format!("{}: no diagnostics records (diagnostics.every = 0?)", path.display()));
+            return Err(format!("{}: no diagnostics records (diagnostics.every = 0?)", path.display()).into());
         }
         Ok(r)
     }
@@ -327,6 +328,6 @@ mod tests {
         assert_eq!(runs[1].config.model.scaling(), modes[1]);
         let mut off = base.clone();
         off.diagnostics.every = 0;
-        assert!(plan(&off, &modes, 1).unwrap_err().contains("diagnostics.every"));
+        assert!(plan(&off, &modes, 1).unwrap_err().to_string().contains("diagnostics.every"));
     }
 }

@@ -57,18 +57,19 @@ impl Trainer {
         let dir = self.checkpoint_dir();
         std::fs::create_dir_all(&dir).map_err(|e| candle_core::Error::Msg(format!("{}: {e}", dir.display())))?;
         let mut tensors = Vec::with_capacity(4 * self.names.len());
+        let (m, v, adam_steps) = self.opt.state();
         for (i, name) in self.names.iter().enumerate() {
             tensors.push((Group::Model.key(name), self.opt.params()[i].as_tensor().clone()));
             tensors.push((Group::Ema.key(name), self.ema[i].clone()));
-            tensors.push((Group::AdamM.key(name), self.opt.m[i].clone()));
-            tensors.push((Group::AdamV.key(name), self.opt.v[i].clone()));
+            tensors.push((Group::AdamM.key(name), m[i].clone()));
+            tensors.push((Group::AdamV.key(name), v[i].clone()));
         }
         let meta: HashMap<String, String> = [
             (FORMAT_KEY, FORMAT.to_string()),
             ("arch", self.config.model.arch().to_string()),
             ("config", self.config.to_toml()),
             ("step", self.step.to_string()),
-            ("adam_step", self.opt.step.to_string()),
+            ("adam_step", adam_steps.to_string()),
             ("rng_word_pos", self.rng.get_word_pos().to_string()),
             ("data_epoch", self.position.epoch.to_string()),
             ("data_offset", self.position.offset.to_string()),
@@ -114,7 +115,7 @@ impl Trainer {
     fn restore(&mut self, path: &Path) -> Result<()> {
         let ck = checkpoint::load(path, &self.device)?;
         let saved = TrainConfig::from_toml(ck.meta("config")?, &format!("stored in {}", path.display()))
-            .map_err(candle_core::Error::Msg)?;
+            .map_err(candle_core::Error::wrap)?;
         if saved.model != self.config.model {
             candle_core::bail!(
                 "cannot resume from {}: it holds a different model ([model] differs from the config given)",
@@ -122,6 +123,7 @@ impl Trainer {
             );
         }
         let [model, ema, m, v] = Group::ALL.map(|g| ck.group(g));
+        let mut moments = (Vec::with_capacity(self.names.len()), Vec::with_capacity(self.names.len()));
         for (i, name) in self.names.iter().enumerate() {
             let want = self.opt.params()[i].dims().to_vec();
             let get = |group: &HashMap<String, Tensor>, what: &str| -> Result<Tensor> {
@@ -145,11 +147,11 @@ impl Trainer {
             );
             self.opt.params()[i].set(&w)?;
             self.ema[i] = e;
-            self.opt.m[i] = m1;
-            self.opt.v[i] = m2;
+            moments.0.push(m1);
+            moments.1.push(m2);
         }
+        self.opt.restore(moments.0, moments.1, ck.meta_parse("adam_step")?)?;
         self.step = ck.meta_parse("step")?;
-        self.opt.step = ck.meta_parse("adam_step")?;
         self.skipped = ck.meta_parse("skipped")?;
         self.rng = ChaCha8Rng::seed_from_u64(self.config.train.seed);
         self.rng.set_word_pos(ck.meta_parse("rng_word_pos")?);

@@ -126,7 +126,7 @@ impl Trainer {
 
     /// Data, model with seeded weights, optimizer and EMA, at step 0.
     fn build(config: TrainConfig, run_dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
-        config.validate().map_err(candle_core::Error::Msg)?;
+        config.validate().map_err(candle_core::Error::wrap)?;
         let spec: DataSpec = config.data.spec.parse().map_err(candle_core::Error::wrap)?;
         let dataset = Arc::new(load_data(&config, &spec).map_err(candle_core::Error::wrap)?);
         let null_label = check_classes(&config, &dataset)?;

@@ -1,0 +1,147 @@
+//! One benchmark case: ours timed in a fresh process (`xtask bench-case JSON`), the PyTorch
+//! reference timed by `bench_reference.py`, both reporting the same fields.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarBuilder;
+use scalelong_backbones::{Architecture, ModelConfig, Network, SkipScaling};
+use scalelong_train::{AdamW, AdamWConfig, SeededVars};
+use serde::Serialize;
+
+use super::model;
+
+/// Resets the kernel's peak-RSS mark of this process (Linux); the peak is then read from VmHWM.
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn peak_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
+    kb.unwrap_or(f64::NAN) / 1024.0
+}
+
+/// One case, as the parent hands it to a child process (`xtask bench-case JSON`).
+#[derive(Serialize, serde::Deserialize)]
+pub(super) struct Case {
+    pub(super) model: String,
+    pub(super) scaling: SkipScaling,
+    pub(super) batch: usize,
+    pub(super) warmup: usize,
+    pub(super) repeats: usize,
+    pub(super) device: String,
+}
+
+/// What a case measured; the PyTorch script prints the same fields.
+#[derive(Serialize, serde::Deserialize)]
+pub(super) struct Measured {
+    pub(super) train_ms: Vec<f64>,
+    pub(super) sample_ms: Vec<f64>,
+    pub(super) peak_rss_mb: f64,
+    #[serde(default)]
+    pub(super) torch: String,
+}
+
+pub(super) fn device(name: &str) -> Result<Device> {
+    Ok(match name {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::new_cuda(0)?,
+        "metal" => Device::new_metal(0)?,
+        d => bail!("--device {d}: expected cpu, cuda or metal"),
+    })
+}
+
+/// Runs one case in this process and prints its JSON. Every case gets a fresh process, so its
+/// peak memory is its own and what it kept (the allocator never returns memory) cannot crowd
+/// the next case or the PyTorch process.
+pub fn run_case(json: &str) -> Result<()> {
+    let case: Case = serde_json::from_str(json)?;
+    let cfg = model(&case.model, case.scaling)?;
+    let measured = time_ours(&cfg, &case, &device(&case.device)?)?;
+    println!("{}", serde_json::to_string(&measured)?);
+    Ok(())
+}
+
+fn time_ours(cfg: &ModelConfig, case: &Case, device: &Device) -> Result<Measured> {
+    reset_peak();
+    let seeded = SeededVars::new(0);
+    let model = cfg.build(seeded.var_builder(device))?;
+    let vars: Vec<Var> = seeded.vars().into_iter().map(|(_, v)| v).collect();
+    let adam = AdamWConfig { beta1: 0.99, beta2: 0.999, eps: 1e-8, weight_decay: 0.03 };
+    let mut opt = AdamW::new(vars, adam)?;
+    let size = cfg.train_size();
+    let shape = (case.batch, cfg.in_channels(), size, size);
+    let x = Tensor::randn(0f32, 1.0, shape, device)?;
+    let eps = Tensor::randn(0f32, 1.0, shape, device)?;
+    let t = (Tensor::rand(0f32, 1.0, case.batch, device)? * 999.0)?;
+    let mut train = || -> Result<()> {
+        let loss = (model.forward(&x, &t, None)? - &eps)?.sqr()?.mean_all()?;
+        let store = loss.backward()?;
+        let grads = opt
+            .params()
+            .iter()
+            .map(|v| store.get(v.as_tensor()).cloned().map_or_else(|| v.zeros_like(), Ok))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        opt.step(&grads, 1e-4)?;
+        device.synchronize()?;
+        Ok(())
+    };
+    let train_ms = timed(&mut train, case)?;
+    let detached = seeded.vars().into_iter().map(|(n, v)| (n, v.as_tensor().detach())).collect();
+    let frozen = cfg.build(VarBuilder::from_tensors(detached, DType::F32, device))?;
+    let mut sample = || -> Result<()> {
+        frozen.forward(&x, &t, None)?;
+        device.synchronize()?;
+        Ok(())
+    };
+    let sample_ms = timed(&mut sample, case)?;
+    Ok(Measured { train_ms, sample_ms, peak_rss_mb: peak_mb(), torch: String::new() })
+}
+
+fn timed(step: &mut dyn FnMut() -> Result<()>, case: &Case) -> Result<Vec<f64>> {
+    for _ in 0..case.warmup {
+        step()?;
+    }
+    (0..case.repeats.max(1))
+        .map(|_| {
+            let start = Instant::now();
+            step()?;
+            Ok(start.elapsed().as_secs_f64() * 1e3)
+        })
+        .collect()
+}
+
+/// Runs `command` and reads the JSON line it prints last.
+pub(super) fn measured(mut command: Command, what: &str) -> Result<Measured> {
+    let out = command.output().with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        bail!("{what} failed ({}): {}", out.status, err.lines().last().unwrap_or(""));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim().lines().last().unwrap_or("")).with_context(|| format!("reading {what}'s JSON"))
+}
+
+pub(super) fn time_reference(python: &str, cfg: &ModelConfig, case: &Case, threads: usize) -> Result<Measured> {
+    let mut config = serde_json::to_value(cfg)?;
+    config.as_object_mut().and_then(|o| o.remove("arch")); // passed on its own below
+    let (scaling, kappa) = match cfg.scaling() {
+        SkipScaling::Constant { kappa } => ("cs".to_string(), kappa),
+        s => (s.to_string(), 0.5),
+    };
+    let json = serde_json::json!({
+        "arch": cfg.arch(), "config": config, "scaling": scaling, "kappa": kappa, "batch": case.batch,
+        "warmup": case.warmup, "repeats": case.repeats, "threads": threads,
+    });
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench_reference.py");
+    let mut command = Command::new(python);
+    command.arg(&script).arg(json.to_string());
+    measured(command, &format!("{python} {}", script.display()))
+}

@@ -5,6 +5,7 @@
 //! - [`backbones`]: U-ViT and diffusers' conv UNet2DModel, built from official checkpoints;
 //! - [`diffusion`]: noise schedules, objectives and samplers;
 //! - [`data`]: datasets and batching;
+//! - [`eval`]: sample quality (pytorch-fid's Inception network, FID, KID);
 //! - [`train`]: the training loop, checkpoints and sampling helpers.
 //!
 //! Loading an official U-ViT checkpoint with CS scaling and predicting noise:
@@ -25,5 +26,6 @@
 pub use scalelong_backbones as backbones;
 pub use scalelong_data as data;
 pub use scalelong_diffusion as diffusion;
+pub use scalelong_eval as eval;
 pub use scalelong_lsc_scaling as lsc_scaling;
 pub use scalelong_train as train;

@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod diagnostics;
 mod error;
+pub mod evaluation;
 mod init;
 pub mod metrics;
 pub mod optim;

@@ -25,6 +25,14 @@ pub struct MetricsLine {
     pub img_per_s: f64,
     /// Steps skipped for a non-finite loss or gradient since the run began.
     pub skipped_total: u64,
+    /// FID of the EMA weights' samples, on the steps `eval.every` asks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fid: Option<f64>,
+    /// KID (mean over subsets) and its standard deviation, where the reference has features.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid_std: Option<f64>,
     /// The stability record, on the steps `diagnostics.every` asks for (its fields sit beside the
     /// others in the same object).
     #[serde(skip)]
@@ -77,8 +85,12 @@ mod tests {
             grad_norm: f64::INFINITY,
             img_per_s: 12.5,
             skipped_total: 2,
+            fid: None,
+            kid: None,
+            kid_std: None,
             diagnostics: None,
         };
+        assert!(!line.to_json().contains("fid"), "no evaluation, no field: {}", line.to_json());
         let back = MetricsLine::parse(&line.to_json()).unwrap();
         assert!(back.loss.is_nan() && back.grad_norm.is_nan() && back.diagnostics.is_none());
         assert_eq!((back.step, back.lr, back.skipped_total), (7, 1e-3, 2));
@@ -95,8 +107,10 @@ mod tests {
             val_loss_ema: f64::NAN,
             robustness: vec![1.0, 2.0],
         });
+        (line.fid, line.kid, line.kid_std) = (Some(12.5), Some(0.01), Some(0.002));
         let text = line.to_json();
         assert!(text.contains("\"feature_norm\":3.0") && text.contains("\"step\":7"), "{text}");
+        assert_eq!(MetricsLine::parse(&text).unwrap().fid, Some(12.5));
         let back = MetricsLine::parse(&text).unwrap();
         let d = back.diagnostics.unwrap();
         assert!(d.val_loss_ema.is_nan() && d.block_feature_norms[1].is_nan());

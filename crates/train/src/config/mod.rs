@@ -30,6 +30,8 @@ pub struct TrainConfig {
     pub sample: SampleConfig,
     #[serde(default)]
     pub diagnostics: DiagnosticsConfig,
+    #[serde(default)]
+    pub eval: EvalConfig,
 }
 
 impl TrainConfig {
@@ -74,7 +76,8 @@ impl TrainConfig {
         let t = &self.train;
         let d = &self.diagnostics;
         let sm = &self.sample;
-        let checks: [(bool, String); 16] = [
+        let e = &self.eval;
+        let checks: [(bool, String); 18] = [
             (t.batch_size > 0, format!("train.batch_size = {} must be positive", t.batch_size)),
             (t.max_steps > 0, format!("train.max_steps = {} must be at least 1", t.max_steps)),
             (
@@ -121,6 +124,21 @@ impl TrainConfig {
             (
                 d.probe_eps.is_finite() && d.probe_eps > 0.0,
                 format!("diagnostics.probe_eps = {} must be a finite number > 0", d.probe_eps),
+            ),
+            (
+                e.sampler.fits(&Schedule::Vp(t.schedule.sde())),
+                format!(
+                    "eval.sampler = {:?} does not fit this model's VP-SDE schedule: expected one of {}",
+                    e.sampler.name(),
+                    SamplerKind::names_for(&Schedule::Vp(t.schedule.sde()))
+                ),
+            ),
+            (
+                e.num_samples >= 2 && e.steps > 0 && e.batch_size > 0 && e.reference_images >= 2,
+                format!(
+                    "eval.num_samples = {}, reference_images = {} (at least 2), steps = {}, batch_size = {} (at least 1)",
+                    e.num_samples, e.reference_images, e.steps, e.batch_size
+                ),
             ),
         ];
         match checks.into_iter().find(|(ok, _)| !ok) {

@@ -207,3 +207,46 @@ impl Default for DiagnosticsConfig {
         }
     }
 }
+
+/// Sample quality during training: FID (and KID) of the EMA weights against a reference, written
+/// into `metrics.jsonl` as `fid`, `kid`, `kid_std`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Steps between evaluations (0 = off); the last step is always evaluated when on.
+    pub every: u64,
+    /// Images sampled per evaluation (the same seeded noise each time).
+    pub num_samples: usize,
+    #[serde(deserialize_with = "eval_sampler_field")]
+    pub sampler: SamplerKind,
+    pub steps: usize,
+    /// Images per sampling and Inception batch.
+    pub batch_size: usize,
+    /// Reference: pytorch-fid statistics (`.npz`, FID only) or a dataset spec (FID and KID, its
+    /// features cached in the run folder); empty = the training data.
+    pub reference: String,
+    /// Images of a reference dataset used (the first ones).
+    pub reference_images: usize,
+    /// The FID Inception weights; empty = pytorch-fid's cache (`$TORCH_HOME/hub/checkpoints`).
+    pub inception: String,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            every: 0,
+            num_samples: 1000,
+            sampler: SamplerKind::DpmSolver,
+            steps: 50,
+            batch_size: 100,
+            reference: String::new(),
+            reference_images: 10_000,
+            inception: String::new(),
+        }
+    }
+}
+
+fn eval_sampler_field<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SamplerKind, D::Error> {
+    let name = String::deserialize(d)?;
+    name.parse().map_err(|e| serde::de::Error::custom(format!("eval.sampler = {name:?}: {e}")))
+}

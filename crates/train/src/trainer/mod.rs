@@ -1,6 +1,7 @@
 //! The training loop: a [`Trainer`] built from a config (here), its step (`step`), what it reads
 //! and writes (`files`) and what it needs before the first step (`setup`).
 
+mod eval;
 mod files;
 mod setup;
 mod step;
@@ -82,6 +83,8 @@ pub struct Trainer {
     stop: Option<Arc<AtomicBool>>,
     /// Test hook: batches that replace the data and the noise draws of the next micro-batches.
     fed: std::collections::VecDeque<FedBatch>,
+    /// The FID network and reference, loaded at the first evaluation.
+    evaluator: Option<eval::Evaluator>,
 }
 
 /// A micro-batch given from outside: clean images, one uniform draw per image (the time t of a
@@ -160,6 +163,7 @@ impl Trainer {
             null_label,
             probe,
             fed: Default::default(),
+            evaluator: None,
             stop: None,
             config,
         })
@@ -212,8 +216,13 @@ impl Trainer {
                 window_n += 1;
             }
             window_images += r.images;
-            let log_now = r.step % cfg.log.every.max(1) == 0 || r.step == cfg.train.max_steps;
-            if log_now || r.diagnostics.is_some() {
+            let last = r.step == cfg.train.max_steps;
+            let log_now = r.step % cfg.log.every.max(1) == 0 || last;
+            let quality = match cfg.eval.every > 0 && (last || r.step % cfg.eval.every == 0) {
+                true => Some(self.evaluate()?),
+                false => None,
+            };
+            if log_now || r.diagnostics.is_some() || quality.is_some() {
                 let secs = window_start.elapsed().as_secs_f64().max(1e-9);
                 let line = MetricsLine {
                     step: r.step,
@@ -222,6 +231,9 @@ impl Trainer {
                     grad_norm: r.grad_norm,
                     img_per_s: window_images as f64 / secs,
                     skipped_total: self.skipped,
+                    fid: quality.map(|q| q.fid),
+                    kid: quality.and_then(|q| q.kid).map(|k| k.mean),
+                    kid_std: quality.and_then(|q| q.kid).map(|k| k.std),
                     diagnostics: r.diagnostics.clone(),
                 }
                 .to_json();
@@ -230,7 +242,6 @@ impl Trainer {
                 (window_loss, window_n, window_images, window_start) = (0.0, 0, 0, Instant::now());
             }
             observer(&Event::Step(r.clone()));
-            let last = r.step == cfg.train.max_steps;
             if last || (cfg.checkpoint.every > 0 && r.step % cfg.checkpoint.every == 0) {
                 let path = self.save_checkpoint()?;
                 observer(&Event::Checkpoint(path));

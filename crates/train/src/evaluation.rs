@@ -1,0 +1,123 @@
+//! Sample quality of a model: FID (and KID) of its samples against a reference, through the FID
+//! Inception network of `scalelong-eval`. Used by the trainer (`[eval]`) and `scalelong fid`.
+
+use candle_core::{DType, Device, Result, Tensor};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use scalelong_backbones::Backbone;
+use scalelong_data::ImageDataset;
+use scalelong_diffusion::{noise, Sampler};
+use scalelong_eval::{frechet_distance, kid, FidInception, Kid, Stats, SUBSETS, SUBSET_SIZE};
+
+use crate::sampling::{self, Conditioning};
+
+/// What samples are compared with: statistics, and the features themselves where known (KID
+/// needs them).
+pub struct Reference {
+    pub stats: Stats,
+    pub features: Option<Tensor>,
+}
+
+impl Reference {
+    pub fn from_features(features: Tensor) -> Result<Self> {
+        Ok(Self { stats: Stats::from_features(&features)?, features: Some(features) })
+    }
+}
+
+/// FID, and KID (mean and std over subsets) where the reference has features.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quality {
+    pub fid: f64,
+    pub kid: Option<Kid>,
+}
+
+/// FID and KID of `features` against `reference` (KID with torch-fidelity's 100 subsets of 1000).
+pub fn quality(features: &Tensor, reference: &Reference) -> Result<Quality> {
+    let fid = frechet_distance(&Stats::from_features(features)?, &reference.stats)?;
+    let kid = match &reference.features {
+        Some(r) => Some(kid(features, r, SUBSETS, SUBSET_SIZE, 0)?),
+        None => None,
+    };
+    Ok(Quality { fid, kid })
+}
+
+/// Samples in [-1, 1] to uint8 as torchvision's `save_image` writes them (the official eval
+/// reads those PNGs): `floor(255 clamp((x + 1) / 2, 0, 1) + 0.5)`.
+pub fn to_uint8(x: &Tensor) -> Result<Tensor> {
+    let unit = ((x.to_dtype(DType::F32)? + 1.0)? * 0.5)?.clamp(0f32, 1f32)?;
+    ((unit * 255.0)? + 0.5)?.floor()?.to_dtype(DType::U8)
+}
+
+/// What to sample for an evaluation.
+#[derive(Debug, Clone, Copy)]
+pub struct SampleSpec {
+    pub n: usize,
+    pub batch_size: usize,
+    pub channels: usize,
+    pub size: usize,
+    /// Seed of the noise (the same seed gives the same images).
+    pub seed: u64,
+    /// For class-conditional models: labels cycle through `0..classes`.
+    pub classes: Option<usize>,
+}
+
+/// Inception features of `spec.n` samples of `model`, sampled, quantised and featurised batch by
+/// batch (so memory holds one batch of images); `progress` hears the images done.
+pub fn sample_features(
+    model: &Backbone,
+    sampler: &dyn Sampler,
+    net: &FidInception,
+    spec: SampleSpec,
+    device: &Device,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Tensor> {
+    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
+    let mut parts = Vec::new();
+    for start in (0..spec.n).step_by(spec.batch_size.max(1)) {
+        let len = spec.batch_size.min(spec.n - start);
+        let x = noise::randn((len, spec.channels, spec.size, spec.size), DType::F32, device, &mut rng)?;
+        let labels = match spec.classes {
+            Some(k) => {
+                Some(Tensor::new((start..start + len).map(|i| (i % k.max(1)) as u32).collect::<Vec<_>>(), device)?)
+            }
+            None => None,
+        };
+        let cond = Conditioning { labels, guidance: None, clip_x0: None };
+        let images = sampling::sample(model, sampler, &x, &cond, &mut rng)?;
+        parts.push(net.features(&to_uint8(&images)?)?);
+        progress(start + len);
+    }
+    Tensor::cat(&parts, 0)
+}
+
+/// Inception features of the first `limit` images of a dataset, in batches.
+pub fn dataset_features(
+    ds: &ImageDataset,
+    limit: usize,
+    net: &FidInception,
+    batch_size: usize,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Tensor> {
+    let n = ds.len().min(limit);
+    let (c, h, w) = ds.image_shape();
+    let mut parts = Vec::new();
+    for start in (0..n).step_by(batch_size.max(1)) {
+        let len = batch_size.min(n - start);
+        let pixels: Vec<u8> = (start..start + len).flat_map(|i| ds.image(i).to_vec()).collect();
+        parts.push(net.features(&Tensor::from_vec(pixels, (len, c, h, w), &Device::Cpu)?)?);
+        progress(start + len);
+    }
+    Tensor::cat(&parts, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantisation_as_torchvision() {
+        let x = Tensor::new(&[-2f32, -1.0, 0.0, 0.5, 1.0, 3.0, -0.998], &Device::Cpu).unwrap();
+        // (x + 1) / 2 * 255 + 0.5, floored: 0, 0, 128 (127.5 + 0.5), 191 (191.25 + 0.5), 255, 255, 0.
+        assert_eq!(to_uint8(&x).unwrap().to_vec1::<u8>().unwrap(), [0, 0, 128, 191, 255, 255, 0]);
+    }
+}

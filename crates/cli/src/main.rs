@@ -1,6 +1,7 @@
 //! `scalelong`: train, sample and inspect diffusion models with scaled long skip connections.
 
 mod device;
+mod fid;
 mod info;
 mod model_spec;
 mod plot;
@@ -39,6 +40,10 @@ enum Command {
     Study(study::StudyArgs),
     /// Plot a metric from one or more metrics.jsonl files as a PNG.
     Plot(plot::PlotArgs),
+    /// FID and KID between two sides: image folders, statistics (.npz), datasets or checkpoints.
+    Fid(fid::FidArgs),
+    /// Write pytorch-fid statistics (mu, sigma) of images, a dataset or a checkpoint's samples.
+    FidStats(fid::FidStatsArgs),
 }
 
 /// `mi_option_purge_delay` in mimalloc's option enum (v2).
@@ -85,6 +90,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Sample(args) => sample::run(&args),
         Command::Info(args) => info::run(&args),
         Command::Plot(args) => plot::run(&args),
+        Command::Fid(args) => fid::run(&args),
+        Command::FidStats(args) => fid::run_stats(&args),
         Command::Study(args) => study::run(&args),
     }
 }

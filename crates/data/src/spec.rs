@@ -100,6 +100,18 @@ impl DataSpec {
         self.load_raw(channels, size)?.conform(channels, size)
     }
 
+    /// The images as the dataset stores them (MNIST 1x28x28, CIFAR 3x32x32), for measuring
+    /// against them (FID). Image folders have no one stored size: read them file by file.
+    pub fn load_as_stored(&self) -> Result<ImageDataset> {
+        match self {
+            Self::Folder { dir } | Self::CelebA { dir } => Err(data_err!(
+                "{}: an image folder has no stored size; read its files as they are (pass the folder itself)",
+                dir.display()
+            )),
+            _ => self.load_raw(3, 0),
+        }
+    }
+
     fn load_raw(&self, channels: usize, size: usize) -> Result<ImageDataset> {
         let ds = match self {
             Self::EmbeddedMnist => crate::embedded::mnist_test()?,

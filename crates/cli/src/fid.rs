@@ -1,0 +1,238 @@
+//! `scalelong fid A B` and `scalelong fid-stats SOURCE --out FILE`: FID and KID as pytorch-fid
+//! computes them, between folders of images, statistics files, datasets and our checkpoints.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use scalelong_backbones::Architecture;
+use scalelong_data::DataSpec;
+use scalelong_diffusion::{SamplerKind, Schedule};
+use scalelong_eval::{frechet_distance, images, kid, weights, FidInception, Stats};
+use scalelong_train::checkpoint::{self, Group};
+use scalelong_train::evaluation::{self, SampleSpec};
+use scalelong_train::TrainConfig;
+
+use crate::device::DeviceArg;
+
+/// How sources are read: the network, sampling of checkpoints, batching.
+#[derive(Debug, Args)]
+pub struct SourceArgs {
+    /// The FID Inception weights (pytorch-fid's pt_inception-2015-12-05-6726825d.pth); default:
+    /// where pytorch-fid keeps them ($TORCH_HOME/hub/checkpoints, ~/.cache/torch/hub/checkpoints).
+    #[arg(long)]
+    inception: Option<PathBuf>,
+    /// Images sampled from a training checkpoint.
+    #[arg(long, default_value_t = 1000)]
+    num_samples: usize,
+    /// Sampler for checkpoints: dpm-solver (default), euler-ode, euler-sde.
+    #[arg(long, value_parser = crate::device::sampler_parser())]
+    sampler: Option<SamplerKind>,
+    /// Sampler steps.
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// Seed of the sampling noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Images per sampling and Inception batch.
+    #[arg(long, default_value_t = 50)]
+    batch_size: usize,
+    /// Use at most this many images of a dataset or folder (the first ones); default all.
+    #[arg(long)]
+    max_images: Option<usize>,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    device: DeviceArg,
+}
+
+#[derive(Debug, Args)]
+pub struct FidArgs {
+    /// A folder of images, pytorch-fid statistics (.npz), a dataset (mnist, idx:DIR[:t10k],
+    /// cifar:DIR[:test]) or one of our training checkpoints (sampled with --num-samples).
+    a: String,
+    /// The other side, in any of the same forms.
+    b: String,
+    #[command(flatten)]
+    source: SourceArgs,
+    /// KID: number of random subsets (torch-fidelity's default).
+    #[arg(long, default_value_t = scalelong_eval::SUBSETS)]
+    kid_subsets: usize,
+    /// KID: images per subset (at most the smaller side).
+    #[arg(long, default_value_t = scalelong_eval::SUBSET_SIZE)]
+    kid_subset_size: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct FidStatsArgs {
+    /// A folder of images, a dataset spec or one of our training checkpoints.
+    source: String,
+    /// Where to write the statistics (`mu`, `sigma`; pytorch-fid's .npz format).
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    args: SourceArgs,
+}
+
+/// One side: statistics only (an .npz), or features.
+enum Side {
+    Stats(Stats),
+    Features(Tensor),
+}
+
+impl Side {
+    fn stats(&self) -> Result<Stats> {
+        Ok(match self {
+            Self::Stats(s) => s.clone(),
+            Self::Features(f) => Stats::from_features(f)?,
+        })
+    }
+}
+
+/// The network, loaded when a source first needs it.
+struct Network<'a> {
+    args: &'a SourceArgs,
+    device: Device,
+    net: Option<FidInception>,
+}
+
+impl Network<'_> {
+    fn get(&mut self) -> Result<&FidInception> {
+        if self.net.is_none() {
+            let path = weights::locate(self.args.inception.as_deref())?;
+            self.net = Some(FidInception::load(&path, &self.device)?);
+        }
+        Ok(self.net.as_ref().expect("loaded above"))
+    }
+}
+
+fn bar(len: usize, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template(&format!("{{elapsed_precise}} [{{bar:30}}] {{pos}}/{{len}} {what}"))
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+fn read_side(spec: &str, net: &mut Network) -> Result<Side> {
+    let args = net.args;
+    let limit = args.max_images.unwrap_or(usize::MAX);
+    let path = Path::new(spec);
+    if spec.ends_with(".npz") {
+        return Ok(Side::Stats(Stats::read_npz(path)?));
+    }
+    if path.is_file() && checkpoint::is_training_checkpoint(path) {
+        return sample_checkpoint(path, net).map(Side::Features);
+    }
+    if path.is_file() {
+        bail!("{spec}: not pytorch-fid statistics (.npz) nor a scalelong training checkpoint");
+    }
+    let data: DataSpec = spec.parse().with_context(|| format!("{spec}: not a folder, .npz, checkpoint or dataset"))?;
+    if let DataSpec::Folder { dir } = &data {
+        let files = images::list(dir)?;
+        let n = files.len().min(limit);
+        let progress = bar(n, &format!("images of {}", dir.display()));
+        let mut parts = Vec::new();
+        // One image at a time: a folder's images may differ in size (each is resized to 299).
+        for chunk in files[..n].chunks(args.batch_size.max(1)) {
+            let imgs: Vec<Tensor> = chunk.iter().map(|p| images::read_rgb(p)).collect::<candle_core::Result<_>>()?;
+            let same = imgs.iter().all(|t| t.dims() == imgs[0].dims());
+            match same {
+                true => parts.push(net.get()?.features(&Tensor::cat(&imgs, 0)?)?),
+                false => {
+                    for t in &imgs {
+                        parts.push(net.get()?.features(t)?);
+                    }
+                }
+            }
+            progress.inc(chunk.len() as u64);
+        }
+        progress.finish_and_clear();
+        return Ok(Side::Features(Tensor::cat(&parts, 0)?));
+    }
+    let ds = data.load_as_stored()?;
+    let n = ds.len().min(limit);
+    let progress = bar(n, &format!("images of {spec}"));
+    let f = evaluation::dataset_features(&ds, n, net.get()?, args.batch_size, &mut |done| {
+        progress.set_position(done as u64)
+    })?;
+    progress.finish_and_clear();
+    Ok(Side::Features(f))
+}
+
+/// `--num-samples` images of a training checkpoint's EMA weights, as features.
+fn sample_checkpoint(path: &Path, net: &mut Network) -> Result<Tensor> {
+    let args = net.args;
+    let device = net.device.clone();
+    let ck = checkpoint::load(path, &device)?;
+    let cfg = TrainConfig::from_toml(ck.meta("config")?, &path.display().to_string())?;
+    let ema: HashMap<String, Tensor> = ck.group(Group::Ema);
+    let model = cfg.model.build(VarBuilder::from_tensors(ema, DType::F32, &device))?;
+    let schedule = Schedule::Vp(cfg.train.schedule.sde());
+    let kind = args.sampler.unwrap_or(SamplerKind::DpmSolver);
+    if !kind.fits(&schedule) {
+        bail!(
+            "--sampler {kind}: does not fit this model's VP-SDE schedule; expected one of {}",
+            SamplerKind::names_for(&schedule)
+        );
+    }
+    if args.num_samples < 2 || args.steps == 0 || args.batch_size == 0 {
+        bail!(
+            "--num-samples {} (at least 2), --steps {} and --batch-size {} (at least 1)",
+            args.num_samples,
+            args.steps,
+            args.batch_size
+        );
+    }
+    let sampler = kind.build(args.steps, &schedule)?;
+    let classes = match (cfg.model.num_classes(), ck.meta("null_label").ok().and_then(|v| v.parse::<usize>().ok())) {
+        (Some(_), Some(null)) => Some(null),
+        (k, _) => k,
+    };
+    let spec = SampleSpec {
+        n: args.num_samples,
+        batch_size: args.batch_size,
+        channels: cfg.model.in_channels(),
+        size: cfg.model.train_size(),
+        seed: args.seed,
+        classes,
+    };
+    let progress = bar(spec.n, &format!("samples of {}", path.display()));
+    let f = evaluation::sample_features(&model, sampler.as_ref(), net.get()?, spec, &device, &mut |done| {
+        progress.set_position(done as u64)
+    })?;
+    progress.finish_and_clear();
+    Ok(f)
+}
+
+pub fn run(args: &FidArgs) -> Result<()> {
+    let mut net = Network { args: &args.source, device: args.source.device.open()?, net: None };
+    let a = read_side(&args.a, &mut net).with_context(|| format!("reading {}", args.a))?;
+    let b = read_side(&args.b, &mut net).with_context(|| format!("reading {}", args.b))?;
+    let fid = frechet_distance(&a.stats()?, &b.stats()?)?;
+    println!("FID {fid:.6}");
+    match (&a, &b) {
+        (Side::Features(fa), Side::Features(fb)) => {
+            let k = kid(fa, fb, args.kid_subsets, args.kid_subset_size, 0)?;
+            println!("KID {:.6e} +- {:.6e}", k.mean, k.std);
+        }
+        _ => println!("KID not computed: it needs images on both sides, and a statistics file holds none"),
+    }
+    Ok(())
+}
+
+pub fn run_stats(args: &FidStatsArgs) -> Result<()> {
+    if args.source.ends_with(".npz") {
+        bail!("{}: already statistics; give images, a dataset or a checkpoint", args.source);
+    }
+    let mut net = Network { args: &args.args, device: args.args.device.open()?, net: None };
+    let side = read_side(&args.source, &mut net).with_context(|| format!("reading {}", args.source))?;
+    let stats = side.stats()?;
+    stats.write_npz(&args.out)?;
+    println!("wrote {} ({} dimensions)", args.out.display(), stats.dim());
+    Ok(())
+}

@@ -24,6 +24,9 @@ enum Task {
     /// One bench case in a fresh process (used by `bench`).
     #[command(hide = true)]
     BenchCase { json: String },
+    /// One FID Inception timing in this process (spawned by `bench --inception`).
+    #[command(hide = true)]
+    BenchInception { json: String },
 }
 
 /// The allocator the `scalelong` binary uses, so the bench times what users run.
@@ -51,6 +54,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Task::Bench(args) => bench::run(args),
         Task::BenchCase { json } => bench::run_case(&json),
+        Task::BenchInception { json } => bench::run_inception_case(&json),
         Task::Ci => {
             cargo(&["fmt", "--all", "--", "--check"])?;
             cargo(&["clippy", "--workspace", "--all-targets", "--release", "--", "-D", "warnings"])?;

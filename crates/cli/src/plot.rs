@@ -14,7 +14,7 @@ pub struct PlotArgs {
     /// metrics.jsonl files, each optionally followed by =LABEL (repeatable; one curve each).
     #[arg(long = "metrics", required = true)]
     metrics: Vec<String>,
-    /// The field to plot against `step` (loss, grad_norm, lr, img_per_s, ...).
+    /// The field to plot against `step` (loss, grad_norm, lr, img_per_s, fid, kid, ...).
     #[arg(long, default_value = "loss")]
     key: String,
     /// Moving average over this many points (1 = raw).

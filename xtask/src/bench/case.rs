@@ -15,11 +15,11 @@ use serde::Serialize;
 use super::model;
 
 /// Resets the kernel's peak-RSS mark of this process (Linux); the peak is then read from VmHWM.
-fn reset_peak() {
+pub(super) fn reset_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-fn peak_mb() -> f64 {
+pub(super) fn peak_mb() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let kb = status
         .lines()
@@ -93,7 +93,7 @@ fn time_ours(cfg: &ModelConfig, case: &Case, device: &Device) -> Result<Measured
         device.synchronize()?;
         Ok(())
     };
-    let train_ms = timed(&mut train, case)?;
+    let train_ms = timed(&mut train, case.warmup, case.repeats)?;
     let detached = seeded.vars().into_iter().map(|(n, v)| (n, v.as_tensor().detach())).collect();
     let frozen = cfg.build(VarBuilder::from_tensors(detached, DType::F32, device))?;
     let mut sample = || -> Result<()> {
@@ -101,15 +101,15 @@ fn time_ours(cfg: &ModelConfig, case: &Case, device: &Device) -> Result<Measured
         device.synchronize()?;
         Ok(())
     };
-    let sample_ms = timed(&mut sample, case)?;
+    let sample_ms = timed(&mut sample, case.warmup, case.repeats)?;
     Ok(Measured { train_ms, sample_ms, peak_rss_mb: peak_mb(), torch: String::new() })
 }
 
-fn timed(step: &mut dyn FnMut() -> Result<()>, case: &Case) -> Result<Vec<f64>> {
-    for _ in 0..case.warmup {
+pub(super) fn timed(step: &mut dyn FnMut() -> Result<()>, warmup: usize, repeats: usize) -> Result<Vec<f64>> {
+    for _ in 0..warmup {
         step()?;
     }
-    (0..case.repeats.max(1))
+    (0..repeats.max(1))
         .map(|_| {
             let start = Instant::now();
             step()?;

@@ -2,6 +2,7 @@
 //! against the same model in PyTorch timed in the same invocation with the same thread count.
 
 mod case;
+mod inception;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -13,6 +14,7 @@ use serde::Serialize;
 
 pub use case::run_case;
 use case::{device, measured, time_reference, Case};
+pub use inception::run_case as run_inception_case;
 
 const DDPM_CIFAR10: &str = r#"{"sample_size": 32, "block_out_channels": [128, 256, 256, 256], "layers_per_block": 2,
  "attention_head_dim": null, "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
@@ -59,7 +61,7 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "none,cs,ls")]
     modes: Vec<SkipScaling>,
     #[arg(long)]
-    batch: Option<usize>,
+    pub(super) batch: Option<usize>,
     /// Untimed steps before timing.
     #[arg(long, default_value_t = 1)]
     warmup: usize,
@@ -75,26 +77,30 @@ pub struct BenchArgs {
     /// cpu, or cuda / metal when built with those features.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Also time the FID Inception network's forward pass (batch 50, CPU) with these weights
+    /// (pytorch-fid's pt_inception-2015-12-05 file); the reference needs pytorch-fid installed.
+    #[arg(long)]
+    inception: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
-struct Row {
-    case: String,
-    model: String,
-    scaling: String,
-    batch: usize,
-    step: &'static str,
-    ours_ms: f64,
-    ours_spread_ms: (f64, f64),
-    reference_ms: Option<f64>,
-    ratio: Option<f64>,
-    images_per_s: f64,
-    gflops: f64,
-    ours_peak_mb: f64,
-    reference_peak_mb: Option<f64>,
+pub(super) struct Row {
+    pub(super) case: String,
+    pub(super) model: String,
+    pub(super) scaling: String,
+    pub(super) batch: usize,
+    pub(super) step: &'static str,
+    pub(super) ours_ms: f64,
+    pub(super) ours_spread_ms: (f64, f64),
+    pub(super) reference_ms: Option<f64>,
+    pub(super) ratio: Option<f64>,
+    pub(super) images_per_s: f64,
+    pub(super) gflops: f64,
+    pub(super) ours_peak_mb: f64,
+    pub(super) reference_peak_mb: Option<f64>,
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(super) fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     let n = s.len();
@@ -187,6 +193,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
             std::fs::write(&json, serde_json::to_string_pretty(&rows)?)?;
             std::fs::write(json.with_extension("md"), &md)?;
         }
+    }
+    if let Some(weights) = &args.inception {
+        let case = inception::InceptionCase {
+            weights: weights.clone(),
+            batch: 50,
+            warmup: args.warmup,
+            repeats: args.repeats.max(1),
+            threads,
+        };
+        let (row, torch) = inception::row(&case, &python)?;
+        rows.push(row);
+        torch_version = torch_version.or(torch);
+        std::fs::write(&json, serde_json::to_string_pretty(&rows)?)?;
     }
     println!("{}", table(&rows, threads, &args.device, torch_version.as_deref()));
     eprintln!("wrote {} and .md", json.display());

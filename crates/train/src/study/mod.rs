@@ -3,6 +3,7 @@
 //! caller's job (`scalelong study`); this module plans them, reads their records and writes the
 //! report's numbers. Definitions: docs/stability.md.
 
+pub mod quality;
 pub mod report;
 
 use crate::ConfigError;
@@ -67,6 +68,8 @@ pub struct RunRecord {
     pub robustness: Vec<f64>,
     /// Every block's output norm, per record.
     pub block_feature_norms: Vec<Vec<f64>>,
+    /// (step, FID) of every line that carries one (`[eval]`), whether or not it has diagnostics.
+    pub fid: Vec<(u64, f64)>,
 }
 
 impl RunRecord {
@@ -84,9 +87,11 @@ impl RunRecord {
             val_loss_ema: vec![],
             robustness: vec![],
             block_feature_norms: vec![],
+            fid: vec![],
         };
         for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             let m = MetricsLine::parse(line).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
+            r.fid.extend(m.fid.map(|f| (m.step, f)));
             let Some(d) = m.diagnostics else { continue };
             if d.robustness.is_empty() {
                 return Err(format!("{}:{}: `robustness` is empty", path.display(), i + 1).into());
@@ -282,6 +287,7 @@ mod tests {
             val_loss_ema: val.to_vec(),
             robustness: vec![2.0; n],
             block_feature_norms: feature.iter().map(|f| vec![1.0, *f]).collect(),
+            fid: vec![],
         }
     }
 

@@ -89,6 +89,9 @@ spread = coefficient of variation in windows of {win} records).\n\n",
             sig3(tail(&r.robustness))
         );
     }
+    if let Some(quality) = super::quality::section(records, baseline) {
+        md += &quality;
+    }
     md += "\n## Plots\n\nMean over seeds; the shaded band is the min..max over seeds.\n\n";
     for (file, chart_title) in charts {
         md += &format!("![{chart_title}]({file})\n\n");

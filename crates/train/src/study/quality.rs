@@ -1,0 +1,91 @@
+//! The study's sample-quality section: FID per mode and seed at every evaluated step, and the
+//! steps each mode needs to reach the baseline's final FID (the paper's speed-up, judged by FID).
+
+use scalelong_backbones::SkipScaling;
+
+use super::{by_mode, RunRecord};
+use crate::stability::{sig3, Spread};
+
+/// The first evaluated step whose FID is at most `target`.
+fn steps_to_fid(fid: &[(u64, f64)], target: f64) -> Option<u64> {
+    fid.iter().find(|(_, f)| *f <= target).map(|(s, _)| *s)
+}
+
+/// Markdown for the runs' FID records; `None` when no run evaluated FID (`[eval] every = 0`).
+pub fn section(records: &[RunRecord], baseline: SkipScaling) -> Option<String> {
+    if records.iter().all(|r| r.fid.is_empty()) {
+        return None;
+    }
+    let mut md = String::from("\n## Sample quality (FID)\n\n");
+    md += &format!(
+        "FID of the EMA weights' samples ([eval]); steps to the baseline's final FID (`{baseline}`, same seed) \
+are the first evaluated step at or below it; runs that never reach it count as their last evaluated step.\n\n\
+| mode | final FID | steps to baseline's final FID | reached | speed-up |\n|---|---|---|---|---|\n"
+    );
+    for (mode, runs) in by_mode(records) {
+        let last = |r: &RunRecord| r.fid.last().map_or(f64::NAN, |f| f.1);
+        let paired: Vec<(Option<u64>, u64, u64)> = runs
+            .iter()
+            .filter_map(|r| {
+                let base = records.iter().find(|b| b.mode == baseline && b.seed == r.seed)?;
+                let base_steps = steps_to_fid(&base.fid, last(base))?;
+                Some((steps_to_fid(&r.fid, last(base)), base_steps, r.fid.last()?.0))
+            })
+            .collect();
+        let steps: Vec<f64> = paired.iter().map(|(s, _, end)| s.unwrap_or(*end) as f64).collect();
+        let speedup: Vec<f64> = paired.iter().map(|(s, b, end)| *b as f64 / s.unwrap_or(*end) as f64).collect();
+        let reached = paired.iter().filter(|p| p.0.is_some()).count();
+        let bound = |sign: &'static str| if reached < paired.len() { sign } else { "" };
+        md += &format!(
+            "| {mode} | {} | {}{} | {reached}/{} | {}{} |\n",
+            Spread::of(&runs.iter().map(|r| last(r)).collect::<Vec<_>>()),
+            bound("≥ "),
+            Spread::of(&steps),
+            paired.len(),
+            bound("≤ "),
+            Spread::of(&speedup)
+        );
+    }
+    md += "\n| run | FID at step |\n|---|---|\n";
+    for r in records {
+        let cells: Vec<String> = r.fid.iter().map(|(s, f)| format!("{s}: {}", sig3(*f))).collect();
+        md += &format!("| {}, seed {} | {} |\n", r.mode, r.seed, cells.join(", "));
+    }
+    Some(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(mode: SkipScaling, seed: u64, fid: &[(u64, f64)]) -> RunRecord {
+        RunRecord {
+            mode,
+            seed,
+            steps: vec![],
+            feature_norm: vec![],
+            grad_norm: vec![],
+            loss: vec![],
+            val_loss: vec![],
+            val_loss_ema: vec![],
+            robustness: vec![],
+            block_feature_norms: vec![],
+            fid: fid.to_vec(),
+        }
+    }
+
+    #[test]
+    fn steps_to_the_baselines_final_fid() {
+        let cs = SkipScaling::Constant { kappa: 0.5 };
+        let records = [
+            run(SkipScaling::None, 0, &[(100, 90.0), (200, 50.0), (300, 40.0)]),
+            run(cs, 0, &[(100, 80.0), (200, 39.0), (300, 30.0)]),
+        ];
+        let md = section(&records, SkipScaling::None).unwrap();
+        // none reaches its own final FID (40) at 300; cs at 200: speed-up 1.5.
+        assert!(md.contains("| none | 40.0 ± 0 | 300 ± 0 | 1/1 | 1.00 ± 0 |"), "{md}");
+        assert!(md.contains("| cs:0.5 | 30.0 ± 0 | 200 ± 0 | 1/1 | 1.50 ± 0 |"), "{md}");
+        assert!(md.contains("| cs:0.5, seed 0 | 100: 80.0, 200: 39.0, 300: 30.0 |"), "{md}");
+        assert!(section(&[run(SkipScaling::None, 0, &[])], SkipScaling::None).is_none());
+    }
+}

@@ -64,6 +64,13 @@ fn main() {
     // buffers, and re-faulting them cost about 15% of a CPU step here.
     // SAFETY: setting an allocator option before any other thread exists.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    // Piped into `head` and the like: end quietly as other Unix tools do when the reader goes away,
+    // instead of panicking on the next print.
+    // SAFETY: restoring a signal's default disposition before any other thread exists.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL)
+    };
     // candle's element-wise thread pool spins for a while after each op; beside the rayon threads
     // of our CPU kernels that takes a core from them (3-5% of a UNet step on two cores).
     if std::env::var_os(SPIN_LIMIT).is_none() {

@@ -33,6 +33,22 @@ fn info_prints_counts_and_skip_coefficients() {
 }
 
 #[test]
+fn a_closed_pipe_ends_the_output_quietly() {
+    // The reader is gone before the first line is printed (as `scalelong info ... | true`).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_scalelong"))
+        .args(["info", "--preset", "cifar10-uvit-s2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(13), "ended by SIGPIPE, as `head` expects: {:?}", out.status);
+}
+
+#[test]
 fn info_describes_unets_from_toml_and_diffusers_configs() {
     // The UNet's skips are merged by the up-block ResNets, innermost first.
     let o = scalelong(&["info", "--config", &repo("configs/cifar10-ddpm-unet-finetune-cs.toml")]);

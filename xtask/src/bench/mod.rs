@@ -79,6 +79,7 @@ pub struct BenchArgs {
     device: String,
     /// Also time the FID Inception network's forward pass (batch 50, CPU) with these weights
     /// (pytorch-fid's pt_inception-2015-12-05 file); the reference needs pytorch-fid installed.
+    /// Without --models, only this is timed.
     #[arg(long)]
     inception: Option<PathBuf>,
 }
@@ -116,6 +117,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let models: Vec<String> = match (args.models.is_empty(), args.quick) {
         (false, _) => args.models.clone(),
+        // `--inception` alone times only the Inception network.
+        (true, _) if args.inception.is_some() => vec![],
         (true, true) => vec!["small-uvit".into(), "small-unet".into()],
         (true, false) => vec!["cifar10-uvit-s2".into(), "ddpm-cifar10-unet".into()],
     };

@@ -73,10 +73,9 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
-    /// Reads the lines that carry diagnostics.
-    pub fn read(path: &Path, mode: SkipScaling, seed: u64) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut r = Self {
+    /// A run with no records yet.
+    pub fn new(mode: SkipScaling, seed: u64) -> Self {
+        Self {
             mode,
             seed,
             steps: vec![],
@@ -88,7 +87,13 @@ impl RunRecord {
             robustness: vec![],
             block_feature_norms: vec![],
             fid: vec![],
-        };
+        }
+    }
+
+    /// Reads the lines that carry diagnostics.
+    pub fn read(path: &Path, mode: SkipScaling, seed: u64) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut r = Self::new(mode, seed);
         for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             let m = MetricsLine::parse(line).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
             r.fid.extend(m.fid.map(|f| (m.step, f)));

@@ -59,19 +59,7 @@ mod tests {
     use super::*;
 
     fn run(mode: SkipScaling, seed: u64, fid: &[(u64, f64)]) -> RunRecord {
-        RunRecord {
-            mode,
-            seed,
-            steps: vec![],
-            feature_norm: vec![],
-            grad_norm: vec![],
-            loss: vec![],
-            val_loss: vec![],
-            val_loss_ema: vec![],
-            robustness: vec![],
-            block_feature_norms: vec![],
-            fid: fid.to_vec(),
-        }
+        RunRecord { fid: fid.to_vec(), ..RunRecord::new(mode, seed) }
     }
 
     #[test]

@@ -77,6 +77,15 @@ impl TrainConfig {
         let d = &self.diagnostics;
         let sm = &self.sample;
         let e = &self.eval;
+        let schedule = Schedule::Vp(t.schedule.sde());
+        let fits = |key: &str, kind: SamplerKind| {
+            let msg = format!(
+                "{key} = {:?} does not fit this model's VP-SDE schedule: expected one of {}",
+                kind.name(),
+                SamplerKind::names_for(&schedule)
+            );
+            (kind.fits(&schedule), msg)
+        };
         let checks: [(bool, String); 18] = [
             (t.batch_size > 0, format!("train.batch_size = {} must be positive", t.batch_size)),
             (t.max_steps > 0, format!("train.max_steps = {} must be at least 1", t.max_steps)),
@@ -84,14 +93,7 @@ impl TrainConfig {
                 t.weight_decay.is_finite() && t.weight_decay >= 0.0,
                 format!("train.weight_decay = {} must be a finite number >= 0", t.weight_decay),
             ),
-            (
-                sm.sampler.fits(&Schedule::Vp(t.schedule.sde())),
-                format!(
-                    "sample.sampler = {:?} does not fit this model's VP-SDE schedule: expected one of {}",
-                    sm.sampler.name(),
-                    SamplerKind::names_for(&Schedule::Vp(t.schedule.sde()))
-                ),
-            ),
+            fits("sample.sampler", sm.sampler),
             (
                 sm.steps > 0 && sm.n > 0,
                 format!("sample.steps = {} and sample.n = {} must be at least 1", sm.steps, sm.n),
@@ -125,14 +127,7 @@ impl TrainConfig {
                 d.probe_eps.is_finite() && d.probe_eps > 0.0,
                 format!("diagnostics.probe_eps = {} must be a finite number > 0", d.probe_eps),
             ),
-            (
-                e.sampler.fits(&Schedule::Vp(t.schedule.sde())),
-                format!(
-                    "eval.sampler = {:?} does not fit this model's VP-SDE schedule: expected one of {}",
-                    e.sampler.name(),
-                    SamplerKind::names_for(&Schedule::Vp(t.schedule.sde()))
-                ),
-            ),
+            fits("eval.sampler", e.sampler),
             (
                 e.num_samples >= 2 && e.steps > 0 && e.batch_size > 0 && e.reference_images >= 2,
                 format!(

@@ -1,12 +1,10 @@
 //! `scalelong fid A B` and `scalelong fid-stats SOURCE --out FILE`: FID and KID as pytorch-fid
 //! computes them, between folders of images, statistics files, datasets and our checkpoints.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::{Device, Tensor};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use scalelong_backbones::Architecture;
@@ -15,7 +13,6 @@ use scalelong_diffusion::{SamplerKind, Schedule};
 use scalelong_eval::{frechet_distance, images, kid, weights, FidInception, Stats};
 use scalelong_train::checkpoint::{self, Group};
 use scalelong_train::evaluation::{self, SampleSpec};
-use scalelong_train::TrainConfig;
 
 use crate::device::DeviceArg;
 
@@ -91,14 +88,14 @@ impl Side {
     }
 }
 
-/// The network, loaded when a source first needs it.
-struct Network<'a> {
+/// The Inception network, loaded when a source first needs it.
+struct LazyInception<'a> {
     args: &'a SourceArgs,
     device: Device,
     net: Option<FidInception>,
 }
 
-impl Network<'_> {
+impl LazyInception<'_> {
     fn get(&mut self) -> Result<&FidInception> {
         if self.net.is_none() {
             let path = weights::locate(self.args.inception.as_deref())?;
@@ -118,7 +115,7 @@ fn bar(len: usize, what: &str) -> ProgressBar {
     bar
 }
 
-fn read_side(spec: &str, net: &mut Network) -> Result<Side> {
+fn read_side(spec: &str, net: &mut LazyInception) -> Result<Side> {
     let args = net.args;
     let limit = args.max_images.unwrap_or(usize::MAX);
     let path = Path::new(spec);
@@ -165,13 +162,12 @@ fn read_side(spec: &str, net: &mut Network) -> Result<Side> {
 }
 
 /// `--num-samples` images of a training checkpoint's EMA weights, as features.
-fn sample_checkpoint(path: &Path, net: &mut Network) -> Result<Tensor> {
+fn sample_checkpoint(path: &Path, net: &mut LazyInception) -> Result<Tensor> {
     let args = net.args;
     let device = net.device.clone();
     let ck = checkpoint::load(path, &device)?;
-    let cfg = TrainConfig::from_toml(ck.meta("config")?, &path.display().to_string())?;
-    let ema: HashMap<String, Tensor> = ck.group(Group::Ema);
-    let model = cfg.model.build(VarBuilder::from_tensors(ema, DType::F32, &device))?;
+    let cfg = ck.config()?;
+    let model = ck.model(&cfg, Group::Ema, &device)?;
     let schedule = Schedule::Vp(cfg.train.schedule.sde());
     let kind = args.sampler.unwrap_or(SamplerKind::DpmSolver);
     if !kind.fits(&schedule) {
@@ -210,7 +206,7 @@ fn sample_checkpoint(path: &Path, net: &mut Network) -> Result<Tensor> {
 }
 
 pub fn run(args: &FidArgs) -> Result<()> {
-    let mut net = Network { args: &args.source, device: args.source.device.open()?, net: None };
+    let mut net = LazyInception { args: &args.source, device: args.source.device.open()?, net: None };
     let a = read_side(&args.a, &mut net).with_context(|| format!("reading {}", args.a))?;
     let b = read_side(&args.b, &mut net).with_context(|| format!("reading {}", args.b))?;
     let fid = frechet_distance(&a.stats()?, &b.stats()?)?;
@@ -229,7 +225,7 @@ pub fn run_stats(args: &FidStatsArgs) -> Result<()> {
     if args.source.ends_with(".npz") {
         bail!("{}: already statistics; give images, a dataset or a checkpoint", args.source);
     }
-    let mut net = Network { args: &args.args, device: args.args.device.open()?, net: None };
+    let mut net = LazyInception { args: &args.args, device: args.args.device.open()?, net: None };
     let side = read_side(&args.source, &mut net).with_context(|| format!("reading {}", args.source))?;
     let stats = side.stats()?;
     stats.write_npz(&args.out)?;

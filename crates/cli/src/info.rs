@@ -8,7 +8,6 @@ use clap::Args;
 use scalelong_backbones::params::{self, ParamSpec};
 use scalelong_backbones::{checkpoint as weights_file, Architecture, ModelConfig, SkipFactor, SkipScaling};
 use scalelong_train::checkpoint::{self, Group};
-use scalelong_train::TrainConfig;
 
 use crate::model_spec::ModelArgs;
 
@@ -50,7 +49,7 @@ fn training_checkpoint(path: &Path, model: &ModelArgs) -> Result<()> {
         );
     }
     let ck = checkpoint::load(path, &Device::Cpu)?;
-    let cfg = TrainConfig::from_toml(ck.meta("config")?, &format!("stored in {}", path.display()))?;
+    let cfg = ck.config()?;
     let specs = print_model(&cfg.model)?;
     for group in [Group::Model, Group::Ema] {
         weights_file::check(&format!("{} ({} weights)", path.display(), group.prefix()), &specs, &ck.group(group))?;

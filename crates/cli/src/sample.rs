@@ -1,11 +1,9 @@
 //! `scalelong sample`: images from a trained or official model.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 use clap::Args;
 use rand::SeedableRng;
 use scalelong_backbones::{weights, Architecture, Backbone, ModelConfig, UNet2DConfig};
@@ -13,7 +11,6 @@ use scalelong_diffusion::{noise, BetaSchedule, DiscreteSchedule, SamplerKind, Sc
 use scalelong_train::checkpoint::{self, Group};
 use scalelong_train::config::NoiseSchedule;
 use scalelong_train::sampling::{self, Conditioning};
-use scalelong_train::TrainConfig;
 
 use crate::device::DeviceArg;
 use crate::model_spec::ModelArgs;
@@ -107,9 +104,8 @@ fn load(args: &SampleArgs, device: &Device) -> Result<Loaded> {
             );
         }
         let ck = checkpoint::load(checkpoint, device)?;
-        let cfg = TrainConfig::from_toml(ck.meta("config")?, &checkpoint.display().to_string())?;
-        let weights: HashMap<String, Tensor> = ck.group(if args.no_ema { Group::Model } else { Group::Ema });
-        let model = cfg.model.build(VarBuilder::from_tensors(weights, DType::F32, device))?;
+        let cfg = ck.config()?;
+        let model = ck.model(&cfg, if args.no_ema { Group::Model } else { Group::Ema }, device)?;
         let null_label = ck.meta("null_label").ok().and_then(|v| v.parse().ok());
         return Ok(Loaded { model, schedule: Schedule::Vp(cfg.train.schedule.sde()), null_label });
     }

@@ -8,6 +8,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::VarBuilder;
+use scalelong_backbones::{Architecture, Backbone};
+
+use crate::TrainConfig;
 
 /// Metadata key naming the file format.
 pub const FORMAT_KEY: &str = "format";
@@ -96,6 +100,8 @@ pub fn tmp_path(path: &Path) -> PathBuf {
 
 /// A checkpoint read back: tensors by name and the metadata.
 pub struct Loaded {
+    /// The file it was read from, for messages.
+    pub path: PathBuf,
     pub tensors: HashMap<String, Tensor>,
     pub metadata: HashMap<String, String>,
 }
@@ -111,6 +117,17 @@ impl Loaded {
     pub fn meta_parse<T: std::str::FromStr>(&self, key: &str) -> Result<T> {
         let v = self.meta(key)?;
         v.parse().map_err(|_| candle_core::Error::Msg(format!("checkpoint metadata `{key}` = `{v}` is not a number")))
+    }
+
+    /// The training config stored with the checkpoint.
+    pub fn config(&self) -> Result<TrainConfig> {
+        TrainConfig::from_toml(self.meta("config")?, &format!("stored in {}", self.path.display()))
+            .map_err(candle_core::Error::wrap)
+    }
+
+    /// `config`'s model with one group's weights (the EMA weights, for sampling).
+    pub fn model(&self, config: &TrainConfig, group: Group, device: &Device) -> Result<Backbone> {
+        config.model.build(VarBuilder::from_tensors(self.group(group), DType::F32, device))
     }
 
     /// The tensors of one group, by parameter name.
@@ -152,7 +169,7 @@ pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
     }
     let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| err(&e))?;
     scalelong_backbones::checkpoint::check_finite(&path.display().to_string(), &tensors)?;
-    Ok(Loaded { tensors, metadata })
+    Ok(Loaded { path: path.to_path_buf(), tensors, metadata })
 }
 
 /// Checkpoint files `step_NNNNNNNN.safetensors` in `dir`, oldest first.

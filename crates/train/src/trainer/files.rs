@@ -14,7 +14,6 @@ use scalelong_diffusion::{noise, Schedule};
 
 use super::Trainer;
 use crate::checkpoint::{self, Group, FORMAT, FORMAT_KEY};
-use crate::config::TrainConfig;
 use crate::sampling::{self, Conditioning};
 
 impl Trainer {
@@ -114,8 +113,7 @@ impl Trainer {
 
     fn restore(&mut self, path: &Path) -> Result<()> {
         let ck = checkpoint::load(path, &self.device)?;
-        let saved = TrainConfig::from_toml(ck.meta("config")?, &format!("stored in {}", path.display()))
-            .map_err(candle_core::Error::wrap)?;
+        let saved = ck.config()?;
         if saved.model != self.config.model {
             candle_core::bail!(
                 "cannot resume from {}: it holds a different model ([model] differs from the config given)",

@@ -4,7 +4,9 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
-use scalelong_backbones::ops::{conv2d, Conv2dParams};
+use scalelong_backbones::ops::conv2d_inference;
+
+use crate::pool::Pool3;
 
 /// Conv (no bias) + BatchNorm (eps 1e-3) + ReLU, as torchvision's `BasicConv2d`, folded.
 #[derive(Debug, Clone)]
@@ -40,66 +42,88 @@ impl BasicConv {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (ph, pw) = self.padding;
-        // Asymmetric padding (the 1x7 and 7x1 kernels) as explicit zero rows/columns.
-        let (x, p) = match ph == pw {
-            true => (x.clone(), ph),
-            false => (x.pad_with_zeros(2, ph, ph)?.pad_with_zeros(3, pw, pw)?, 0),
-        };
-        conv2d(&x, &self.weight, Some(&self.bias), Conv2dParams { padding: p, stride: self.stride })?.relu()
+        conv2d_inference(x, &self.weight, &self.bias, self.padding, self.stride, true)
+    }
+
+    /// Without the ReLU.
+    fn linear(&self, x: &Tensor) -> Result<Tensor> {
+        conv2d_inference(x, &self.weight, &self.bias, self.padding, self.stride, false)
     }
 }
 
-/// 3x3 average pool, stride 1, padding 1, `count_include_pad=False` (the FID blocks' pool branch).
-fn avg_pool_3x3_exclude_pad(x: &Tensor) -> Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
-    let padded = x.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?;
-    let sums = (padded.avg_pool2d_with_stride(3, 1)? * 9.0)?;
-    let ones = Tensor::ones((1, 1, h, w), x.dtype(), x.device())?.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?;
-    let counts = (ones.avg_pool2d_with_stride(3, 1)? * 9.0)?;
-    sums.broadcast_div(&counts)
+/// The 1x1 convolutions of a block that read the block's input, as one convolution (one im2col
+/// pass and one wide GEMM instead of three or four). The average-pool branch's 1x1 convolution
+/// joins them: it commutes with a `count_include_pad=False` average pool (both are linear, the
+/// pool's divisor is the same for every channel and the average of the bias is the bias), so the
+/// block pools the branch's 32-192 output channels instead of its 192-2048 input channels.
+#[derive(Debug, Clone)]
+struct Heads {
+    conv: BasicConv,
+    sizes: Vec<usize>,
 }
 
-/// 3x3 max pool, stride 1, padding 1 (Mixed_7c's pool branch). Its input is a ReLU output (>= 0),
-/// so zero padding gives the same maximum as PyTorch's -inf padding.
-fn max_pool_3x3_same(x: &Tensor) -> Result<Tensor> {
-    x.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?.max_pool2d_with_stride(3, 1)
+impl Heads {
+    fn new(convs: &[&BasicConv]) -> Result<Self> {
+        let cat = |f: fn(&BasicConv) -> &Tensor| Tensor::cat(&convs.iter().map(|c| f(c)).collect::<Vec<_>>(), 0);
+        Ok(Self {
+            conv: BasicConv { weight: cat(|c| &c.weight)?, bias: cat(|c| &c.bias)?, padding: (0, 0), stride: 1 },
+            sizes: convs.iter().map(|c| c.bias.elem_count()).collect(),
+        })
+    }
+
+    /// Each head's output before its ReLU.
+    fn forward<const N: usize>(&self, x: &Tensor) -> Result<[Tensor; N]> {
+        let y = self.conv.linear(x)?;
+        let mut start = 0;
+        let heads: Vec<Tensor> = (self.sizes.iter())
+            .map(|&n| {
+                start += n;
+                y.narrow(1, start - n, n)
+            })
+            .collect::<Result<_>>()?;
+        heads.try_into().map_err(|_| candle_core::Error::Msg(format!("expected {N} heads, built {:?}", self.sizes)))
+    }
 }
 
-fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
-    x.max_pool2d_with_stride(3, 2)
+/// The pool branch from its head (the 1x1 convolution before the pool, see [`Heads`]).
+fn avg_pool_branch(head: &Tensor) -> Result<Tensor> {
+    Pool3::AvgSame.forward(head)?.relu()
 }
+
+const MAX_POOL_S2: Pool3 = Pool3::Max { stride: 2, padding: 0 };
 
 /// `FIDInceptionA` (Mixed_5b/c/d).
 #[derive(Debug, Clone)]
 struct BlockA {
-    b1x1: BasicConv,
-    b5x5: [BasicConv; 2],
-    b3x3dbl: [BasicConv; 3],
-    pool: BasicConv,
+    /// branch1x1, branch5x5_1, branch3x3dbl_1, branch_pool.
+    heads: Heads,
+    b5x5_2: BasicConv,
+    b3x3dbl: [BasicConv; 2],
 }
 
 impl BlockA {
     fn new(cin: usize, pool_features: usize, vb: VarBuilder) -> Result<Self> {
         let c = |ci, co, k, p, name: &str| BasicConv::square(ci, co, k, p, 1, vb.pp(name));
+        let heads = [
+            c(cin, 64, 1, 0, "branch1x1")?,
+            c(cin, 48, 1, 0, "branch5x5_1")?,
+            c(cin, 64, 1, 0, "branch3x3dbl_1")?,
+            c(cin, pool_features, 1, 0, "branch_pool")?,
+        ];
         Ok(Self {
-            b1x1: c(cin, 64, 1, 0, "branch1x1")?,
-            b5x5: [c(cin, 48, 1, 0, "branch5x5_1")?, c(48, 64, 5, 2, "branch5x5_2")?],
-            b3x3dbl: [
-                c(cin, 64, 1, 0, "branch3x3dbl_1")?,
-                c(64, 96, 3, 1, "branch3x3dbl_2")?,
-                c(96, 96, 3, 1, "branch3x3dbl_3")?,
-            ],
-            pool: c(cin, pool_features, 1, 0, "branch_pool")?,
+            heads: Heads::new(&heads.each_ref())?,
+            b5x5_2: c(48, 64, 5, 2, "branch5x5_2")?,
+            b3x3dbl: [c(64, 96, 3, 1, "branch3x3dbl_2")?, c(96, 96, 3, 1, "branch3x3dbl_3")?],
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let [b1x1, b5x5, b3x3dbl, pool] = self.heads.forward(x)?;
         let branches = [
-            self.b1x1.forward(x)?,
-            chain(&self.b5x5, x)?,
-            chain(&self.b3x3dbl, x)?,
-            self.pool.forward(&avg_pool_3x3_exclude_pad(x)?)?,
+            b1x1.relu()?,
+            self.b5x5_2.forward(&b5x5.relu()?)?,
+            chain(&self.b3x3dbl, &b3x3dbl.relu()?)?,
+            avg_pool_branch(&pool)?,
         ];
         Tensor::cat(&branches, 1)
     }
@@ -126,47 +150,48 @@ impl BlockB {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Tensor::cat(&[self.b3x3.forward(x)?, chain(&self.b3x3dbl, x)?, max_pool_3x3_s2(x)?], 1)
+        Tensor::cat(&[self.b3x3.forward(x)?, chain(&self.b3x3dbl, x)?, MAX_POOL_S2.forward(x)?], 1)
     }
 }
 
 /// `FIDInceptionC` (Mixed_6b..e): factorised 7x7 convolutions.
 #[derive(Debug, Clone)]
 struct BlockC {
-    b1x1: BasicConv,
-    b7x7: [BasicConv; 3],
-    b7x7dbl: [BasicConv; 5],
-    pool: BasicConv,
+    /// branch1x1, branch7x7_1, branch7x7dbl_1, branch_pool.
+    heads: Heads,
+    b7x7: [BasicConv; 2],
+    b7x7dbl: [BasicConv; 4],
 }
 
 impl BlockC {
     fn new(cin: usize, c7: usize, vb: VarBuilder) -> Result<Self> {
         let c = |ci, co, k, p, name: &str| BasicConv::new(ci, co, k, p, 1, vb.pp(name));
-        let (k17, p17, k71, p71) = ((1, 7), (0, 3), (7, 1), (3, 0));
+        let (k11, p11, k17, p17, k71, p71) = ((1, 1), (0, 0), (1, 7), (0, 3), (7, 1), (3, 0));
+        let heads = [
+            c(cin, 192, k11, p11, "branch1x1")?,
+            c(cin, c7, k11, p11, "branch7x7_1")?,
+            c(cin, c7, k11, p11, "branch7x7dbl_1")?,
+            c(cin, 192, k11, p11, "branch_pool")?,
+        ];
         Ok(Self {
-            b1x1: c(cin, 192, (1, 1), (0, 0), "branch1x1")?,
-            b7x7: [
-                c(cin, c7, (1, 1), (0, 0), "branch7x7_1")?,
-                c(c7, c7, k17, p17, "branch7x7_2")?,
-                c(c7, 192, k71, p71, "branch7x7_3")?,
-            ],
+            heads: Heads::new(&heads.each_ref())?,
+            b7x7: [c(c7, c7, k17, p17, "branch7x7_2")?, c(c7, 192, k71, p71, "branch7x7_3")?],
             b7x7dbl: [
-                c(cin, c7, (1, 1), (0, 0), "branch7x7dbl_1")?,
                 c(c7, c7, k71, p71, "branch7x7dbl_2")?,
                 c(c7, c7, k17, p17, "branch7x7dbl_3")?,
                 c(c7, c7, k71, p71, "branch7x7dbl_4")?,
                 c(c7, 192, k17, p17, "branch7x7dbl_5")?,
             ],
-            pool: c(cin, 192, (1, 1), (0, 0), "branch_pool")?,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let [b1x1, b7x7, b7x7dbl, pool] = self.heads.forward(x)?;
         let branches = [
-            self.b1x1.forward(x)?,
-            chain(&self.b7x7, x)?,
-            chain(&self.b7x7dbl, x)?,
-            self.pool.forward(&avg_pool_3x3_exclude_pad(x)?)?,
+            b1x1.relu()?,
+            chain(&self.b7x7, &b7x7.relu()?)?,
+            chain(&self.b7x7dbl, &b7x7dbl.relu()?)?,
+            avg_pool_branch(&pool)?,
         ];
         Tensor::cat(&branches, 1)
     }
@@ -175,17 +200,20 @@ impl BlockC {
 /// `InceptionD` (Mixed_7a): a grid reduction.
 #[derive(Debug, Clone)]
 struct BlockD {
-    b3x3: [BasicConv; 2],
-    b7x7x3: [BasicConv; 4],
+    /// branch3x3_1, branch7x7x3_1.
+    heads: Heads,
+    b3x3_2: BasicConv,
+    b7x7x3: [BasicConv; 3],
 }
 
 impl BlockD {
     fn new(cin: usize, vb: VarBuilder) -> Result<Self> {
         let c = |ci, co, k, p, s, name: &str| BasicConv::new(ci, co, k, p, s, vb.pp(name));
+        let heads = [c(cin, 192, (1, 1), (0, 0), 1, "branch3x3_1")?, c(cin, 192, (1, 1), (0, 0), 1, "branch7x7x3_1")?];
         Ok(Self {
-            b3x3: [c(cin, 192, (1, 1), (0, 0), 1, "branch3x3_1")?, c(192, 320, (3, 3), (0, 0), 2, "branch3x3_2")?],
+            heads: Heads::new(&heads.each_ref())?,
+            b3x3_2: c(192, 320, (3, 3), (0, 0), 2, "branch3x3_2")?,
             b7x7x3: [
-                c(cin, 192, (1, 1), (0, 0), 1, "branch7x7x3_1")?,
                 c(192, 192, (1, 7), (0, 3), 1, "branch7x7x3_2")?,
                 c(192, 192, (7, 1), (3, 0), 1, "branch7x7x3_3")?,
                 c(192, 192, (3, 3), (0, 0), 2, "branch7x7x3_4")?,
@@ -194,51 +222,70 @@ impl BlockD {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Tensor::cat(&[chain(&self.b3x3, x)?, chain(&self.b7x7x3, x)?, max_pool_3x3_s2(x)?], 1)
+        let [b3x3, b7x7x3] = self.heads.forward(x)?;
+        let branches =
+            [self.b3x3_2.forward(&b3x3.relu()?)?, chain(&self.b7x7x3, &b7x7x3.relu()?)?, MAX_POOL_S2.forward(x)?];
+        Tensor::cat(&branches, 1)
     }
 }
 
 /// `FIDInceptionE_1` (Mixed_7b, average pool) and `FIDInceptionE_2` (Mixed_7c, max pool).
 #[derive(Debug, Clone)]
 struct BlockE {
-    b1x1: BasicConv,
-    b3x3_1: BasicConv,
+    /// branch1x1, branch3x3_1, branch3x3dbl_1 and, with the average pool, branch_pool.
+    heads: Heads,
     b3x3_2: [BasicConv; 2],
-    b3x3dbl: [BasicConv; 2],
+    b3x3dbl_2: BasicConv,
     b3x3dbl_3: [BasicConv; 2],
-    pool: BasicConv,
-    max_pool: bool,
+    /// Mixed_7c's branch_pool, after its max pool (which does not commute with the convolution).
+    max_pool: Option<BasicConv>,
 }
 
 impl BlockE {
     fn new(cin: usize, max_pool: bool, vb: VarBuilder) -> Result<Self> {
         let c = |ci, co, k, p, name: &str| BasicConv::new(ci, co, k, p, 1, vb.pp(name));
-        let (k13, p13, k31, p31) = ((1, 3), (0, 1), (3, 1), (1, 0));
+        let (k11, p11, k13, p13, k31, p31) = ((1, 1), (0, 0), (1, 3), (0, 1), (3, 1), (1, 0));
+        let pool = c(cin, 192, k11, p11, "branch_pool")?;
+        let mut heads = vec![
+            c(cin, 320, k11, p11, "branch1x1")?,
+            c(cin, 384, k11, p11, "branch3x3_1")?,
+            c(cin, 448, k11, p11, "branch3x3dbl_1")?,
+        ];
+        let max_pool = match max_pool {
+            true => Some(pool),
+            false => {
+                heads.push(pool);
+                None
+            }
+        };
         Ok(Self {
-            b1x1: c(cin, 320, (1, 1), (0, 0), "branch1x1")?,
-            b3x3_1: c(cin, 384, (1, 1), (0, 0), "branch3x3_1")?,
+            heads: Heads::new(&heads.iter().collect::<Vec<_>>())?,
             b3x3_2: [c(384, 384, k13, p13, "branch3x3_2a")?, c(384, 384, k31, p31, "branch3x3_2b")?],
-            b3x3dbl: [c(cin, 448, (1, 1), (0, 0), "branch3x3dbl_1")?, c(448, 384, (3, 3), (1, 1), "branch3x3dbl_2")?],
+            b3x3dbl_2: c(448, 384, (3, 3), (1, 1), "branch3x3dbl_2")?,
             b3x3dbl_3: [c(384, 384, k13, p13, "branch3x3dbl_3a")?, c(384, 384, k31, p31, "branch3x3dbl_3b")?],
-            pool: c(cin, 192, (1, 1), (0, 0), "branch_pool")?,
             max_pool,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let b3 = self.b3x3_1.forward(x)?;
-        let dbl = chain(&self.b3x3dbl, x)?;
-        let pooled = match self.max_pool {
-            true => max_pool_3x3_same(x)?,
-            false => avg_pool_3x3_exclude_pad(x)?,
+        let (b1x1, b3, dbl, pooled) = match &self.max_pool {
+            Some(conv) => {
+                let [b1x1, b3, dbl] = self.heads.forward(x)?;
+                (b1x1, b3, dbl, conv.forward(&Pool3::Max { stride: 1, padding: 1 }.forward(x)?)?)
+            }
+            None => {
+                let [b1x1, b3, dbl, pool] = self.heads.forward(x)?;
+                (b1x1, b3, dbl, avg_pool_branch(&pool)?)
+            }
         };
+        let (b3, dbl) = (b3.relu()?, self.b3x3dbl_2.forward(&dbl.relu()?)?);
         let branches = [
-            self.b1x1.forward(x)?,
+            b1x1.relu()?,
             self.b3x3_2[0].forward(&b3)?,
             self.b3x3_2[1].forward(&b3)?,
             self.b3x3dbl_3[0].forward(&dbl)?,
             self.b3x3dbl_3[1].forward(&dbl)?,
-            self.pool.forward(&pooled)?,
+            pooled,
         ];
         Tensor::cat(&branches, 1)
     }
@@ -297,8 +344,8 @@ impl FidInception {
         }
         let x = x.to_dtype(DType::F32)?;
         let [c1, c2, c3, c4, c5] = &self.stem;
-        let mut h = max_pool_3x3_s2(&c3.forward(&c2.forward(&c1.forward(&x)?)?)?)?;
-        h = max_pool_3x3_s2(&c5.forward(&c4.forward(&h)?)?)?;
+        let mut h = MAX_POOL_S2.forward(&c3.forward(&c2.forward(&c1.forward(&x)?)?)?)?;
+        h = MAX_POOL_S2.forward(&c5.forward(&c4.forward(&h)?)?)?;
         for b in &self.mixed_5 {
             h = b.forward(&h)?;
         }

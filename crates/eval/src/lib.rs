@@ -20,6 +20,7 @@ pub mod images;
 mod inception;
 mod kid;
 pub mod pipeline;
+mod pool;
 mod stats;
 pub mod weights;
 

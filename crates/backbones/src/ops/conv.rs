@@ -1,4 +1,5 @@
-//! conv2d (groups 1, dilation 1) as im2col + GEMM per image, forward and both gradients.
+//! conv2d (groups 1, dilation 1) as im2col + GEMM per image, forward and both gradients, and
+//! an inference-only variant with asymmetric padding and the ReLU fused into its output pass.
 //!
 //! candle's CPU backward runs a direct transposed convolution for the input gradient and a
 //! convolution with the whole gradient map as its kernel for the weight gradient; here all
@@ -28,12 +29,41 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams) ->
             Some(b) => b.flatten_all()?,
             None => Tensor::zeros(cout, x.dtype(), x.device())?,
         };
-        return x.contiguous()?.apply_op3(&w.contiguous()?, &bias, Conv { p });
+        let conv = Conv { pad: (p.padding, p.padding), stride: p.stride, relu: false };
+        return x.contiguous()?.apply_op3(&w.contiguous()?, &bias, conv);
     }
     let y = x.conv2d(w, p.padding, p.stride, 1, 1)?;
     match bias {
         Some(b) => y.broadcast_add(&b.reshape((1, cout, 1, 1))?),
         None => Ok(y),
+    }
+}
+
+/// Inference only (no gradient): `conv(x, w) + bias`, then a ReLU if `relu`, with zero padding
+/// `(rows, columns)` (Inception's 1x7 and 7x1 kernels pad one side only) and no padded copy of
+/// the input; bias and ReLU are applied in the pass that writes the output.
+pub fn conv2d_inference(
+    x: &Tensor,
+    w: &Tensor,
+    bias: &Tensor,
+    pad: (usize, usize),
+    stride: usize,
+    relu: bool,
+) -> Result<Tensor> {
+    let cout = w.dim(0)?;
+    if bias.elem_count() != cout {
+        bail!("conv2d: bias {:?} does not match the {cout} output channels of weight {:?}", bias.shape(), w.shape());
+    }
+    if fused(x) && x.dtype() == w.dtype() && bias.dtype() == x.dtype() {
+        let conv = Conv { pad, stride, relu };
+        return x.contiguous()?.apply_op3_no_bwd(&w.contiguous()?, &bias.flatten_all()?, &conv);
+    }
+    let x = x.pad_with_zeros(2, pad.0, pad.0)?.pad_with_zeros(3, pad.1, pad.1)?;
+    let y = x.conv2d(w, 0, stride, 1, 1)?.broadcast_add(&bias.reshape((1, cout, 1, 1))?)?;
+    if relu {
+        y.relu()
+    } else {
+        Ok(y)
     }
 }
 
@@ -49,26 +79,28 @@ struct Geom {
     kw: usize,
     oh: usize,
     ow: usize,
-    p: Conv2dParams,
+    /// Zero padding (rows, columns).
+    pad: (usize, usize),
+    stride: usize,
 }
 
 impl Geom {
-    fn new(x: &[usize], cout: usize, kernel: (usize, usize), p: Conv2dParams) -> Result<Self> {
+    fn new(x: &[usize], cout: usize, kernel: (usize, usize), pad: (usize, usize), stride: usize) -> Result<Self> {
         let &[b, cin, h, w] = x else { bail!("conv2d: input must be (B, C, H, W), got {x:?}") };
         let (kh, kw) = kernel;
-        if p.stride == 0 || h + 2 * p.padding < kh || w + 2 * p.padding < kw {
-            bail!("conv2d: kernel {kh}x{kw} with {p:?} does not fit an input of {h}x{w}");
+        if stride == 0 || h + 2 * pad.0 < kh || w + 2 * pad.1 < kw {
+            bail!("conv2d: kernel {kh}x{kw} with padding {pad:?} and stride {stride} does not fit an input of {h}x{w}");
         }
-        let (oh, ow) = ((h + 2 * p.padding - kh) / p.stride + 1, (w + 2 * p.padding - kw) / p.stride + 1);
-        Ok(Self { b, cin, h, w, cout, kh, kw, oh, ow, p })
+        let (oh, ow) = ((h + 2 * pad.0 - kh) / stride + 1, (w + 2 * pad.1 - kw) / stride + 1);
+        Ok(Self { b, cin, h, w, cout, kh, kw, oh, ow, pad, stride })
     }
 
-    fn from_weight(x: &[usize], wt: &[usize], p: Conv2dParams) -> Result<Self> {
+    fn from_weight(x: &[usize], wt: &[usize], pad: (usize, usize), stride: usize) -> Result<Self> {
         let &[cout, cin, kh, kw] = wt else { bail!("conv2d: weight must be (Cout, Cin, kh, kw), got {wt:?}") };
         if x.get(1) != Some(&cin) {
             bail!("conv2d: input {x:?} has not the weight's {cin} input channels");
         }
-        Self::new(x, cout, (kh, kw), p)
+        Self::new(x, cout, (kh, kw), pad, stride)
     }
 
     /// Rows of the im2col matrix (Cin * kh * kw) and its columns (output pixels).
@@ -82,7 +114,7 @@ impl Geom {
 
     /// Output columns `ox` whose input column `ox * stride + j - padding` lies inside the image.
     fn valid_cols(&self, j: usize) -> (usize, usize) {
-        let (s, pad) = (self.p.stride, self.p.padding);
+        let (s, pad) = (self.stride, self.pad.1);
         let lo = pad.saturating_sub(j).div_ceil(s).min(self.ow);
         let hi = (self.w + pad).saturating_sub(j).div_ceil(s).clamp(lo, self.ow);
         (lo, hi)
@@ -90,7 +122,7 @@ impl Geom {
 
     /// Input row of output row `oy` and kernel row `i`, if inside the image.
     fn input_row(&self, oy: usize, i: usize) -> Option<usize> {
-        (oy * self.p.stride + i).checked_sub(self.p.padding).filter(|&y| y < self.h)
+        (oy * self.stride + i).checked_sub(self.pad.0).filter(|&y| y < self.h)
     }
 
     /// Images per GEMM: enough for 256-2048 output columns (small feature maps then still make
@@ -120,7 +152,7 @@ fn threads() -> Parallelism {
 
 /// `col (K, n L)` of the `n` images `x`: row (c, i, j), columns image by image.
 fn im2col<T: Float>(x: &[T], g: &Geom, n: usize, col: &mut [T]) {
-    let (s, l) = (g.p.stride, g.l());
+    let (s, l) = (g.stride, g.l());
     col.par_chunks_mut(n * l).enumerate().for_each(|(r, row)| {
         let (c, i, j) = g.tap(r);
         let (lo, hi) = g.valid_cols(j);
@@ -138,7 +170,7 @@ fn im2col<T: Float>(x: &[T], g: &Geom, n: usize, col: &mut [T]) {
                 let src = &channel[iy * g.w..][..g.w];
                 dst[..lo].fill(T::zero());
                 dst[hi..].fill(T::zero());
-                let x0 = lo * s + j - g.p.padding;
+                let x0 = lo * s + j - g.pad.1;
                 if s == 1 {
                     dst[lo..hi].copy_from_slice(&src[x0..x0 + hi - lo]);
                 } else {
@@ -153,7 +185,7 @@ fn im2col<T: Float>(x: &[T], g: &Geom, n: usize, col: &mut [T]) {
 /// shifted by the tap's offset, in one copy (instead of one short copy per output row), then the
 /// taps that fall outside the image zeroed.
 fn shifted_copy<T: Float>(channel: &[T], g: &Geom, i: usize, j: usize, dst: &mut [T]) {
-    let shift = (i as isize - g.p.padding as isize) * g.w as isize + j as isize - g.p.padding as isize;
+    let shift = (i as isize - g.pad.0 as isize) * g.w as isize + j as isize - g.pad.1 as isize;
     let len = dst.len() as isize;
     let (d0, d1) = ((-shift).clamp(0, len) as usize, (len - shift).clamp(0, len) as usize);
     let d1 = d1.max(d0);
@@ -173,7 +205,7 @@ fn shifted_copy<T: Float>(channel: &[T], g: &Geom, i: usize, j: usize, dst: &mut
 
 /// The `n` images `dx` whose im2col gradient is `col (K, n L)`: each pixel the sum of its taps.
 fn col2im<T: Float>(col: &[T], g: &Geom, n: usize, dx: &mut [T]) {
-    let (s, l) = (g.p.stride, g.l());
+    let (s, l) = (g.stride, g.l());
     dx.par_chunks_mut(g.h * g.w).enumerate().for_each(|(bc, dst)| {
         let (b, c) = (bc / g.cin, bc % g.cin);
         dst.fill(T::zero());
@@ -181,7 +213,7 @@ fn col2im<T: Float>(col: &[T], g: &Geom, n: usize, dx: &mut [T]) {
             for j in 0..g.kw {
                 let row = &col[((c * g.kh + i) * g.kw + j) * n * l + b * l..][..l];
                 let (lo, hi) = g.valid_cols(j);
-                let x0 = lo * s + j - g.p.padding;
+                let x0 = lo * s + j - g.pad.1;
                 for (oy, src) in row.chunks(g.ow).enumerate() {
                     let Some(iy) = g.input_row(oy, i) else { continue };
                     let dst = &mut dst[iy * g.w..][..g.w];
@@ -206,23 +238,41 @@ fn to_rows<T: Float>(images: &[T], g: &Geom, n: usize, rows: &mut [T]) {
     });
 }
 
+/// The forward op; `relu` (inference only) has no backward.
 struct Conv {
-    p: Conv2dParams,
+    pad: (usize, usize),
+    stride: usize,
+    relu: bool,
 }
 
-fn conv_fwd<T: Float>(x: &[T], wt: &[T], bias: &[T], g: Geom) -> Vec<T> {
+fn conv_fwd<T: Float>(x: &[T], wt: &[T], bias: &[T], g: Geom, relu: bool) -> Vec<T> {
     let (k, l, group) = (g.k(), g.l(), g.group());
     let mut out = vec![T::zero(); g.b * g.cout * l];
     let (mut col, mut rows) = (Vec::new(), Vec::new());
+    let finish = |v: T, co: usize| match relu {
+        true => (v + bias[co]).max(T::zero()),
+        false => v + bias[co],
+    };
     for (x, out) in x.chunks(group * g.image()).zip(out.chunks_mut(group * g.cout * l)) {
         let n = x.len() / g.image();
-        col.resize(k * n * l, T::zero());
+        // A 1x1 stride-1 convolution of one image reads the image itself as its im2col matrix.
+        let direct = n == 1 && g.kh * g.kw == 1 && g.stride == 1;
+        if !direct {
+            col.resize(k * n * l, T::zero());
+            im2col(x, &g, n, &mut col);
+        }
+        let col: &[T] = if direct { x } else { &col };
+        if n == 1 {
+            // One image: the GEMM writes the output itself.
+            gemm((&mut *out, l), (g.cout, l, k), (wt, k, 1), (col, l, 1), false, threads());
+            out.par_chunks_mut(l).enumerate().for_each(|(co, dst)| dst.iter_mut().for_each(|d| *d = finish(*d, co)));
+            continue;
+        }
         rows.resize(g.cout * n * l, T::zero());
-        im2col(x, &g, n, &mut col);
-        gemm((&mut rows, n * l), (g.cout, n * l, k), (wt, k, 1), (&col, n * l, 1), false, threads());
+        gemm((&mut rows, n * l), (g.cout, n * l, k), (wt, k, 1), (col, n * l, 1), false, threads());
         out.par_chunks_mut(l).enumerate().for_each(|(bc, dst)| {
             let (b, co) = (bc / g.cout, bc % g.cout);
-            dst.iter_mut().zip(&rows[co * n * l + b * l..][..l]).for_each(|(d, &v)| *d = v + bias[co]);
+            dst.iter_mut().zip(&rows[co * n * l + b * l..][..l]).for_each(|(d, &v)| *d = finish(v, co));
         });
     }
     out
@@ -242,8 +292,8 @@ impl CustomOp3 for Conv {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (g, op) = (Geom::from_weight(l1.dims(), l2.dims(), self.p)?, self.name());
-        let out = float_op!(op, (s1, l1) => x, (s2, l2) => w, (s3, l3) => b; conv_fwd(x, w, b, g));
+        let (g, op) = (Geom::from_weight(l1.dims(), l2.dims(), self.pad, self.stride)?, self.name());
+        let out = float_op!(op, (s1, l1) => x, (s2, l2) => w, (s3, l3) => b; conv_fwd(x, w, b, g, self.relu));
         Ok((out, Shape::from((g.b, g.cout, g.oh, g.ow))))
     }
 
@@ -255,11 +305,15 @@ impl CustomOp3 for Conv {
         _y: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        if self.relu {
+            bail!("conv2d_inference has no backward pass");
+        }
         let grad = grad.contiguous()?;
         let x_dims: [usize; 4] = x.dims4()?.into();
         let (cout, cin, kh, kw) = w.dims4()?;
-        let dx = grad.apply_op2_no_bwd(w, &InputGrad { p: self.p, x_dims })?;
-        let dwb = x.apply_op2_no_bwd(&grad, &WeightGrad { p: self.p, kernel: (kh, kw) })?;
+        let (pad, stride) = (self.pad, self.stride);
+        let dx = grad.apply_op2_no_bwd(w, &InputGrad { pad, stride, x_dims })?;
+        let dwb = x.apply_op2_no_bwd(&grad, &WeightGrad { pad, stride, kernel: (kh, kw) })?;
         let dw = dwb.narrow(0, 0, cout * cin * kh * kw)?.reshape(w.shape())?;
         let db = dwb.narrow(0, cout * cin * kh * kw, cout)?.reshape(b.shape())?;
         Ok((Some(dx), Some(dw), Some(db)))
@@ -268,7 +322,8 @@ impl CustomOp3 for Conv {
 
 /// dx from the output gradient `g (B, Cout, oh, ow)` and the weight: col2im(W^T g) per image.
 struct InputGrad {
-    p: Conv2dParams,
+    pad: (usize, usize),
+    stride: usize,
     x_dims: [usize; 4],
 }
 
@@ -293,7 +348,7 @@ impl CustomOp2 for InputGrad {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = Geom::from_weight(&self.x_dims, l2.dims(), self.p)?;
+        let g = Geom::from_weight(&self.x_dims, l2.dims(), self.pad, self.stride)?;
         if l1.dims() != [g.b, g.cout, g.oh, g.ow] {
             bail!("{}: gradient {:?} does not match the output of {g:?}", self.name(), l1.dims());
         }
@@ -305,7 +360,8 @@ impl CustomOp2 for InputGrad {
 /// `[dW, dbias]` from the input and the output gradient: the sums over images of g col^T and of
 /// g's rows.
 struct WeightGrad {
-    p: Conv2dParams,
+    pad: (usize, usize),
+    stride: usize,
     kernel: (usize, usize),
 }
 
@@ -338,7 +394,7 @@ impl CustomOp2 for WeightGrad {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let cout = l2.dims().get(1).copied().unwrap_or(0);
-        let g = Geom::new(l1.dims(), cout, self.kernel, self.p)?;
+        let g = Geom::new(l1.dims(), cout, self.kernel, self.pad, self.stride)?;
         if l2.dims() != [g.b, g.cout, g.oh, g.ow] {
             bail!("{}: gradient {:?} does not match the output of {g:?}", self.name(), l2.dims());
         }

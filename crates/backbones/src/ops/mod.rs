@@ -40,7 +40,7 @@ mod upsample;
 pub use activation::{gelu_erf, silu};
 pub use attention::attention;
 pub use bias::bias_add;
-pub use conv::{conv2d, Conv2dParams};
+pub use conv::{conv2d, conv2d_inference, Conv2dParams};
 pub use norm::{group_norm, group_norm_silu, layer_norm};
 pub use softmax::softmax_last_dim;
 pub use upsample::upsample_nearest2x;

@@ -67,6 +67,36 @@ fn conv2d_matches_candle() -> Result<()> {
     Ok(())
 }
 
+/// The inference variant: asymmetric padding, 1x1 kernels read directly (one image and several),
+/// and the fused ReLU, against candle's conv2d of an explicitly padded input.
+#[test]
+fn conv2d_inference_matches_candle() -> Result<()> {
+    let dev = Device::Cpu;
+    // (x, w, (pad rows, pad cols), stride)
+    type Case<'a> = (&'a [usize], &'a [usize], (usize, usize), usize);
+    let cases: [Case; 5] = [
+        (&[2, 3, 9, 9], &[4, 3, 1, 7], (0, 3), 1),
+        (&[3, 4, 7, 8], &[5, 4, 7, 1], (3, 0), 1),
+        (&[1, 6, 5, 5], &[3, 6, 1, 1], (0, 0), 1),
+        (&[4, 6, 5, 5], &[3, 6, 1, 1], (0, 0), 1),
+        (&[2, 3, 9, 8], &[2, 3, 3, 3], (0, 0), 2),
+    ];
+    for (x, w, pad, stride) in cases {
+        let x = Tensor::randn(0f32, 1.0, x, &dev)?;
+        let w = Tensor::randn(0f32, 1.0, w, &dev)?;
+        let b = Tensor::randn(0f32, 1.0, w.dim(0)?, &dev)?;
+        let padded = x.pad_with_zeros(2, pad.0, pad.0)?.pad_with_zeros(3, pad.1, pad.1)?;
+        let linear = padded.conv2d(&w, 0, stride, 1, 1)?.broadcast_add(&b.reshape((w.dim(0)?, 1, 1))?)?;
+        for relu in [false, true] {
+            let want = if relu { linear.relu()? } else { linear.clone() };
+            let ours = conv2d_inference(&x, &w, &b, pad, stride, relu)?;
+            assert_eq!(ours.dims(), want.dims());
+            assert!(rel_err(&ours, &want)? < 1e-5, "{pad:?} {stride} relu {relu}: {}", rel_err(&ours, &want)?);
+        }
+    }
+    Ok(())
+}
+
 /// Where the stride leaves input rows unused, candle's own conv2d backward fails (a shape error in
 /// its transposed convolution); ours is checked against finite differences there.
 #[test]

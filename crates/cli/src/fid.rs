@@ -7,14 +7,16 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use scalelong_backbones::Architecture;
+use scalelong_backbones::{Architecture, Backbone, ModelConfig};
 use scalelong_data::DataSpec;
 use scalelong_diffusion::{SamplerKind, Schedule};
 use scalelong_eval::{frechet_distance, images, kid, weights, FidInception, Stats};
 use scalelong_train::checkpoint::{self, Group};
+use scalelong_train::config::NoiseSchedule;
 use scalelong_train::evaluation::{self, SampleSpec};
 
 use crate::device::DeviceArg;
+use crate::model_spec::{load_official, ModelArgs};
 
 /// How sources are read: the network, sampling of checkpoints, batching.
 #[derive(Debug, Args)]
@@ -43,12 +45,16 @@ pub struct SourceArgs {
     max_images: Option<usize>,
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
+    /// For official U-ViT weights (nnet_ema.pth) as a side: their architecture (VP-linear schedule).
+    #[command(flatten)]
+    model: ModelArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct FidArgs {
     /// A folder of images, pytorch-fid statistics (.npz), a dataset (mnist, idx:DIR[:t10k],
-    /// cifar:DIR[:test]) or one of our training checkpoints (sampled with --num-samples).
+    /// cifar:DIR[:test]), one of our training checkpoints or official U-ViT weights with --preset or
+    /// --config (sampled with --num-samples).
     a: String,
     /// The other side, in any of the same forms.
     b: String,
@@ -64,7 +70,8 @@ pub struct FidArgs {
 
 #[derive(Debug, Args)]
 pub struct FidStatsArgs {
-    /// A folder of images, a dataset spec or one of our training checkpoints.
+    /// A folder of images, a dataset spec, one of our training checkpoints or official U-ViT weights
+    /// (with --preset or --config).
     source: String,
     /// Where to write the statistics (`mu`, `sigma`; pytorch-fid's .npz format).
     #[arg(long)]
@@ -122,11 +129,14 @@ fn read_side(spec: &str, net: &mut LazyInception) -> Result<Side> {
     if spec.ends_with(".npz") {
         return Ok(Side::Stats(Stats::read_npz(path)?));
     }
-    if path.is_file() && checkpoint::is_training_checkpoint(path) {
+    if path.is_file() && (checkpoint::is_training_checkpoint(path) || !args.model.given().is_empty()) {
         return sample_checkpoint(path, net).map(Side::Features);
     }
     if path.is_file() {
-        bail!("{spec}: not pytorch-fid statistics (.npz) nor a scalelong training checkpoint");
+        bail!(
+            "{spec}: not pytorch-fid statistics (.npz) nor a scalelong training checkpoint (for official U-ViT \
+             weights, pass --preset NAME or --config FILE)"
+        );
     }
     let data: DataSpec = spec.parse().with_context(|| format!("{spec}: not a folder, .npz, checkpoint or dataset"))?;
     if let DataSpec::Folder { dir } = &data {
@@ -161,14 +171,36 @@ fn read_side(spec: &str, net: &mut LazyInception) -> Result<Side> {
     Ok(Side::Features(f))
 }
 
-/// `--num-samples` images of a training checkpoint's EMA weights, as features.
+/// A network to sample: a training checkpoint's EMA weights (with its config, schedule and "no class"
+/// label), or official U-ViT weights.
+fn sampling_model(
+    path: &Path,
+    args: &SourceArgs,
+    device: &Device,
+) -> Result<(Backbone, ModelConfig, Schedule, Option<usize>)> {
+    if !checkpoint::is_training_checkpoint(path) {
+        let (cfg, model) = load_official(path, &args.model, device)?;
+        return Ok((model, ModelConfig::UViT(cfg), Schedule::Vp(NoiseSchedule::VpLinear.sde()), None));
+    }
+    if !args.model.given().is_empty() {
+        bail!(
+            "{}: a scalelong training checkpoint holds its own model config, so {} would be ignored",
+            path.display(),
+            args.model.given().join(", ")
+        );
+    }
+    let ck = checkpoint::load(path, device)?;
+    let cfg = ck.config()?;
+    let model = ck.model(&cfg, Group::Ema, device)?;
+    let null_label = ck.meta("null_label").ok().and_then(|v| v.parse::<usize>().ok());
+    Ok((model, cfg.model, Schedule::Vp(cfg.train.schedule.sde()), null_label))
+}
+
+/// `--num-samples` images of a checkpoint (see [`sampling_model`]), as features.
 fn sample_checkpoint(path: &Path, net: &mut LazyInception) -> Result<Tensor> {
     let args = net.args;
     let device = net.device.clone();
-    let ck = checkpoint::load(path, &device)?;
-    let cfg = ck.config()?;
-    let model = ck.model(&cfg, Group::Ema, &device)?;
-    let schedule = Schedule::Vp(cfg.train.schedule.sde());
+    let (model, cfg, schedule, null_label) = sampling_model(path, args, &device)?;
     let kind = args.sampler.unwrap_or(SamplerKind::DpmSolver);
     if !kind.fits(&schedule) {
         bail!(
@@ -185,15 +217,15 @@ fn sample_checkpoint(path: &Path, net: &mut LazyInception) -> Result<Tensor> {
         );
     }
     let sampler = kind.build(args.steps, &schedule)?;
-    let classes = match (cfg.model.num_classes(), ck.meta("null_label").ok().and_then(|v| v.parse::<usize>().ok())) {
+    let classes = match (cfg.num_classes(), null_label) {
         (Some(_), Some(null)) => Some(null),
         (k, _) => k,
     };
     let spec = SampleSpec {
         n: args.num_samples,
         batch_size: args.batch_size,
-        channels: cfg.model.in_channels(),
-        size: cfg.model.train_size(),
+        channels: cfg.in_channels(),
+        size: cfg.train_size(),
         seed: args.seed,
         classes,
     };

@@ -3,10 +3,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
 use clap::builder::TypedValueParser;
 use clap::Args;
 use scalelong_backbones::uvit::PRESETS;
-use scalelong_backbones::{Architecture, ModelConfig, SkipScaling, UNet2DConfig, UViTConfig};
+use scalelong_backbones::{Architecture, Backbone, ModelConfig, SkipScaling, UNet2DConfig, UViTConfig};
 use scalelong_train::TrainConfig;
 
 #[derive(Debug, Clone, Args)]
@@ -52,6 +53,26 @@ impl ModelArgs {
         cfg.param_specs()?; // builds the model once: every check of the config, no allocation
         Ok(cfg)
     }
+}
+
+/// Official U-ViT weights (`nnet_ema.pth` or `.safetensors`), whose architecture the flags name.
+pub fn load_official(path: &Path, model: &ModelArgs, device: &Device) -> Result<(UViTConfig, Backbone)> {
+    if model.preset.is_none() && model.config.is_none() {
+        bail!(
+            "{} is not a scalelong training checkpoint, so its architecture is unknown: pass --preset NAME or --config FILE",
+            path.display()
+        );
+    }
+    let cfg = match model.resolve()? {
+        ModelConfig::UViT(c) => c,
+        ModelConfig::UNet2D(_) => bail!(
+            "{}: a UNet2D's weights outside a training checkpoint come with their noise schedule in a diffusers \
+             folder: pass --weights DIR (or hf://OWNER/REPO) instead of --checkpoint",
+            path.display()
+        ),
+    };
+    let net = cfg.load(path, DType::F32, device)?;
+    Ok((cfg, net.into()))
 }
 
 /// A training config's `[model]` table (TOML), the official `UViT(...)` arguments (JSON), or a

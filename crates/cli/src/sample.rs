@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use rand::SeedableRng;
-use scalelong_backbones::{weights, Architecture, Backbone, ModelConfig, UNet2DConfig};
+use scalelong_backbones::{weights, Architecture, Backbone, UNet2DConfig};
 use scalelong_diffusion::{noise, BetaSchedule, DiscreteSchedule, SamplerKind, Schedule};
 use scalelong_train::checkpoint::{self, Group};
 use scalelong_train::config::NoiseSchedule;
@@ -109,23 +109,9 @@ fn load(args: &SampleArgs, device: &Device) -> Result<Loaded> {
         let null_label = ck.meta("null_label").ok().and_then(|v| v.parse().ok());
         return Ok(Loaded { model, schedule: Schedule::Vp(cfg.train.schedule.sde()), null_label });
     }
-    if args.model.preset.is_none() && args.model.config.is_none() {
-        bail!(
-            "{} is not a scalelong training checkpoint, so its architecture is unknown: pass --preset NAME or --config FILE",
-            checkpoint.display()
-        );
-    }
-    let cfg = match args.model.resolve()? {
-        ModelConfig::UViT(c) => c,
-        ModelConfig::UNet2D(_) => bail!(
-            "{}: a UNet2D's weights outside a training checkpoint come with their noise schedule in a diffusers \
-             folder: pass --weights DIR (or hf://OWNER/REPO) instead of --checkpoint",
-            checkpoint.display()
-        ),
-    };
-    let model = cfg.load(checkpoint, DType::F32, device)?;
+    let (_, model) = crate::model_spec::load_official(checkpoint, &args.model, device)?;
     let sde = args.schedule.unwrap_or(NoiseSchedule::VpLinear).sde();
-    Ok(Loaded { model: model.into(), schedule: Schedule::Vp(sde), null_label: None })
+    Ok(Loaded { model, schedule: Schedule::Vp(sde), null_label: None })
 }
 
 /// A diffusers UNet2DModel and its noise schedule (scheduler_config.json, or DDPM's linear one).

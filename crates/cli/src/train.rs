@@ -12,11 +12,11 @@ use scalelong_backbones::{Architecture, SkipScaling};
 use scalelong_train::{run_dir, Event, RunEnd, Start, TrainConfig, Trainer};
 
 /// The recipe used when no --config is given: the embedded MNIST on a small U-ViT.
-const DEFAULT_CONFIG: &str = include_str!("../../../configs/mnist-uvit-cpu.toml");
+const DEFAULT_CONFIG: &str = include_str!("../../../configs/mnist-unet-cpu.toml");
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// Training config (TOML, see configs/). Default: configs/mnist-uvit-cpu.toml, built in.
+    /// Training config (TOML, see configs/). Default: configs/mnist-unet-cpu.toml, built in.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Dataset: `mnist` (embedded), a folder, or idx:DIR, cifar:DIR, folder:DIR, celeba:DIR, hf:NAME.
@@ -72,7 +72,7 @@ impl TrainArgs {
     fn config(&self) -> Result<(TrainConfig, String)> {
         let (mut cfg, name) = match &self.config {
             Some(p) => (TrainConfig::read(p)?, p.file_stem().unwrap_or_default().to_string_lossy().into_owned()),
-            None => (TrainConfig::from_toml(DEFAULT_CONFIG, "built-in mnist-uvit-cpu.toml")?, "mnist-uvit-cpu".into()),
+            None => (TrainConfig::from_toml(DEFAULT_CONFIG, "built-in mnist-unet-cpu.toml")?, "mnist-unet-cpu".into()),
         };
         if let Some(lr) = self.lr.filter(|v| !(v.is_finite() && *v >= 0.0)) {
             bail!("--lr {lr}: expected a finite number >= 0");

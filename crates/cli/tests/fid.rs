@@ -71,4 +71,29 @@ fn fid_between_folders_statistics_datasets_and_checkpoints() {
     let o = scalelong(&["fid", "mnist", "mnist", "--inception", &s.p("missing.pth")]);
     let err = text(&o.stderr);
     assert!(!o.status.success() && err.contains("--inception") && err.contains("missing.pth"), "{err}");
+    let o = scalelong(&["fid", &ck, "mnist", "--preset", "cifar10-uvit-s2", "--inception", &net]);
+    assert!(!o.status.success() && text(&o.stderr).contains("--preset"), "{}", text(&o.stderr));
+
+    // Official U-ViT weights (trained by the official code on MNIST) with their constructor arguments.
+    let official = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/official-checkpoints/mnist-uvit-cs");
+    let (weights, config) = (official.join("nnet_ema.pth"), official.join("config.json"));
+    let (weights, config) = (weights.to_str().unwrap(), config.to_str().unwrap());
+    let o = scalelong(&["fid", weights, "mnist", "--inception", &net]);
+    assert!(!o.status.success() && text(&o.stderr).contains("--preset NAME or --config FILE"), "{}", text(&o.stderr));
+    let o = scalelong(&[
+        "fid",
+        weights,
+        &s.p("digits"),
+        "--config",
+        config,
+        "--num-samples",
+        "8",
+        "--steps",
+        "3",
+        "--inception",
+        &net,
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(value(&out, "FID").is_finite() && value(&out, "KID").is_finite(), "{out}");
 }

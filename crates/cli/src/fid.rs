@@ -34,6 +34,10 @@ pub struct SourceArgs {
     /// Sampler steps.
     #[arg(long, default_value_t = 50)]
     steps: usize,
+    /// Clip each predicted clean image to [-1, 1] while sampling (not in the official eval; keeps
+    /// the ODE samplers' samples of briefly trained models from saturating).
+    #[arg(long)]
+    clip_x0: bool,
     /// Seed of the sampling noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -228,6 +232,7 @@ fn sample_checkpoint(path: &Path, net: &mut LazyInception) -> Result<Tensor> {
         size: cfg.train_size(),
         seed: args.seed,
         classes,
+        clip_x0: args.clip_x0.then(|| schedule.clone()),
     };
     let progress = bar(spec.n, &format!("samples of {}", path.display()));
     let f = evaluation::sample_features(&model, sampler.as_ref(), net.get()?, spec, &device, &mut |done| {

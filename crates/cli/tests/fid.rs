@@ -63,6 +63,9 @@ fn fid_between_folders_statistics_datasets_and_checkpoints() {
     // The same seed gives the same samples, so the same FID.
     let again = text(&scalelong(&args).stdout);
     assert_eq!(value(&out, "FID"), value(&again, "FID"));
+    // --clip-x0 reaches the sampler: a 2-step network's clean-image predictions leave [-1, 1].
+    let clipped = text(&scalelong(&[&args[..], &["--clip-x0"]].concat()).stdout);
+    assert!(value(&clipped, "FID").is_finite() && value(&clipped, "FID") != value(&out, "FID"), "{clipped}");
 
     let o = scalelong(&["fid", &ck, "mnist", "--sampler", "ddim", "--inception", &net]);
     assert!(!o.status.success() && text(&o.stderr).contains("--sampler ddim"), "{}", text(&o.stderr));

@@ -6,7 +6,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use scalelong_backbones::Backbone;
 use scalelong_data::ImageDataset;
-use scalelong_diffusion::{noise, Sampler};
+use scalelong_diffusion::{noise, Sampler, Schedule};
 use scalelong_eval::{frechet_distance, kid, FidInception, Kid, Stats, SUBSETS, SUBSET_SIZE};
 
 use crate::sampling::{self, Conditioning};
@@ -49,7 +49,7 @@ pub fn to_uint8(x: &Tensor) -> Result<Tensor> {
 }
 
 /// What to sample for an evaluation.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SampleSpec {
     pub n: usize,
     pub batch_size: usize,
@@ -59,6 +59,8 @@ pub struct SampleSpec {
     pub seed: u64,
     /// For class-conditional models: labels cycle through `0..classes`.
     pub classes: Option<usize>,
+    /// Clip predicted clean images to [-1, 1] under this schedule (see `Conditioning::clip_x0`).
+    pub clip_x0: Option<Schedule>,
 }
 
 /// Inception features of `spec.n` samples of `model`, sampled, quantised and featurised batch by
@@ -82,7 +84,7 @@ pub fn sample_features(
             }
             None => None,
         };
-        let cond = Conditioning { labels, guidance: None, clip_x0: None };
+        let cond = Conditioning { labels, guidance: None, clip_x0: spec.clip_x0.clone() };
         let images = sampling::sample(model, sampler, &x, &cond, &mut rng)?;
         parts.push(net.features(&to_uint8(&images)?)?);
         progress(start + len);

@@ -229,6 +229,9 @@ pub struct EvalConfig {
     pub reference_images: usize,
     /// The FID Inception weights; empty = pytorch-fid's cache (`$TORCH_HOME/hub/checkpoints`).
     pub inception: String,
+    /// Clip each predicted clean image to [-1, 1] while sampling (not in the official eval; keeps
+    /// the ODE samplers' samples of briefly trained models from saturating).
+    pub clip_x0: bool,
 }
 
 impl Default for EvalConfig {
@@ -242,6 +245,7 @@ impl Default for EvalConfig {
             reference: String::new(),
             reference_images: 10_000,
             inception: String::new(),
+            clip_x0: false,
         }
     }
 }

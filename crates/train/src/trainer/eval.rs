@@ -35,7 +35,8 @@ impl Trainer {
         let e = &self.config.eval;
         let ema: HashMap<String, Tensor> = self.ema_weights().into_iter().collect();
         let model = self.config.model.build(VarBuilder::from_tensors(ema, DType::F32, &self.device))?;
-        let sampler = e.sampler.build(e.steps, &Schedule::Vp(self.config.train.schedule.sde()))?;
+        let schedule = Schedule::Vp(self.config.train.schedule.sde());
+        let sampler = e.sampler.build(e.steps, &schedule)?;
         let m = &self.config.model;
         let spec = SampleSpec {
             n: e.num_samples,
@@ -44,6 +45,7 @@ impl Trainer {
             size: m.train_size(),
             seed: self.config.train.seed.wrapping_add(2),
             classes: m.num_classes().map(|_| self.dataset.num_classes().max(1)),
+            clip_x0: e.clip_x0.then_some(schedule),
         };
         let started = std::time::Instant::now();
         let features = evaluation::sample_features(&model, sampler.as_ref(), &ev.net, spec, &self.device, &mut |_| {})?;

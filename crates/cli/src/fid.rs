@@ -186,13 +186,7 @@ fn sampling_model(
         let (cfg, model) = load_official(path, &args.model, device)?;
         return Ok((model, ModelConfig::UViT(cfg), Schedule::Vp(NoiseSchedule::VpLinear.sde()), None));
     }
-    if !args.model.given().is_empty() {
-        bail!(
-            "{}: a scalelong training checkpoint holds its own model config, so {} would be ignored",
-            path.display(),
-            args.model.given().join(", ")
-        );
-    }
+    args.model.refuse_for_checkpoint(path, &[])?;
     let ck = checkpoint::load(path, device)?;
     let cfg = ck.config()?;
     let model = ck.model(&cfg, Group::Ema, device)?;

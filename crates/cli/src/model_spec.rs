@@ -37,6 +37,22 @@ impl ModelArgs {
         .collect()
     }
 
+    /// Refuses the flags given (and `more`, other flags set) for a scalelong training checkpoint,
+    /// which holds its own model config and schedule.
+    pub fn refuse_for_checkpoint(&self, path: &Path, more: &[&'static str]) -> Result<()> {
+        let given = [self.given(), more.to_vec()].concat();
+        if !given.is_empty() {
+            bail!(
+                "{}: a scalelong training checkpoint holds its own model config and schedule, so {} would be \
+                 ignored; leave {} out",
+                path.display(),
+                given.join(", "),
+                if given.len() == 1 { "it" } else { "them" }
+            );
+        }
+        Ok(())
+    }
+
     /// The model the flags name: a preset, or a config file, with `--scaling` applied.
     pub fn resolve(&self) -> Result<ModelConfig> {
         let mut cfg = match (&self.preset, &self.config) {

@@ -92,17 +92,8 @@ fn load(args: &SampleArgs, device: &Device) -> Result<Loaded> {
         bail!("--checkpoint {}: no such file", checkpoint.display());
     }
     if checkpoint::is_training_checkpoint(checkpoint) {
-        let mut given = args.model.given();
-        given.extend(args.schedule.map(|_| "--schedule"));
-        if !given.is_empty() {
-            bail!(
-                "{}: a scalelong training checkpoint holds its own model config and schedule, so {} would be \
-                 ignored; leave {} out",
-                checkpoint.display(),
-                given.join(", "),
-                if given.len() == 1 { "it" } else { "them" }
-            );
-        }
+        let schedule: &[&str] = if args.schedule.is_some() { &["--schedule"] } else { &[] };
+        args.model.refuse_for_checkpoint(checkpoint, schedule)?;
         let ck = checkpoint::load(checkpoint, device)?;
         let cfg = ck.config()?;
         let model = ck.model(&cfg, if args.no_ema { Group::Model } else { Group::Ema }, device)?;

@@ -7,21 +7,23 @@ use candle_core::{DType, Tensor};
 use crate::dataset::{data_err, Result};
 use crate::transform::to_rgb;
 
+/// Images in [-1, 1] to uint8 as torchvision's `save_image` writes them (the official eval reads
+/// those PNGs): `floor(255 clamp((x + 1) / 2, 0, 1) + 0.5)`. Grids and FID use this one rounding.
+pub fn to_uint8(x: &Tensor) -> candle_core::Result<Tensor> {
+    let unit = ((x.to_dtype(DType::F32)? + 1.0)? * 0.5)?.clamp(0f32, 1f32)?;
+    ((unit * 255.0)? + 0.5)?.floor()?.to_dtype(DType::U8)
+}
+
 /// Writes images `(N, C, H, W)` in [-1, 1] (C = 1 or 3) as one PNG, `ncols` per row, 2-pixel gaps.
 pub fn save_grid(images: &Tensor, path: &Path, ncols: usize) -> Result<()> {
     let (n, c, h, w) = images.dims4().map_err(|e| data_err!("sample grid: {e}"))?;
     if c != 1 && c != 3 {
         return Err(data_err!("sample grid: images have {c} channels, expected 1 or 3"));
     }
-    let px: Vec<u8> =
-        ((images.to_dtype(DType::F32).and_then(|t| t.clamp(-1f32, 1f32)).and_then(|t| (t + 1.0)? * 127.5))
-            .and_then(|t| t.round())
-            .and_then(|t| t.flatten_all())
-            .and_then(|t| t.to_vec1::<f32>()))
-        .map_err(|e| data_err!("sample grid: {e}"))?
-        .into_iter()
-        .map(|v| v as u8)
-        .collect();
+    let px: Vec<u8> = to_uint8(images)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1::<u8>())
+        .map_err(|e| data_err!("sample grid: {e}"))?;
     let ncols = ncols.clamp(1, n.max(1));
     let nrows = n.div_ceil(ncols);
     let gap = 2;
@@ -52,4 +54,16 @@ fn write_png(img: &image::RgbImage, path: &Path) -> Result<()> {
     img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
         .map_err(|e| data_err!("{}: cannot encode PNG: {e}", path.display()))?;
     std::fs::write(path, png).map_err(|e| data_err!("{}: cannot write PNG: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantisation_as_torchvision() {
+        let x = Tensor::new(&[-2f32, -1.0, 0.0, 0.5, 1.0, 3.0, -0.998], &candle_core::Device::Cpu).unwrap();
+        // (x + 1) / 2 * 255 + 0.5, floored: 0, 0, 128 (127.5 + 0.5), 191 (191.25 + 0.5), 255, 255, 0.
+        assert_eq!(to_uint8(&x).unwrap().to_vec1::<u8>().unwrap(), [0, 0, 128, 191, 255, 255, 0]);
+    }
 }

@@ -41,12 +41,7 @@ pub fn quality(features: &Tensor, reference: &Reference) -> Result<Quality> {
     Ok(Quality { fid, kid })
 }
 
-/// Samples in [-1, 1] to uint8 as torchvision's `save_image` writes them (the official eval
-/// reads those PNGs): `floor(255 clamp((x + 1) / 2, 0, 1) + 0.5)`.
-pub fn to_uint8(x: &Tensor) -> Result<Tensor> {
-    let unit = ((x.to_dtype(DType::F32)? + 1.0)? * 0.5)?.clamp(0f32, 1f32)?;
-    ((unit * 255.0)? + 0.5)?.floor()?.to_dtype(DType::U8)
-}
+pub use scalelong_data::to_uint8;
 
 /// What to sample for an evaluation.
 #[derive(Debug, Clone)]
@@ -63,18 +58,18 @@ pub struct SampleSpec {
     pub clip_x0: Option<Schedule>,
 }
 
-/// Inception features of `spec.n` samples of `model`, sampled, quantised and featurised batch by
-/// batch (so memory holds one batch of images); `progress` hears the images done.
-pub fn sample_features(
+/// Samples `spec.n` images of `model` batch by batch (noise from `spec.seed`, class labels cycling
+/// through `0..classes`), handing each batch in [-1, 1] and the images done so far to `each`. The
+/// training grids and FID sample through here, so a grid is the first images an evaluation with the
+/// same seed would score.
+pub fn sample_batches(
     model: &Backbone,
     sampler: &dyn Sampler,
-    net: &FidInception,
-    spec: SampleSpec,
+    spec: &SampleSpec,
     device: &Device,
-    progress: &mut dyn FnMut(usize),
-) -> Result<Tensor> {
+    mut each: impl FnMut(Tensor, usize) -> Result<()>,
+) -> Result<()> {
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
-    let mut parts = Vec::new();
     for start in (0..spec.n).step_by(spec.batch_size.max(1)) {
         let len = spec.batch_size.min(spec.n - start);
         let x = noise::randn((len, spec.channels, spec.size, spec.size), DType::F32, device, &mut rng)?;
@@ -85,10 +80,27 @@ pub fn sample_features(
             None => None,
         };
         let cond = Conditioning { labels, guidance: None, clip_x0: spec.clip_x0.clone() };
-        let images = sampling::sample(model, sampler, &x, &cond, &mut rng)?;
-        parts.push(net.features(&to_uint8(&images)?)?);
-        progress(start + len);
+        each(sampling::sample(model, sampler, &x, &cond, &mut rng)?, start + len)?;
     }
+    Ok(())
+}
+
+/// Inception features of `spec.n` samples of `model` (see [`sample_batches`]), quantised and
+/// featurised batch by batch (so memory holds one batch of images); `progress` hears the images done.
+pub fn sample_features(
+    model: &Backbone,
+    sampler: &dyn Sampler,
+    net: &FidInception,
+    spec: SampleSpec,
+    device: &Device,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Tensor> {
+    let mut parts = Vec::new();
+    sample_batches(model, sampler, &spec, device, |images, done| {
+        parts.push(net.features(&to_uint8(&images)?)?);
+        progress(done);
+        Ok(())
+    })?;
     Tensor::cat(&parts, 0)
 }
 
@@ -110,16 +122,4 @@ pub fn dataset_features(
         progress(start + len);
     }
     Tensor::cat(&parts, 0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quantisation_as_torchvision() {
-        let x = Tensor::new(&[-2f32, -1.0, 0.0, 0.5, 1.0, 3.0, -0.998], &Device::Cpu).unwrap();
-        // (x + 1) / 2 * 255 + 0.5, floored: 0, 0, 128 (127.5 + 0.5), 191 (191.25 + 0.5), 255, 255, 0.
-        assert_eq!(to_uint8(&x).unwrap().to_vec1::<u8>().unwrap(), [0, 0, 128, 191, 255, 255, 0]);
-    }
 }

@@ -4,8 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Result, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::{Device, Result, Tensor};
 use scalelong_backbones::Architecture;
 use scalelong_data::DataSpec;
 use scalelong_diffusion::Schedule;
@@ -33,8 +32,7 @@ impl Trainer {
         }
         let ev = self.evaluator.as_ref().expect("loaded above");
         let e = &self.config.eval;
-        let ema: HashMap<String, Tensor> = self.ema_weights().into_iter().collect();
-        let model = self.config.model.build(VarBuilder::from_tensors(ema, DType::F32, &self.device))?;
+        let model = self.ema_model()?;
         let schedule = Schedule::Vp(self.config.train.schedule.sde());
         let sampler = e.sampler.build(e.steps, &schedule)?;
         let m = &self.config.model;

@@ -8,13 +8,13 @@ use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use scalelong_backbones::{checkpoint as weights_file, is_gate_param, weights, Architecture};
+use scalelong_backbones::{checkpoint as weights_file, is_gate_param, weights, Architecture, Backbone};
 use scalelong_data::DataPosition;
-use scalelong_diffusion::{noise, Schedule};
+use scalelong_diffusion::Schedule;
 
 use super::Trainer;
 use crate::checkpoint::{self, Group, FORMAT, FORMAT_KEY};
-use crate::sampling::{self, Conditioning};
+use crate::evaluation::{self, SampleSpec};
 
 impl Trainer {
     /// Starts from pretrained weights (`train.init_from`): every parameter the file has, with the
@@ -159,31 +159,34 @@ impl Trainer {
         Ok(())
     }
 
+    /// The EMA weights as a network (what grids and evaluations sample).
+    pub(super) fn ema_model(&self) -> Result<Backbone> {
+        let ema: HashMap<String, Tensor> = self.ema_weights().into_iter().collect();
+        self.config.model.build(VarBuilder::from_tensors(ema, DType::F32, &self.device))
+    }
+
     /// Samples a grid from the EMA weights (fixed noise, so grids from different steps compare).
     pub fn sample_grid(&self, path: &Path) -> Result<()> {
-        let ema: HashMap<String, Tensor> = self.ema_weights().into_iter().collect();
-        let model = self.config.model.build(VarBuilder::from_tensors(ema, DType::F32, &self.device))?;
+        let model = self.ema_model()?;
         let s = &self.config.sample;
-        let sampler = s.sampler.build(s.steps, &Schedule::Vp(self.config.train.schedule.sde()))?;
+        let schedule = Schedule::Vp(self.config.train.schedule.sde());
+        let sampler = s.sampler.build(s.steps, &schedule)?;
         let m = &self.config.model;
-        let mut rng = ChaCha8Rng::seed_from_u64(self.config.train.seed.wrapping_add(1));
-        let size = m.train_size();
-        let x = noise::randn((s.n, m.in_channels(), size, size), DType::F32, &self.device, &mut rng)?;
-        let labels = match m.num_classes() {
-            Some(_) => Some(Tensor::new(
-                (0..s.n as u32).map(|i| i % self.dataset.num_classes().max(1) as u32).collect::<Vec<_>>(),
-                &self.device,
-            )?),
-            None => None,
+        let spec = SampleSpec {
+            n: s.n,
+            batch_size: s.n,
+            channels: m.in_channels(),
+            size: m.train_size(),
+            seed: self.config.train.seed.wrapping_add(1),
+            classes: m.num_classes().map(|_| self.dataset.num_classes().max(1)),
+            clip_x0: s.clip_x0.then_some(schedule),
         };
-        let clip_x0 = s.clip_x0.then(|| Schedule::Vp(self.config.train.schedule.sde()));
-        let images = sampling::sample(
-            &model,
-            sampler.as_ref(),
-            &x,
-            &Conditioning { labels, guidance: None, clip_x0 },
-            &mut rng,
-        )?;
+        let mut images = None;
+        evaluation::sample_batches(&model, sampler.as_ref(), &spec, &self.device, |batch, _| {
+            images = Some(batch);
+            Ok(())
+        })?;
+        let images = images.expect("one batch of n >= 1 images");
         let cols = (s.n as f64).sqrt().ceil() as usize;
         scalelong_data::save_grid(&images, path, cols).map_err(candle_core::Error::wrap)
     }

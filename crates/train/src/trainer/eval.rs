@@ -5,15 +5,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Result, Tensor};
-use scalelong_backbones::Architecture;
 use scalelong_data::DataSpec;
-use scalelong_diffusion::Schedule;
 use scalelong_eval::{weights as inception_weights, FidInception, Stats};
 
 use super::setup::load_data;
 use super::Trainer;
 use crate::checkpoint;
-use crate::evaluation::{self, Quality, Reference, SampleSpec};
+use crate::evaluation::{self, Quality, Reference};
 
 pub(super) struct Evaluator {
     net: FidInception,
@@ -33,18 +31,7 @@ impl Trainer {
         let ev = self.evaluator.as_ref().expect("loaded above");
         let e = &self.config.eval;
         let model = self.ema_model()?;
-        let schedule = Schedule::Vp(self.config.train.schedule.sde());
-        let sampler = e.sampler.build(e.steps, &schedule)?;
-        let m = &self.config.model;
-        let spec = SampleSpec {
-            n: e.num_samples,
-            batch_size: e.batch_size,
-            channels: m.in_channels(),
-            size: m.train_size(),
-            seed: self.config.train.seed.wrapping_add(2),
-            classes: m.num_classes().map(|_| self.dataset.num_classes().max(1)),
-            clip_x0: e.clip_x0.then_some(schedule),
-        };
+        let (sampler, spec) = self.sample_setup(e.num_samples, e.batch_size, 2, (e.sampler, e.steps, e.clip_x0))?;
         let started = std::time::Instant::now();
         let features = evaluation::sample_features(&model, sampler.as_ref(), &ev.net, spec, &self.device, &mut |_| {})?;
         let q = evaluation::quality(&features, &ev.reference)?;

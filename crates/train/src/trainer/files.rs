@@ -10,7 +10,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use scalelong_backbones::{checkpoint as weights_file, is_gate_param, weights, Architecture, Backbone};
 use scalelong_data::DataPosition;
-use scalelong_diffusion::Schedule;
+use scalelong_diffusion::{Sampler, SamplerKind, Schedule};
 
 use super::Trainer;
 use crate::checkpoint::{self, Group, FORMAT, FORMAT_KEY};
@@ -165,22 +165,35 @@ impl Trainer {
         self.config.model.build(VarBuilder::from_tensors(ema, DType::F32, &self.device))
     }
 
+    /// What the EMA weights are sampled with: `n` images in batches of `batch_size`, noise from the
+    /// training seed plus `seed_offset` (1 for grids, 2 for evaluations), the sampler, the model's
+    /// shape and class labels.
+    pub(super) fn sample_setup(
+        &self,
+        n: usize,
+        batch_size: usize,
+        seed_offset: u64,
+        (sampler, steps, clip_x0): (SamplerKind, usize, bool),
+    ) -> Result<(Box<dyn Sampler>, SampleSpec)> {
+        let schedule = Schedule::Vp(self.config.train.schedule.sde());
+        let m = &self.config.model;
+        let spec = SampleSpec {
+            n,
+            batch_size,
+            channels: m.in_channels(),
+            size: m.train_size(),
+            seed: self.config.train.seed.wrapping_add(seed_offset),
+            classes: m.num_classes().map(|_| self.dataset.num_classes().max(1)),
+            clip_x0: clip_x0.then(|| schedule.clone()),
+        };
+        Ok((sampler.build(steps, &schedule)?, spec))
+    }
+
     /// Samples a grid from the EMA weights (fixed noise, so grids from different steps compare).
     pub fn sample_grid(&self, path: &Path) -> Result<()> {
         let model = self.ema_model()?;
         let s = &self.config.sample;
-        let schedule = Schedule::Vp(self.config.train.schedule.sde());
-        let sampler = s.sampler.build(s.steps, &schedule)?;
-        let m = &self.config.model;
-        let spec = SampleSpec {
-            n: s.n,
-            batch_size: s.n,
-            channels: m.in_channels(),
-            size: m.train_size(),
-            seed: self.config.train.seed.wrapping_add(1),
-            classes: m.num_classes().map(|_| self.dataset.num_classes().max(1)),
-            clip_x0: s.clip_x0.then_some(schedule),
-        };
+        let (sampler, spec) = self.sample_setup(s.n, s.n, 1, (s.sampler, s.steps, s.clip_x0))?;
         let mut images = None;
         evaluation::sample_batches(&model, sampler.as_ref(), &spec, &self.device, |batch, _| {
             images = Some(batch);

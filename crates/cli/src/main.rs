@@ -2,6 +2,7 @@
 
 mod device;
 mod fid;
+mod heat_map;
 mod info;
 mod model_spec;
 mod plot;

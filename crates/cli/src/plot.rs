@@ -7,7 +7,7 @@ use clap::Args;
 use plotters::prelude::*;
 use scalelong_train::stability::moving_average;
 
-const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+pub(crate) const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
 #[derive(Debug, Args)]
 pub struct PlotArgs {
@@ -57,7 +57,7 @@ fn read_series(spec: &str, key: &str, smooth: usize) -> Result<(String, Vec<(f64
 }
 
 /// A tick label with three significant digits.
-fn short(v: f64) -> String {
+pub(crate) fn short(v: f64) -> String {
     if v == 0.0 || (1e-3..1e4).contains(&v.abs()) {
         let decimals = (2 - v.abs().log10().floor() as i32).clamp(0, 6) as usize;
         format!("{v:.decimals$}")

@@ -11,9 +11,12 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use scalelong_backbones::SkipScaling;
 use scalelong_train::stability::{mean, moving_average};
+use scalelong_train::study::grid::{self, Axis};
+use scalelong_train::study::scan::Outcome;
 use scalelong_train::study::{self, RunRecord, StudyRun};
 use scalelong_train::{checkpoint, Event, TrainConfig, Trainer};
 
+use crate::heat_map::{heat_map, Axes as GridAxes, Panel};
 use crate::plot::{line_chart, Curve};
 use plotters::prelude::SeriesLabelPosition::{self, LowerRight, UpperLeft, UpperRight};
 
@@ -37,8 +40,9 @@ pub struct StudyArgs {
     /// Optimizer steps per run (train.max_steps).
     #[arg(long)]
     max_steps: Option<u64>,
-    /// Any other config field for every run: --set model.depth=16 (repeatable).
-    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    /// Any other config field: --set model.depth=16 for every run, or several values, a grid axis:
+    /// --set model.depth=12,16,24 (repeatable; every combination of the axes is a cell of runs).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE[,VALUE...]")]
     sets: Vec<String>,
     /// Only (re)write the report from the runs already in --out.
     #[arg(long)]
@@ -55,8 +59,15 @@ pub fn run(args: &StudyArgs) -> Result<()> {
     if let Some(n) = args.max_steps {
         base.set("train.max_steps", &n.to_string())?;
     }
-    crate::train::apply_sets(&mut base, &args.sets)?;
-    let runs = study::plan(&base, &args.modes, args.seeds)?;
+    let mut axes = Vec::new();
+    for set in &args.sets {
+        let axis = Axis::parse(set)?;
+        match axis.values.as_slice() {
+            [one] => base.set(&axis.key, one).with_context(|| format!("--set {set}"))?,
+            _ => axes.push(axis),
+        }
+    }
+    let runs = study::plan(&base, &axes, &args.modes, args.seeds)?;
     let runs_dir = args.out.join("runs");
     std::fs::create_dir_all(&runs_dir).with_context(|| format!("creating {}", runs_dir.display()))?;
     std::fs::write(args.out.join("config.toml"), base.to_toml())
@@ -73,20 +84,42 @@ pub fn run(args: &StudyArgs) -> Result<()> {
             train_in_processes(&todo, &runs_dir, args)?;
         }
     }
-    let records = runs
+    // Only finished runs are reported (a partial study, with --report-only, says what remains).
+    let (done, pending): (Vec<&StudyRun>, Vec<&StudyRun>) =
+        runs.iter().partition(|r| finished(&runs_dir.join(&r.name), &r.config));
+    if done.is_empty() {
+        bail!("no finished runs in {}", runs_dir.display());
+    }
+    let records = done
         .iter()
-        .map(|r| RunRecord::read(&runs_dir.join(&r.name).join("metrics.jsonl"), r.mode, r.seed))
+        .map(|r| RunRecord::read(&runs_dir.join(&r.name).join("metrics.jsonl"), r.mode, r.seed, &grid::label(&r.cell)))
         .collect::<Result<Vec<_>, _>>()?;
     let name = args.config.file_stem().unwrap_or_default().to_string_lossy().into_owned();
     let title = args.title.clone().unwrap_or(name);
-    write_report(&args.out, &title, &base, args, &records, started.elapsed())?;
-    println!("wrote {}", args.out.join("report.md").display());
+    match axes.is_empty() {
+        true => write_report(&args.out, &title, &base, args, &records, started.elapsed())?,
+        false => write_grid_report(&args.out, &title, &base, &axes, args, &records, started.elapsed())?,
+    }
+    let report = args.out.join("report.md");
+    if !pending.is_empty() {
+        let names: Vec<&str> = pending.iter().map(|r| r.name.as_str()).collect();
+        let note = format!(
+            "\n## Not finished\n\n{} of {} runs are not in this report yet (resume with the same command): {}.\n",
+            pending.len(),
+            runs.len(),
+            names.join(", ")
+        );
+        let mut f = std::fs::OpenOptions::new().append(true).open(&report)?;
+        std::io::Write::write_all(&mut f, note.as_bytes()).with_context(|| format!("writing {}", report.display()))?;
+    }
+    println!("wrote {}", report.display());
     Ok(())
 }
 
-/// A run is finished when its newest checkpoint is at `max_steps`.
+/// A run is finished when its newest checkpoint is at `max_steps`, or when it diverged.
 fn finished(dir: &Path, config: &TrainConfig) -> bool {
     checkpoint::list(&dir.join("checkpoints")).last().is_some_and(|(step, _)| *step >= config.train.max_steps)
+        || study::diverged(&dir.join("metrics.jsonl"))
 }
 
 fn train_here(r: &StudyRun, dir: &Path, device: DeviceArg, k: usize, n: usize) -> Result<()> {
@@ -103,14 +136,19 @@ fn train_here(r: &StudyRun, dir: &Path, device: DeviceArg, k: usize, n: usize) -
             .progress_chars("=> "),
     );
     bar.set_message(format!("run {k}/{n}: {}", r.name));
-    trainer
-        .run(&mut |e| {
-            if let Event::Step(s) = e {
-                bar.set_position(s.step);
-            }
-        })
-        .with_context(|| format!("run {} ({})", r.name, dir.display()))?;
+    let end = trainer.run(&mut |e| {
+        if let Event::Step(s) = e {
+            bar.set_position(s.step);
+        }
+    });
     bar.finish();
+    match end {
+        // A diverged run is a result of the study, not a failure of it.
+        Err(e) if study::diverged(&dir.join("metrics.jsonl")) => tracing::warn!(run = %r.name, "diverged: {e}"),
+        end => {
+            end.with_context(|| format!("run {} ({})", r.name, dir.display()))?;
+        }
+    }
     Ok(())
 }
 
@@ -159,7 +197,9 @@ fn train_in_processes(todo: &[&StudyRun], runs_dir: &Path, args: &StudyArgs) -> 
                 None => still.push((r, child)),
                 Some(status) => {
                     bar.inc(1);
-                    if !status.success() {
+                    if !status.success() && study::diverged(&runs_dir.join(&r.name).join("metrics.jsonl")) {
+                        tracing::warn!(run = %r.name, "diverged");
+                    } else if !status.success() {
                         failed.push(format!("{} (see {})", r.name, runs_dir.join(&r.name).join("train.log").display()));
                     }
                 }
@@ -246,4 +286,80 @@ fn write_report(
     let md = study::report::markdown(title, base, records, baseline, &summaries, &charts, took);
     let path = out.join("report.md");
     std::fs::write(&path, md).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The grid's report: the heat maps of the first two axes (rows: the first, columns: the second;
+/// one panel per mode, values averaged over seeds) and the report of every run and cell.
+fn write_grid_report(
+    out: &Path,
+    title: &str,
+    base: &TrainConfig,
+    axes: &[Axis],
+    args: &StudyArgs,
+    records: &[RunRecord],
+    took: Duration,
+) -> Result<()> {
+    type Measure = (&'static str, &'static str, fn(&Outcome) -> f64, bool);
+    let measures: [Measure; 3] = [
+        ("scan_val_loss.png", "Final validation loss (EMA weights)", |o| o.final_val_loss, true),
+        ("scan_spikes.png", "Loss spikes per run", |o| o.spikes as f64, false),
+        ("scan_norm_growth.png", "Feature norm growth (final / first record)", |o| o.norm_growth, true),
+    ];
+    let mut charts = Vec::new();
+    if axes.len() <= 2 {
+        let (rows, cols) = match axes {
+            [x] => (None, x),
+            [y, x] => (Some(y), x),
+            _ => unreachable!("a grid report has one or two axes here"),
+        };
+        let y_labels = rows.map_or(vec![String::new()], |y| y.values.clone());
+        let cell_of = |r: &RunRecord, i: usize, j: usize| {
+            let mut cell: grid::Cell = rows.iter().map(|y| (y.key.clone(), y.values[i].clone())).collect();
+            cell.push((cols.key.clone(), cols.values[j].clone()));
+            r.cell == grid::label(&cell)
+        };
+        for (file, chart_title, measure, log) in measures {
+            let panels: Vec<Panel> = study::by_mode(records)
+                .into_iter()
+                .map(|(mode, runs)| {
+                    let at = |i: usize, j: usize| -> Vec<&RunRecord> {
+                        runs.iter().copied().filter(|r| cell_of(r, i, j)).collect()
+                    };
+                    let value = |i: usize, j: usize| {
+                        let v: Vec<f64> =
+                            at(i, j).iter().map(|r| measure(&Outcome::of(r))).filter(|v| v.is_finite()).collect();
+                        (!v.is_empty()).then(|| mean(&v))
+                    };
+                    let note = |i: usize, j: usize| {
+                        let cell = at(i, j);
+                        let diverged = cell.iter().filter(|r| r.diverged()).count();
+                        match diverged {
+                            0 => String::new(),
+                            1 if cell.len() == 1 => format!("div@{}", cell[0].diverged_at.unwrap_or(0)),
+                            d => format!("div {d}/{}", cell.len()),
+                        }
+                    };
+                    let (n, m) = (y_labels.len(), cols.values.len());
+                    Panel { title: mode.to_string(), values: table_of(n, m, value), notes: table_of(n, m, note) }
+                })
+                .collect();
+            let grid_axes = GridAxes {
+                x_desc: cols.name(),
+                x_labels: &cols.values,
+                y_desc: rows.map_or("", |y| y.name()),
+                y_labels: &y_labels,
+            };
+            heat_map(&out.join(file), chart_title, &grid_axes, &panels, log)?;
+            charts.push((file, chart_title));
+        }
+    }
+    let took = (!args.report_only).then_some(took);
+    let md = study::report::grid_markdown(title, base, axes, records, args.modes[0], &charts, took);
+    let path = out.join("report.md");
+    std::fs::write(&path, md).with_context(|| format!("writing {}", path.display()))
+}
+
+/// `f(i, j)` for every row `i < rows` and column `j < cols`.
+fn table_of<T>(rows: usize, cols: usize, f: impl Fn(usize, usize) -> T) -> Vec<Vec<T>> {
+    (0..rows).map(|i| (0..cols).map(|j| f(i, j)).collect()).collect()
 }

@@ -287,3 +287,53 @@ fn study_runs_every_mode_resumes_and_reports() {
     let o = scalelong(&["study", "--config", cfg_s, "--out", out_s, "--set", "diagnostics.every=0"]);
     assert!(!o.status.success() && stderr(&o).contains("diagnostics.every"), "{}", stderr(&o));
 }
+
+#[test]
+fn study_over_a_grid_reports_every_cell_and_counts_divergence_as_a_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tiny.toml");
+    std::fs::write(&cfg, format!("{TINY}[diagnostics]\nevery = 2\nval_images = 4\nprobe_images = 2\n")).unwrap();
+    let out = dir.path().join("scan");
+    let (cfg_s, out_s) = (cfg.to_str().unwrap(), out.to_str().unwrap());
+    // lr 1e30 makes every step non-finite: those runs stop after 2 and are a result, not a failure.
+    let args = [
+        "study",
+        "--config",
+        cfg_s,
+        "--out",
+        out_s,
+        "--modes",
+        "none,cs",
+        "--seeds",
+        "1",
+        "--max-steps",
+        "4",
+        "--set",
+        "model.depth=2,4",
+        "--set",
+        "train.lr=1e-3,1e30",
+        "--set",
+        "train.max_nonfinite=2",
+        "--set",
+        "train.warmup_steps=0",
+        "--jobs",
+        "2",
+    ];
+    let o = scalelong(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for png in ["scan_val_loss", "scan_spikes", "scan_norm_growth"] {
+        image::open(out.join(format!("{png}.png"))).unwrap();
+    }
+    assert!(out.join("runs/depth4-lr1e30-cs0.5-seed1234/metrics.jsonl").exists());
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("The grid: `model.depth` in {2, 4} x `train.lr` in {1e-3, 1e30}"), "{report}");
+    assert!(report.contains("| depth=2, lr=1e-3 | none | 1234 | - | 0 |"), "{report}");
+    assert!(report.contains("| depth=4, lr=1e30 | cs:0.5 | 1234 | 3 | 2 | 0 | - | - | - |"), "{report}");
+    assert!(report.contains("### depth=4, lr=1e30") && !report.contains("Not finished"), "{report}");
+    // Diverged runs are finished: nothing is trained again.
+    let o = scalelong(&args);
+    assert!(o.status.success() && stderr(&o).contains("to_do=0"), "{}", stderr(&o));
+    // A bad grid value is named.
+    let o = scalelong(&["study", "--config", cfg_s, "--out", out_s, "--set", "train.lr=1e-3,fast"]);
+    assert!(!o.status.success() && stderr(&o).contains("train.lr=fast"), "{}", stderr(&o));
+}

@@ -33,6 +33,10 @@ pub struct MetricsLine {
     pub kid: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kid_std: Option<f64>,
+    /// Written once, on the line of the step where the run stopped for `train.max_nonfinite`
+    /// non-finite steps in a row: the run has diverged (resuming would diverge again).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub diverged: bool,
     /// The stability record, on the steps `diagnostics.every` asks for (its fields sit beside the
     /// others in the same object).
     #[serde(skip)]
@@ -88,9 +92,14 @@ mod tests {
             fid: None,
             kid: None,
             kid_std: None,
+            diverged: false,
             diagnostics: None,
         };
-        assert!(!line.to_json().contains("fid"), "no evaluation, no field: {}", line.to_json());
+        assert!(
+            !line.to_json().contains("fid") && !line.to_json().contains("diverged"),
+            "no evaluation, no field: {}",
+            line.to_json()
+        );
         let back = MetricsLine::parse(&line.to_json()).unwrap();
         assert!(back.loss.is_nan() && back.grad_norm.is_nan() && back.diagnostics.is_none());
         assert_eq!((back.step, back.lr, back.skipped_total), (7, 1e-3, 2));

@@ -39,6 +39,17 @@ pub fn steps_to_reach(steps: &[u64], y: &[f64], target: f64, w: usize) -> Option
     moving_average(y, w).iter().zip(steps).find(|(v, _)| **v <= target).map(|(_, s)| *s)
 }
 
+/// The median of the finite values (NaN when there are none).
+pub fn median(v: &[f64]) -> f64 {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 pub fn mean(y: &[f64]) -> f64 {
     y.iter().sum::<f64>() / y.len() as f64
 }

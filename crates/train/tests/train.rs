@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use candle_core::{DType, Device};
+use scalelong_train::metrics::MetricsLine;
 use scalelong_train::{checkpoint, Event, TrainConfig, Trainer};
 
 fn tiny(max_steps: u64) -> TrainConfig {
@@ -104,6 +105,12 @@ fn diverging_training_stops_with_a_clear_error_and_keeps_checkpoints_finite() {
     let mut t = Trainer::new(cfg, dir.path(), &Device::Cpu, DType::F32, false).unwrap();
     let err = t.run(&mut |_| {}).unwrap_err().to_string();
     assert!(err.contains("3 steps in a row had a non-finite loss or gradient"), "{err}");
+    // The metrics end with one line that says so, at the step where it stopped.
+    let text = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
+    let lines: Vec<MetricsLine> = text.lines().map(|l| MetricsLine::parse(l).unwrap()).collect();
+    let last = lines.last().unwrap();
+    assert!(last.diverged && last.skipped_total == 3, "{text}");
+    assert_eq!(lines.iter().filter(|l| l.diverged).count(), 1);
     for (_, path) in checkpoint::list(&dir.path().join("checkpoints")) {
         checkpoint::load(&path, &Device::Cpu).unwrap(); // written only with finite values
     }

@@ -3,8 +3,10 @@
 //! caller's job (`scalelong study`); this module plans them, reads their records and writes the
 //! report's numbers. Definitions: docs/stability.md.
 
+pub mod grid;
 pub mod quality;
 pub mod report;
+pub mod scan;
 
 use crate::ConfigError;
 use std::path::Path;
@@ -12,7 +14,9 @@ use std::path::Path;
 use scalelong_backbones::{Architecture, SkipScaling};
 
 use crate::metrics::MetricsLine;
-use crate::stability::{mean, mean_abs_relative_change, sig3, steps_to_reach, tail_mean, windowed_spread, Spread};
+use crate::stability::{
+    mean, mean_abs_relative_change, median, sig3, steps_to_reach, tail_mean, windowed_spread, Spread,
+};
 use crate::TrainConfig;
 
 /// Records averaged for a "final" value, and the moving-average window for reaching a target.
@@ -25,14 +29,21 @@ pub const WINDOW: usize = 5;
 pub struct StudyRun {
     pub mode: SkipScaling,
     pub seed: u64,
-    /// Folder name: `<mode>-seed<seed>` (`cs:0.5` becomes `cs0.5`).
+    /// The grid cell: the axes' values this run takes (empty without a grid).
+    pub cell: grid::Cell,
+    /// Folder name: `[<cell tag>-]<mode>-seed<seed>` (`cs:0.5` becomes `cs0.5`).
     pub name: String,
     pub config: TrainConfig,
 }
 
-/// The runs of a study: `seeds` seeds (the config's seed, +1, ...) for each mode, seed-major so
-/// an interrupted study has whole seeds done.
-pub fn plan(base: &TrainConfig, modes: &[SkipScaling], seeds: usize) -> Result<Vec<StudyRun>, ConfigError> {
+/// The runs of a study: for each cell of the grid `axes` (first axis slowest), `seeds` seeds (the
+/// config's seed, +1, ...) for each mode, seed-major so an interrupted study has whole seeds done.
+pub fn plan(
+    base: &TrainConfig,
+    axes: &[grid::Axis],
+    modes: &[SkipScaling],
+    seeds: usize,
+) -> Result<Vec<StudyRun>, ConfigError> {
     if base.diagnostics.every == 0 {
         return Err("a study needs diagnostics: diagnostics.every must be > 0".into());
     }
@@ -40,17 +51,29 @@ pub fn plan(base: &TrainConfig, modes: &[SkipScaling], seeds: usize) -> Result<V
         return Err("a study needs at least one mode and one seed".into());
     }
     let mut runs = Vec::new();
-    for k in 0..seeds as u64 {
-        for &mode in modes {
-            let mut config = base.clone();
-            config.model.set_scaling(mode);
-            config.train.seed = base.train.seed + k;
-            let seed = config.train.seed;
-            let name = format!("{}-seed{seed}", mode.to_string().replace(':', ""));
-            runs.push(StudyRun { mode, seed, name, config });
+    for cell in grid::cells(axes) {
+        let mut at = base.clone();
+        for (key, value) in &cell {
+            at.set(key, value).map_err(|e| format!("--set {key}={value}: {e}"))?;
+        }
+        for k in 0..seeds as u64 {
+            for &mode in modes {
+                let mut config = at.clone();
+                config.model.set_scaling(mode);
+                config.train.seed = base.train.seed + k;
+                let seed = config.train.seed;
+                let name = format!("{}{}-seed{seed}", grid::tag(&cell), mode.to_string().replace(':', ""));
+                runs.push(StudyRun { mode, seed, cell: cell.clone(), name, config });
+            }
         }
     }
     Ok(runs)
+}
+
+/// Whether a run's `metrics.jsonl` says it diverged (false when it cannot be read).
+pub fn diverged(metrics: &Path) -> bool {
+    let text = std::fs::read_to_string(metrics).unwrap_or_default();
+    text.lines().filter_map(|l| MetricsLine::parse(l).ok()).any(|m| m.diverged)
 }
 
 /// The diagnostics series of one run, read back from its `metrics.jsonl`.
@@ -58,6 +81,9 @@ pub fn plan(base: &TrainConfig, modes: &[SkipScaling], seeds: usize) -> Result<V
 pub struct RunRecord {
     pub mode: SkipScaling,
     pub seed: u64,
+    /// The grid cell's label, `depth=12, lr=1e-3` (empty without a grid).
+    pub cell: String,
+    /// Steps with diagnostics, and the diagnostics series below.
     pub steps: Vec<u64>,
     pub feature_norm: Vec<f64>,
     pub grad_norm: Vec<f64>,
@@ -70,6 +96,18 @@ pub struct RunRecord {
     pub block_feature_norms: Vec<Vec<f64>>,
     /// (step, FID) of every line that carries one (`[eval]`), whether or not it has diagnostics.
     pub fid: Vec<(u64, f64)>,
+    /// (step, KID mean over subsets) of every line that carries one.
+    pub kid: Vec<(u64, f64)>,
+    /// (step, loss) of every line: each step's loss when `log.every` is 1 (what loss spikes are
+    /// counted on).
+    pub all_loss: Vec<(u64, f64)>,
+    /// Training images per second of every line without diagnostics or an evaluation (those
+    /// intervals include their cost).
+    pub img_per_s: Vec<f64>,
+    /// Steps skipped for a non-finite loss or gradient, by the last line.
+    pub skipped: u64,
+    /// The step where the run stopped for too many non-finite steps in a row.
+    pub diverged_at: Option<u64>,
 }
 
 impl RunRecord {
@@ -87,16 +125,32 @@ impl RunRecord {
             robustness: vec![],
             block_feature_norms: vec![],
             fid: vec![],
+            kid: vec![],
+            cell: String::new(),
+            all_loss: vec![],
+            img_per_s: vec![],
+            skipped: 0,
+            diverged_at: None,
         }
     }
 
-    /// Reads the lines that carry diagnostics.
-    pub fn read(path: &Path, mode: SkipScaling, seed: u64) -> Result<Self, ConfigError> {
+    /// Reads a run's `metrics.jsonl`; `cell` is its grid cell's label.
+    pub fn read(path: &Path, mode: SkipScaling, seed: u64, cell: &str) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut r = Self::new(mode, seed);
+        let mut r = Self { cell: cell.to_string(), ..Self::new(mode, seed) };
         for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             let m = MetricsLine::parse(line).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
             r.fid.extend(m.fid.map(|f| (m.step, f)));
+            r.kid.extend(m.kid.map(|k| (m.step, k)));
+            r.skipped = m.skipped_total;
+            if m.diverged {
+                r.diverged_at = Some(m.step);
+                continue;
+            }
+            r.all_loss.push((m.step, m.loss));
+            if m.diagnostics.is_none() && m.fid.is_none() {
+                r.img_per_s.push(m.img_per_s);
+            }
             let Some(d) = m.diagnostics else { continue };
             if d.robustness.is_empty() {
                 return Err(format!("{}:{}: `robustness` is empty", path.display(), i + 1).into());
@@ -110,10 +164,15 @@ impl RunRecord {
             r.robustness.push(mean(&d.robustness));
             r.block_feature_norms.push(d.block_feature_norms);
         }
-        if r.steps.is_empty() {
+        if r.steps.is_empty() && r.diverged_at.is_none() {
             return Err(format!("{}: no diagnostics records (diagnostics.every = 0?)", path.display()).into());
         }
         Ok(r)
+    }
+
+    /// Whether the run stopped for too many non-finite steps in a row.
+    pub fn diverged(&self) -> bool {
+        self.diverged_at.is_some()
     }
 }
 
@@ -144,6 +203,13 @@ pub struct ModeSummary {
     pub reached: usize,
     /// Baseline steps over this mode's steps, per seed.
     pub speedup: Spread,
+    /// Runs that stopped for non-finite losses or gradients, of `runs`.
+    pub diverged: usize,
+    pub runs: usize,
+    /// Loss spikes per run ([`scan::spikes`]).
+    pub spikes: Spread,
+    /// Median training images per second of each run (runs in parallel share the machine).
+    pub img_per_s: Spread,
 }
 
 /// The runs of each mode, modes in the order they first appear.
@@ -170,10 +236,8 @@ pub fn summarize(records: &[RunRecord], baseline: SkipScaling) -> Vec<ModeSummar
         .into_iter()
         .map(|(mode, runs)| {
             let over = |f: &dyn Fn(&RunRecord) -> f64| Spread::of(&runs.iter().map(|r| f(r)).collect::<Vec<_>>());
-            let reached: Vec<(Option<u64>, u64, u64)> = runs
-                .iter()
-                .filter_map(|r| reach(r).map(|(s, b)| (s, b, *r.steps.last().expect("non-empty"))))
-                .collect();
+            let reached: Vec<(Option<u64>, u64, u64)> =
+                runs.iter().filter_map(|r| reach(r).and_then(|(s, b)| Some((s, b, *r.steps.last()?)))).collect();
             let steps: Vec<f64> = reached.iter().map(|(s, _, last)| s.unwrap_or(*last) as f64).collect();
             let speedup: Vec<f64> = reached.iter().map(|(s, b, last)| *b as f64 / s.unwrap_or(*last) as f64).collect();
             let ratio = |r: &RunRecord| {
@@ -202,6 +266,10 @@ pub fn summarize(records: &[RunRecord], baseline: SkipScaling) -> Vec<ModeSummar
                 steps_to_target: Spread::of(&steps),
                 reached: reached.iter().filter(|r| r.0.is_some()).count(),
                 speedup: Spread::of(&speedup),
+                diverged: runs.iter().filter(|r| r.diverged()).count(),
+                runs: runs.len(),
+                spikes: over(&|r| scan::spikes(&r.all_loss) as f64),
+                img_per_s: over(&|r| median(&r.img_per_s)),
             }
         })
         .collect()
@@ -210,13 +278,13 @@ pub fn summarize(records: &[RunRecord], baseline: SkipScaling) -> Vec<ModeSummar
 /// The study table as Markdown.
 pub fn table(summaries: &[ModeSummary]) -> String {
     let mut s = String::from(
-        "| mode | final feature norm | vs baseline, same seed | feature norm change | feature norm spread | grad norm change | robustness | final val loss (EMA) | steps to baseline's final val loss | reached | speed-up |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| mode | final feature norm | vs baseline, same seed | feature norm change | feature norm spread | grad norm change | robustness | final val loss (EMA) | steps to baseline's final val loss | reached | speed-up | diverged | loss spikes | img/s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for m in summaries {
         // Runs that never reached the target count as their last step: a bound, not a value.
         let bound = |sign: &str| if m.reached < m.steps_to_target.n { sign.to_string() } else { String::new() };
         s += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {}{} | {}/{} | {}{} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {}{} | {}/{} | {}{} | {}/{} | {} | {} |\n",
             m.mode,
             m.final_feature_norm,
             m.feature_norm_ratio,
@@ -230,7 +298,11 @@ pub fn table(summaries: &[ModeSummary]) -> String {
             m.reached,
             m.steps_to_target.n,
             bound("≤ "),
-            m.speedup
+            m.speedup,
+            m.diverged,
+            m.runs,
+            m.spikes,
+            m.img_per_s
         );
     }
     s
@@ -292,7 +364,7 @@ mod tests {
             val_loss_ema: val.to_vec(),
             robustness: vec![2.0; n],
             block_feature_norms: feature.iter().map(|f| vec![1.0, *f]).collect(),
-            fid: vec![],
+            ..RunRecord::new(mode, seed)
         }
     }
 
@@ -322,7 +394,11 @@ mod tests {
         // Paired by seed: 1/2 and 1/4.
         assert_eq!((s[1].feature_norm_ratio.min, s[1].feature_norm_ratio.max), (0.25, 0.5));
         let t = table(&s);
-        assert!(t.contains("| cs:0.5 | 1.00 ± 0 | 0.375 ± 0.177 |") && t.contains("| 2/2 | 1.50 ± 0.707 |"), "{t}");
+        assert!(
+            t.contains("| cs:0.5 | 1.00 ± 0 | 0.375 ± 0.177 |")
+                && t.contains("| 2/2 | 1.50 ± 0.707 | 0/2 | 0 ± 0 | n/a |"),
+            "{t}"
+        );
         assert_eq!(s[0].final_block_norms, vec![1.0, 3.0]);
         let b = block_table(&s, 0);
         assert!(b.contains("| mode | mid | out1 |") && b.contains("| none | 1.00 | 3.00 |"), "{b}");
@@ -333,12 +409,22 @@ mod tests {
         let text = "[model]\nimg_size = 8\npatch_size = 2\nin_chans = 1\nembed_dim = 16\ndepth = 2\nnum_heads = 2\n";
         let base = TrainConfig::from_toml(text, "test").unwrap();
         let modes: Vec<SkipScaling> = ["none", "cs"].iter().map(|m| m.parse().unwrap()).collect();
-        let runs = plan(&base, &modes, 2).unwrap();
+        let runs = plan(&base, &[], &modes, 2).unwrap();
         let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["none-seed1234", "cs0.5-seed1234", "none-seed1235", "cs0.5-seed1235"]);
         assert_eq!(runs[1].config.model.scaling(), modes[1]);
         let mut off = base.clone();
         off.diagnostics.every = 0;
-        assert!(plan(&off, &modes, 1).unwrap_err().to_string().contains("diagnostics.every"));
+        assert!(plan(&off, &[], &modes, 1).unwrap_err().to_string().contains("diagnostics.every"));
+        // A grid: every cell, each with every seed and mode, the cell's values set.
+        let axes = [grid::Axis::parse("model.depth=2,4").unwrap(), grid::Axis::parse("train.lr=1e-3,1e-2").unwrap()];
+        let runs = plan(&base, &axes, &modes, 1).unwrap();
+        assert_eq!(runs.len(), 8);
+        assert_eq!(runs[3].name, "depth2-lr1e-2-cs0.5-seed1234");
+        assert_eq!((runs[3].config.model.encoder_blocks(), runs[3].config.train.lr), (1, 1e-2));
+        assert_eq!((runs[7].config.model.encoder_blocks(), runs[7].config.train.lr), (2, 1e-2));
+        let bad = [grid::Axis::parse("train.lr=1e-3,fast").unwrap()];
+        let err = plan(&base, &bad, &modes, 1).unwrap_err().to_string();
+        assert!(err.contains("--set train.lr=fast"), "{err}");
     }
 }

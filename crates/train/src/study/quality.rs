@@ -20,10 +20,13 @@ pub fn section(records: &[RunRecord], baseline: SkipScaling) -> Option<String> {
     md += &format!(
         "FID of the EMA weights' samples ([eval]); steps to the baseline's final FID (`{baseline}`, same seed) \
 are the first evaluated step at or below it; runs that never reach it count as their last evaluated step.\n\n\
-| mode | final FID | steps to baseline's final FID | reached | speed-up |\n|---|---|---|---|---|\n"
+| mode | final FID | minus baseline's, same seed | final KID | steps to baseline's final FID | reached | speed-up |\n|---|---|---|---|---|---|---|\n"
     );
     for (mode, runs) in by_mode(records) {
         let last = |r: &RunRecord| r.fid.last().map_or(f64::NAN, |f| f.1);
+        let base_of = |r: &RunRecord| records.iter().find(|b| b.mode == baseline && b.seed == r.seed);
+        let minus_base: Vec<f64> = runs.iter().map(|r| base_of(r).map_or(f64::NAN, |b| last(r) - last(b))).collect();
+        let kid: Vec<f64> = runs.iter().map(|r| r.kid.last().map_or(f64::NAN, |k| k.1)).collect();
         let paired: Vec<(Option<u64>, u64, u64)> = runs
             .iter()
             .filter_map(|r| {
@@ -37,8 +40,10 @@ are the first evaluated step at or below it; runs that never reach it count as t
         let reached = paired.iter().filter(|p| p.0.is_some()).count();
         let bound = |sign: &'static str| if reached < paired.len() { sign } else { "" };
         md += &format!(
-            "| {mode} | {} | {}{} | {reached}/{} | {}{} |\n",
+            "| {mode} | {} | {} | {} | {}{} | {reached}/{} | {}{} |\n",
             Spread::of(&runs.iter().map(|r| last(r)).collect::<Vec<_>>()),
+            Spread::of(&minus_base),
+            Spread::of(&kid),
             bound("≥ "),
             Spread::of(&steps),
             paired.len(),
@@ -71,8 +76,8 @@ mod tests {
         ];
         let md = section(&records, SkipScaling::None).unwrap();
         // none reaches its own final FID (40) at 300; cs at 200: speed-up 1.5.
-        assert!(md.contains("| none | 40.0 ± 0 | 300 ± 0 | 1/1 | 1.00 ± 0 |"), "{md}");
-        assert!(md.contains("| cs:0.5 | 30.0 ± 0 | 200 ± 0 | 1/1 | 1.50 ± 0 |"), "{md}");
+        assert!(md.contains("| none | 40.0 ± 0 | 0 ± 0 | n/a | 300 ± 0 | 1/1 | 1.00 ± 0 |"), "{md}");
+        assert!(md.contains("| cs:0.5 | 30.0 ± 0 | -10.0 ± 0 | n/a | 200 ± 0 | 1/1 | 1.50 ± 0 |"), "{md}");
         assert!(md.contains("| cs:0.5, seed 0 | 100: 80.0, 200: 39.0, 300: 30.0 |"), "{md}");
         assert!(section(&[run(SkipScaling::None, 0, &[])], SkipScaling::None).is_none());
     }

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use super::grid::Axis;
+use super::scan::{self, SPIKE_FACTOR, SPIKE_WINDOW};
 use super::{
     block_table, feature_norm_ordering, paper_ordering_holds, table, tail, ModeSummary, RunRecord, TAIL, WINDOW,
 };
@@ -22,6 +24,95 @@ pub fn markdown(
     charts: &[(&str, &str)],
     took: Option<Duration>,
 ) -> String {
+    let mut md = format!("# Stability study: {title}\n\n");
+    md += &recipe(base, records, baseline);
+    md += &table(summaries);
+    md += &format!("\nFinal feature norm, largest first: {}.\n", feature_norm_ordering(summaries));
+    if let Some(holds) = paper_ordering_holds(summaries) {
+        md += &format!(
+            "The paper's ordering (none > inv-sqrt2 > both of ls and cs) {} in this study.\n",
+            if holds { "holds" } else { "does not hold" }
+        );
+    }
+    md += &format!(
+        "\n## Final norm of every block\n\nMean over seeds of each block's output norm (mean of the last {} records), in execution order; `out1` merges the innermost skip, the last `out` block's norm is the feature norm above.\n\n",
+        TAIL
+    );
+    md += &block_table(summaries, base.model.encoder_blocks());
+    md += "\n## Per run\n\n| run | final feature norm | final val loss (EMA) | robustness | diverged at | loss spikes |\n|---|---|---|---|---|---|\n";
+    for r in records {
+        md += &format!(
+            "| {}, seed {} | {} | {} | {} | {} | {} |\n",
+            r.mode,
+            r.seed,
+            sig3(tail(&r.feature_norm)),
+            sig3(tail(&r.val_loss_ema)),
+            sig3(tail(&r.robustness)),
+            r.diverged_at.map_or("-".to_string(), |s| s.to_string()),
+            super::scan::spikes(&r.all_loss)
+        );
+    }
+    if let Some(quality) = super::quality::section(records, baseline) {
+        md += &quality;
+    }
+    md += "\n## Plots\n\nMean over seeds; the shaded band is the min..max over seeds.\n\n";
+    for (file, chart_title) in charts {
+        md += &format!("![{chart_title}]({file})\n\n");
+    }
+    if let Some(took) = took {
+        md += &format!("This invocation took {:.0} min.\n", took.as_secs_f64() / 60.0);
+    }
+    md
+}
+
+/// The report of a study over a grid (`axes`): every run's outcome, the heat maps `charts` (file,
+/// title), then each cell's table against `baseline` in the order the cells first appear.
+pub fn grid_markdown(
+    title: &str,
+    base: &TrainConfig,
+    axes: &[Axis],
+    records: &[RunRecord],
+    baseline: SkipScaling,
+    charts: &[(&str, &str)],
+    took: Option<Duration>,
+) -> String {
+    let mut md = format!("# Stability scan: {title}\n\n");
+    let grid: Vec<String> = axes.iter().map(|a| format!("`{}` in {{{}}}", a.key, a.values.join(", "))).collect();
+    md += &format!("The grid: {}; every other setting as below.\n\n", grid.join(" x "));
+    md += &recipe(base, records, baseline);
+    md += &format!(
+        "A loss spike is a loss record above {SPIKE_FACTOR} x the median of the {SPIKE_WINDOW} records before it; \
+feature norm growth is the final feature norm over the first record's; a diverged run stopped after \
+`train.max_nonfinite` non-finite steps in a row.\n\n## Every run\n\n"
+    );
+    md += &scan::table(records);
+    md += "\n";
+    for (file, chart_title) in charts {
+        md += &format!("![{chart_title}]({file})\n\n");
+    }
+    md += "## Per cell\n";
+    let mut cells: Vec<&str> = Vec::new();
+    for r in records {
+        if !cells.contains(&r.cell.as_str()) {
+            cells.push(&r.cell);
+        }
+    }
+    for cell in cells {
+        let runs: Vec<RunRecord> = records.iter().filter(|r| r.cell == cell).cloned().collect();
+        md += &format!("\n### {cell}\n\n");
+        md += &table(&super::summarize(&runs, baseline));
+        if let Some(quality) = super::quality::section(&runs, baseline) {
+            md += &quality;
+        }
+    }
+    if let Some(took) = took {
+        md += &format!("\nThis invocation took {:.0} min.\n", took.as_secs_f64() / 60.0);
+    }
+    md
+}
+
+/// The recipe paragraph: model, data, optimiser, seeds, diagnostics, and what the values mean.
+fn recipe(base: &TrainConfig, records: &[RunRecord], baseline: SkipScaling) -> String {
     let m = &base.model;
     let t = &base.train;
     let d = &base.diagnostics;
@@ -32,8 +123,7 @@ pub fn markdown(
         s.dedup();
         s.iter().map(|s| s.to_string()).collect()
     };
-    let mut md = format!("# Stability study: {title}\n\n");
-    md += &format!(
+    let mut md = format!(
         "{model}; data `{data}`; \
 batch {b}, {steps} steps, AdamW lr {lr} (warm-up {warm}), betas ({b1}, {b2}), weight decay {wd}, gradient clip {clip}, \
 EMA {ema}; seeds {seeds}. Diagnostics every {every} steps; validation batch of {vi} images from `{val}`; \
@@ -65,39 +155,5 @@ spread = coefficient of variation in windows of {win} records).\n\n",
         tail = TAIL,
         win = WINDOW
     );
-    md += &table(summaries);
-    md += &format!("\nFinal feature norm, largest first: {}.\n", feature_norm_ordering(summaries));
-    if let Some(holds) = paper_ordering_holds(summaries) {
-        md += &format!(
-            "The paper's ordering (none > inv-sqrt2 > both of ls and cs) {} in this study.\n",
-            if holds { "holds" } else { "does not hold" }
-        );
-    }
-    md += &format!(
-        "\n## Final norm of every block\n\nMean over seeds of each block's output norm (mean of the last {} records), in execution order; `out1` merges the innermost skip, the last `out` block's norm is the feature norm above.\n\n",
-        TAIL
-    );
-    md += &block_table(summaries, base.model.encoder_blocks());
-    md += "\n## Per run\n\n| run | final feature norm | final val loss (EMA) | robustness |\n|---|---|---|---|\n";
-    for r in records {
-        md += &format!(
-            "| {}, seed {} | {} | {} | {} |\n",
-            r.mode,
-            r.seed,
-            sig3(tail(&r.feature_norm)),
-            sig3(tail(&r.val_loss_ema)),
-            sig3(tail(&r.robustness))
-        );
-    }
-    if let Some(quality) = super::quality::section(records, baseline) {
-        md += &quality;
-    }
-    md += "\n## Plots\n\nMean over seeds; the shaded band is the min..max over seeds.\n\n";
-    for (file, chart_title) in charts {
-        md += &format!("![{chart_title}]({file})\n\n");
-    }
-    if let Some(took) = took {
-        md += &format!("This invocation took {:.0} min.\n", took.as_secs_f64() / 60.0);
-    }
     md
 }

@@ -210,7 +210,30 @@ impl Trainer {
         let cfg = self.config.clone();
         let (mut window_loss, mut window_n, mut window_images, mut window_start) = (0.0, 0u64, 0usize, Instant::now());
         while self.step < cfg.train.max_steps {
-            let r = self.train_step()?;
+            let r = match self.train_step() {
+                Ok(r) => r,
+                Err(e) if self.bad_in_a_row >= cfg.train.max_nonfinite => {
+                    // Said in the metrics too, so a study counts the run as diverged, not failed.
+                    let line = MetricsLine {
+                        step: self.step + 1,
+                        loss: f64::NAN,
+                        lr: f64::NAN,
+                        grad_norm: f64::NAN,
+                        img_per_s: f64::NAN,
+                        skipped_total: self.skipped,
+                        fid: None,
+                        kid: None,
+                        kid_std: None,
+                        diverged: true,
+                        diagnostics: None,
+                    };
+                    writeln!(metrics, "{}", line.to_json())
+                        .and_then(|_| metrics.flush())
+                        .map_err(|e| candle_core::Error::Msg(format!("metrics.jsonl: {e}")))?;
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            };
             if !r.skipped {
                 window_loss += r.loss;
                 window_n += 1;
@@ -234,6 +257,7 @@ impl Trainer {
                     fid: quality.map(|q| q.fid),
                     kid: quality.and_then(|q| q.kid).map(|k| k.mean),
                     kid_std: quality.and_then(|q| q.kid).map(|k| k.std),
+                    diverged: false,
                     diagnostics: r.diagnostics.clone(),
                 }
                 .to_json();

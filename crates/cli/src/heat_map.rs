@@ -1,0 +1,113 @@
+//! Heat maps: one panel per group (a scaling mode), a value per cell of a two-axis grid, drawn
+//! with one colour scale for all panels and the value written in each cell.
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use plotters::coord::ranged1d::SegmentValue;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+use crate::plot::{short, FONT};
+
+/// One panel: `values[row][col]` (`None` draws a grey cell), with `notes[row][col]` written under
+/// the value (e.g. "diverged").
+pub struct Panel {
+    pub title: String,
+    pub values: Vec<Vec<Option<f64>>>,
+    pub notes: Vec<Vec<String>>,
+}
+
+/// The grid's axes: names and the labels of the columns (x) and rows (y, first row at the bottom).
+pub struct Axes<'a> {
+    pub x_desc: &'a str,
+    pub x_labels: &'a [String],
+    pub y_desc: &'a str,
+    pub y_labels: &'a [String],
+}
+
+/// Draws `panels` side by side into a PNG; the colour runs from the smallest to the largest finite
+/// value of all panels (on a log scale with `log`), dark (viridis purple) to light (yellow).
+pub fn heat_map(out: &Path, title: &str, axes: &Axes, panels: &[Panel], log: bool) -> Result<()> {
+    plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
+        .map_err(|_| anyhow::anyhow!("embedded font unreadable"))?;
+    let (cols, rows) = (axes.x_labels.len(), axes.y_labels.len());
+    if panels.is_empty() || cols == 0 || rows == 0 {
+        bail!("heat map {title}: nothing to draw");
+    }
+    let scale = |v: f64| if log { v.log10() } else { v };
+    let finite: Vec<f64> = panels
+        .iter()
+        .flat_map(|p| p.values.iter().flatten().flatten())
+        .map(|v| scale(*v))
+        .filter(|v| v.is_finite())
+        .collect();
+    let lo = finite.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = finite.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let (panel_w, height) = (120 + 110 * cols as u32, 130 + 70 * rows as u32);
+    let width = panel_w * panels.len() as u32;
+    let mut rgb = vec![255u8; (width * height * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, (width, height)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let root = root.titled(title, ("sans-serif", 22))?;
+        for (panel, area) in panels.iter().zip(root.split_evenly((1, panels.len()))) {
+            let mut chart = ChartBuilder::on(&area)
+                .caption(&panel.title, ("sans-serif", 18))
+                .margin(10)
+                .x_label_area_size(45)
+                .y_label_area_size(60)
+                .build_cartesian_2d((0..cols as i32 - 1).into_segmented(), (0..rows as i32 - 1).into_segmented())?;
+            let label = |labels: &[String], v: &SegmentValue<i32>| match v {
+                SegmentValue::CenterOf(i) => labels.get(*i as usize).cloned().unwrap_or_default(),
+                _ => String::new(),
+            };
+            chart
+                .configure_mesh()
+                .disable_mesh()
+                .x_desc(axes.x_desc)
+                .y_desc(axes.y_desc)
+                .x_label_formatter(&|v| label(axes.x_labels, v))
+                .y_label_formatter(&|v| label(axes.y_labels, v))
+                .label_style(("sans-serif", 14))
+                .draw()?;
+            for r in 0..rows {
+                for c in 0..cols {
+                    let v = panel
+                        .values
+                        .get(r)
+                        .and_then(|row| row.get(c))
+                        .copied()
+                        .flatten()
+                        .filter(|v| scale(*v).is_finite());
+                    let h = v.map(|v| if hi > lo { (scale(v) - lo) / (hi - lo) } else { 0.5 });
+                    let fill = h.map_or(RGBColor(200, 200, 200), |h| ViridisRGB.get_color(h as f32));
+                    let (x, y) = (c as i32, r as i32);
+                    chart.draw_series(std::iter::once(Rectangle::new(
+                        [
+                            (SegmentValue::Exact(x), SegmentValue::Exact(y)),
+                            (SegmentValue::Exact(x + 1), SegmentValue::Exact(y + 1)),
+                        ],
+                        fill.filled(),
+                    )))?;
+                    let ink = if h.is_some_and(|h| h > 0.6) { BLACK } else { WHITE };
+                    let note = panel.notes.get(r).and_then(|row| row.get(c)).cloned().unwrap_or_default();
+                    let text = match (v, note.is_empty()) {
+                        (Some(v), true) => short(v),
+                        (Some(v), false) => format!("{} {note}", short(v)),
+                        (None, _) => note,
+                    };
+                    let style = ("sans-serif", 14).into_font().color(&ink).pos(Pos::new(HPos::Center, VPos::Center));
+                    chart.draw_series(std::iter::once(Text::new(
+                        text,
+                        (SegmentValue::CenterOf(x), SegmentValue::CenterOf(y)),
+                        style,
+                    )))?;
+                }
+            }
+        }
+        root.present()?;
+    }
+    scalelong_data::write_png_rgb(out, width, height, rgb)?;
+    Ok(())
+}

@@ -116,10 +116,17 @@ pub fn run(args: &StudyArgs) -> Result<()> {
     Ok(())
 }
 
-/// A run is finished when its newest checkpoint is at `max_steps`, or when it diverged.
+/// A run is finished when its newest checkpoint is at `max_steps`, or when its metrics reach
+/// `max_steps` (a committed study keeps them, not its checkpoints) or say it diverged.
 fn finished(dir: &Path, config: &TrainConfig) -> bool {
-    checkpoint::list(&dir.join("checkpoints")).last().is_some_and(|(step, _)| *step >= config.train.max_steps)
-        || study::diverged(&dir.join("metrics.jsonl"))
+    let (last, diverged) = study::metrics_end(&dir.join("metrics.jsonl"));
+    diverged
+        || last >= config.train.max_steps
+        || checkpoint::list(&dir.join("checkpoints")).last().is_some_and(|(step, _)| *step >= config.train.max_steps)
+}
+
+fn diverged(dir: &Path) -> bool {
+    study::metrics_end(&dir.join("metrics.jsonl")).1
 }
 
 fn train_here(r: &StudyRun, dir: &Path, device: DeviceArg, k: usize, n: usize) -> Result<()> {
@@ -144,7 +151,7 @@ fn train_here(r: &StudyRun, dir: &Path, device: DeviceArg, k: usize, n: usize) -
     bar.finish();
     match end {
         // A diverged run is a result of the study, not a failure of it.
-        Err(e) if study::diverged(&dir.join("metrics.jsonl")) => tracing::warn!(run = %r.name, "diverged: {e}"),
+        Err(e) if diverged(dir) => tracing::warn!(run = %r.name, "diverged: {e}"),
         end => {
             end.with_context(|| format!("run {} ({})", r.name, dir.display()))?;
         }
@@ -197,7 +204,7 @@ fn train_in_processes(todo: &[&StudyRun], runs_dir: &Path, args: &StudyArgs) -> 
                 None => still.push((r, child)),
                 Some(status) => {
                     bar.inc(1);
-                    if !status.success() && study::diverged(&runs_dir.join(&r.name).join("metrics.jsonl")) {
+                    if !status.success() && diverged(&runs_dir.join(&r.name)) {
                         tracing::warn!(run = %r.name, "diverged");
                     } else if !status.success() {
                         failed.push(format!("{} (see {})", r.name, runs_dir.join(&r.name).join("train.log").display()));

@@ -4,6 +4,7 @@
 //! report's numbers. Definitions: docs/stability.md.
 
 pub mod grid;
+pub mod paper;
 pub mod quality;
 pub mod report;
 pub mod scan;
@@ -70,10 +71,13 @@ pub fn plan(
     Ok(runs)
 }
 
-/// Whether a run's `metrics.jsonl` says it diverged (false when it cannot be read).
-pub fn diverged(metrics: &Path) -> bool {
+/// What a run's `metrics.jsonl` says of its end: the last step it records, and whether it
+/// diverged ((0, false) when it cannot be read).
+pub fn metrics_end(metrics: &Path) -> (u64, bool) {
     let text = std::fs::read_to_string(metrics).unwrap_or_default();
-    text.lines().filter_map(|l| MetricsLine::parse(l).ok()).any(|m| m.diverged)
+    text.lines()
+        .filter_map(|l| MetricsLine::parse(l).ok())
+        .fold((0, false), |(s, d), m| (s.max(m.step), d || m.diverged))
 }
 
 /// The diagnostics series of one run, read back from its `metrics.jsonl`.
@@ -102,7 +106,7 @@ pub struct RunRecord {
     /// counted on).
     pub all_loss: Vec<(u64, f64)>,
     /// Training images per second of every line without diagnostics or an evaluation (those
-    /// intervals include their cost).
+    /// intervals include their cost), or of every line when all have diagnostics.
     pub img_per_s: Vec<f64>,
     /// Steps skipped for a non-finite loss or gradient, by the last line.
     pub skipped: u64,
@@ -138,6 +142,7 @@ impl RunRecord {
     pub fn read(path: &Path, mode: SkipScaling, seed: u64, cell: &str) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut r = Self { cell: cell.to_string(), ..Self::new(mode, seed) };
+        let mut all_speeds = Vec::new();
         for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             let m = MetricsLine::parse(line).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
             r.fid.extend(m.fid.map(|f| (m.step, f)));
@@ -148,6 +153,7 @@ impl RunRecord {
                 continue;
             }
             r.all_loss.push((m.step, m.loss));
+            all_speeds.push(m.img_per_s);
             if m.diagnostics.is_none() && m.fid.is_none() {
                 r.img_per_s.push(m.img_per_s);
             }
@@ -163,6 +169,9 @@ impl RunRecord {
             r.val_loss_ema.push(d.val_loss_ema);
             r.robustness.push(mean(&d.robustness));
             r.block_feature_norms.push(d.block_feature_norms);
+        }
+        if r.img_per_s.is_empty() {
+            r.img_per_s = all_speeds; // every line had diagnostics
         }
         if r.steps.is_empty() && r.diverged_at.is_none() {
             return Err(format!("{}: no diagnostics records (diagnostics.every = 0?)", path.display()).into());
@@ -312,11 +321,7 @@ pub fn table(summaries: &[ModeSummary]) -> String {
 /// in execution order for `n` encoder blocks (so `out1` merges the innermost skip).
 pub fn block_table(summaries: &[ModeSummary], n: usize) -> String {
     let width = summaries.iter().map(|m| m.final_block_norms.len()).min().unwrap_or(0);
-    let name = |k: usize| match k.cmp(&n) {
-        std::cmp::Ordering::Less => format!("in{}", k + 1),
-        std::cmp::Ordering::Equal => "mid".to_string(),
-        std::cmp::Ordering::Greater => format!("out{}", k - n),
-    };
+    let name = |k: usize| block_name(k, n);
     let mut s =
         format!("| mode | {} |\n|---|{}\n", (0..width).map(name).collect::<Vec<_>>().join(" | "), "---|".repeat(width));
     for m in summaries {
@@ -324,6 +329,15 @@ pub fn block_table(summaries: &[ModeSummary], n: usize) -> String {
         s += &format!("| {} | {} |\n", m.mode, cells.join(" | "));
     }
     s
+}
+
+/// Block `k` of a backbone with `n` encoder blocks: `in1..inN`, `mid`, `out1..outN`.
+pub fn block_name(k: usize, n: usize) -> String {
+    match k.cmp(&n) {
+        std::cmp::Ordering::Less => format!("in{}", k + 1),
+        std::cmp::Ordering::Equal => "mid".to_string(),
+        std::cmp::Ordering::Greater => format!("out{}", k - n),
+    }
 }
 
 /// The "final" value of a series: the mean of its last [`TAIL`] records.

@@ -39,6 +39,7 @@ pub fn markdown(
         TAIL
     );
     md += &block_table(summaries, base.model.encoder_blocks());
+    md += &paper_reading(summaries, base.model.encoder_blocks());
     md += "\n## Per run\n\n| run | final feature norm | final val loss (EMA) | robustness | diverged at | loss spikes |\n|---|---|---|---|---|---|\n";
     for r in records {
         md += &format!(
@@ -107,6 +108,36 @@ feature norm growth is the final feature norm over the first record's; a diverge
     }
     if let Some(took) = took {
         md += &format!("\nThis invocation took {:.0} min.\n", took.as_secs_f64() / 60.0);
+    }
+    md
+}
+
+/// Which block's final norms, as ratios to `none`, are nearest the paper's figure (empty unless the
+/// study has none, inv-sqrt2, ls and cs).
+fn paper_reading(summaries: &[ModeSummary], n: usize) -> String {
+    let figure = super::paper::nearest(2 * n);
+    let Some(mut readings) = super::paper::readings(summaries, &figure) else { return String::new() };
+    readings.sort_by(|a, b| a.distance.total_cmp(&b.distance));
+    let mut md = format!(
+        "\n### Which block reads like the paper's figure\n\nThe paper's figure (U-ViT depth {d} on CIFAR-10, 30k iterations) has \
+inv-sqrt2, LS and CS at {:.2}, {:.2} and {:.2} of `none`'s norm of feature. Each block's final norms as the same ratios, \
+nearest first (distance: mean |ln(ours / paper)| over the three ratios; order: the four modes strictly in the figure's order):\n\n\
+| block | inv-sqrt2 / none | ls / none | cs / none | distance | same order |\n|---|---|---|---|---|---|\n",
+        figure.inv_sqrt2 / figure.none,
+        figure.ls / figure.none,
+        figure.cs / figure.none,
+        d = figure.depth,
+    );
+    for r in readings {
+        md += &format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            super::block_name(r.block, n),
+            sig3(r.ratios[0]),
+            sig3(r.ratios[1]),
+            sig3(r.ratios[2]),
+            sig3(r.distance),
+            if r.same_order { "yes" } else { "no" }
+        );
     }
     md
 }

@@ -76,6 +76,13 @@ pub fn run(args: &StudyArgs) -> Result<()> {
     if !args.report_only {
         let todo: Vec<&StudyRun> = runs.iter().filter(|r| !finished(&runs_dir.join(&r.name), &r.config)).collect();
         tracing::info!(runs = runs.len(), to_do = todo.len(), jobs = args.jobs, out = %args.out.display(), "study");
+        if let Some(first) = todo.first() {
+            if let Some(reference) = shared_reference(first, &args.out, args.device)? {
+                for r in &todo {
+                    seed_reference(&reference, &runs_dir.join(&r.name))?;
+                }
+            }
+        }
         if args.jobs <= 1 {
             for (k, r) in todo.iter().enumerate() {
                 train_here(r, &runs_dir.join(&r.name), args.device, k + 1, todo.len())?;
@@ -123,6 +130,30 @@ fn finished(dir: &Path, config: &TrainConfig) -> bool {
     diverged
         || last >= config.train.max_steps
         || checkpoint::list(&dir.join("checkpoints")).last().is_some_and(|(step, _)| *step >= config.train.max_steps)
+}
+
+/// With `[eval]` on and a dataset as its reference: the reference's Inception features, computed
+/// once for the study (in `<out>/reference/`) instead of once per run.
+fn shared_reference(first: &StudyRun, out: &Path, device: DeviceArg) -> Result<Option<PathBuf>> {
+    if first.config.eval.every == 0 {
+        return Ok(None);
+    }
+    let dir = out.join("reference");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut trainer = Trainer::new(first.config.clone(), &dir, &device.open()?, candle_core::DType::F32, false)
+        .context("the FID reference")?;
+    trainer.cache_reference().context("the FID reference")
+}
+
+/// Copies the study's reference features into a run folder that has none (a run checks that
+/// they were made from its own reference before it uses them).
+fn seed_reference(cache: &Path, run_dir: &Path) -> Result<()> {
+    let to = run_dir.join(cache.file_name().unwrap_or_default());
+    if !to.exists() {
+        std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+        std::fs::copy(cache, &to).with_context(|| format!("copying {} to {}", cache.display(), to.display()))?;
+    }
+    Ok(())
 }
 
 fn diverged(dir: &Path) -> bool {

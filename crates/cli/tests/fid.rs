@@ -100,3 +100,27 @@ fn fid_between_folders_statistics_datasets_and_checkpoints() {
     let out = text(&o.stdout);
     assert!(value(&out, "FID").is_finite() && value(&out, "KID").is_finite(), "{out}");
 }
+
+#[test]
+fn a_study_with_eval_computes_the_reference_once_and_reports_fid() {
+    let s = Scene { dir: tempfile::tempdir().unwrap() };
+    let net = inception();
+    let extra = format!(
+        "[diagnostics]\nevery = 2\nval_images = 4\nprobe_images = 2\n[eval]\nevery = 2\nnum_samples = 4\nsteps = 2\nbatch_size = 4\nreference_images = 6\ninception = {net:?}\n"
+    );
+    let cfg = s.write("tiny.toml", format!("{TINY}{extra}"));
+    let out = s.p("study");
+    let args = ["study", "--config", &cfg, "--out", &out, "--modes", "none,cs", "--seeds", "1", "--max-steps", "2"];
+    let o = scalelong(&[&args[..], &["--jobs", "2"]].concat());
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let cache = "fid_reference.safetensors";
+    let reference = std::fs::read(s.dir.path().join("study/reference").join(cache)).unwrap();
+    for run in ["none-seed1234", "cs0.5-seed1234"] {
+        let dir = s.dir.path().join("study/runs").join(run);
+        assert_eq!(std::fs::read(dir.join(cache)).unwrap(), reference, "{run}");
+        let log = std::fs::read_to_string(dir.join("train.log")).unwrap();
+        assert!(log.contains("evaluated") && !log.contains("computing reference features"), "{log}");
+    }
+    let report = std::fs::read_to_string(s.dir.path().join("study/report.md")).unwrap();
+    assert!(report.contains("## Sample quality (FID)") && report.contains("| cs:0.5, seed 1234 | 2: "), "{report}");
+}

@@ -39,6 +39,19 @@ impl Trainer {
         Ok(q)
     }
 
+    /// Computes the reference features into the run folder's cache (unless it holds them already)
+    /// and returns the cache's path, or `None` when the reference is a statistics file. A study
+    /// does this once and copies the file into each run's folder.
+    pub fn cache_reference(&mut self) -> Result<Option<PathBuf>> {
+        if self.config.eval.reference.ends_with(".npz") {
+            return Ok(None);
+        }
+        if self.evaluator.is_none() {
+            self.evaluator = Some(self.load_evaluator()?);
+        }
+        Ok(Some(self.run_dir.join(CACHE)))
+    }
+
     fn load_evaluator(&self) -> Result<Evaluator> {
         let e = &self.config.eval;
         let explicit = (!e.inception.is_empty()).then(|| PathBuf::from(&e.inception));

@@ -41,10 +41,9 @@ fn read_series(spec: &str, key: &str, smooth: usize) -> Result<(String, Vec<(f64
     let mut points = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{path}:{}: not JSON", i + 1))?;
-        let (Some(step), Some(y)) = (v["step"].as_f64(), v[key].as_f64()) else {
-            bail!("{path}:{}: no numeric `step` and `{key}`", i + 1);
-        };
-        if y.is_finite() {
+        let Some(step) = v["step"].as_f64() else { bail!("{path}:{}: no numeric `step`", i + 1) };
+        // Some fields are on some lines only (diagnostics, evaluations); null is a non-finite value.
+        if let Some(y) = v[key].as_f64().filter(|y| y.is_finite()) {
             points.push((step, y));
         }
     }
@@ -58,7 +57,9 @@ fn read_series(spec: &str, key: &str, smooth: usize) -> Result<(String, Vec<(f64
 
 /// A tick label with three significant digits.
 pub(crate) fn short(v: f64) -> String {
-    if v == 0.0 || (1e-3..1e4).contains(&v.abs()) {
+    if v.fract() == 0.0 && v.abs() < 1e4 {
+        format!("{v:.0}")
+    } else if v == 0.0 || (1e-3..1e4).contains(&v.abs()) {
         let decimals = (2 - v.abs().log10().floor() as i32).clamp(0, 6) as usize;
         format!("{v:.decimals$}")
     } else {

@@ -370,12 +370,16 @@ fn write_grid_report(
                     };
                     let note = |i: usize, j: usize| {
                         let cell = at(i, j);
-                        let diverged = cell.iter().filter(|r| r.diverged()).count();
-                        match diverged {
-                            0 => String::new(),
-                            1 if cell.len() == 1 => format!("div@{}", cell[0].diverged_at.unwrap_or(0)),
-                            d => format!("div {d}/{}", cell.len()),
-                        }
+                        let count = |f: fn(&RunRecord) -> bool, word: &str| match cell.iter().filter(|r| f(r)).count() {
+                            0 => None,
+                            k if cell.len() == 1 && k == 1 => Some(word.to_string()),
+                            k => Some(format!("{word} {k}/{}", cell.len())),
+                        };
+                        [count(RunRecord::diverged, "diverged"), count(RunRecord::stalled, "stalled")]
+                            .into_iter()
+                            .flatten()
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     };
                     let (n, m) = (y_labels.len(), cols.values.len());
                     Panel { title: mode.to_string(), values: table_of(n, m, value), notes: table_of(n, m, note) }

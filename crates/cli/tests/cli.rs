@@ -235,14 +235,20 @@ fn plot_writes_a_png_and_names_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
     std::fs::write(&a, "{\"step\": 10, \"loss\": 0.9}\n{\"step\": 20, \"loss\": 0.5}\n").unwrap();
-    std::fs::write(&b, "{\"step\": 10, \"loss\": 0.8}\n{\"step\": 20, \"grad\": 1}\n").unwrap();
+    std::fs::write(&b, "{\"step\": 10, \"loss\": 0.8}\n{\"loss\": 1}\n").unwrap();
     let out = dir.path().join("loss.png");
     let spec = format!("{}=run a", a.display());
     let o = scalelong(&["plot", "--metrics", &spec, "--out", out.to_str().unwrap(), "--log-y"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(image::open(&out).unwrap().width(), 900);
     let o = scalelong(&["plot", "--metrics", b.to_str().unwrap(), "--out", out.to_str().unwrap()]);
-    assert!(!o.status.success() && stderr(&o).contains("b.jsonl:2: no numeric `step` and `loss`"), "{}", stderr(&o));
+    assert!(!o.status.success() && stderr(&o).contains("b.jsonl:2: no numeric `step`"), "{}", stderr(&o));
+    // A field on some lines only (diagnostics, evaluations) plots those lines; on none, it is named.
+    std::fs::write(&b, "{\"step\": 10, \"loss\": 0.8}\n{\"step\": 20, \"loss\": 0.7, \"fid\": 90}\n{\"step\": 30, \"fid\": null}\n").unwrap();
+    let o = scalelong(&["plot", "--metrics", b.to_str().unwrap(), "--key", "fid", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = scalelong(&["plot", "--metrics", b.to_str().unwrap(), "--key", "kid", "--out", out.to_str().unwrap()]);
+    assert!(!o.status.success() && stderr(&o).contains("no `kid` values"), "{}", stderr(&o));
 }
 
 #[test]
@@ -327,8 +333,8 @@ fn study_over_a_grid_reports_every_cell_and_counts_divergence_as_a_result() {
     assert!(out.join("runs/depth4-lr1e30-cs0.5-seed1234/metrics.jsonl").exists());
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("The grid: `model.depth` in {2, 4} x `train.lr` in {1e-3, 1e30}"), "{report}");
-    assert!(report.contains("| depth=2, lr=1e-3 | none | 1234 | - | 0 |"), "{report}");
-    assert!(report.contains("| depth=4, lr=1e30 | cs:0.5 | 1234 | 3 | 2 | 0 | - | - | - |"), "{report}");
+    assert!(report.contains("| depth=2, lr=1e-3 | none | 1234 | - | "), "{report}");
+    assert!(report.contains("| depth=4, lr=1e30 | cs:0.5 | 1234 | 3 | - | 2 | 0 | - | - | - |"), "{report}");
     assert!(report.contains("### depth=4, lr=1e30") && !report.contains("Not finished"), "{report}");
     // Diverged runs are finished: nothing is trained again.
     let o = scalelong(&args);

@@ -24,6 +24,8 @@ use crate::TrainConfig;
 pub const TAIL: usize = 5;
 /// Window of the windowed spread (records).
 pub const WINDOW: usize = 5;
+/// A run whose final validation loss is at least this fraction of its first has stalled.
+pub const STALLED: f64 = 0.9;
 
 /// One run of a study.
 #[derive(Debug, Clone)]
@@ -183,6 +185,12 @@ impl RunRecord {
     pub fn diverged(&self) -> bool {
         self.diverged_at.is_some()
     }
+
+    /// Whether the run finished without learning: its final validation loss (current weights) is
+    /// at least [`STALLED`] of its first record's (for the eps objective, predicting 0 scores 1).
+    pub fn stalled(&self) -> bool {
+        !self.diverged() && self.val_loss.first().is_some_and(|first| tail(&self.val_loss) >= STALLED * first)
+    }
 }
 
 /// One mode's row of the study table, each value with its spread over seeds.
@@ -214,6 +222,8 @@ pub struct ModeSummary {
     pub speedup: Spread,
     /// Runs that stopped for non-finite losses or gradients, of `runs`.
     pub diverged: usize,
+    /// Runs that finished without learning ([`RunRecord::stalled`]).
+    pub stalled: usize,
     pub runs: usize,
     /// Loss spikes per run ([`scan::spikes`]).
     pub spikes: Spread,
@@ -276,6 +286,7 @@ pub fn summarize(records: &[RunRecord], baseline: SkipScaling) -> Vec<ModeSummar
                 reached: reached.iter().filter(|r| r.0.is_some()).count(),
                 speedup: Spread::of(&speedup),
                 diverged: runs.iter().filter(|r| r.diverged()).count(),
+                stalled: runs.iter().filter(|r| r.stalled()).count(),
                 runs: runs.len(),
                 spikes: over(&|r| scan::spikes(&r.all_loss) as f64),
                 img_per_s: over(&|r| median(&r.img_per_s)),
@@ -287,13 +298,13 @@ pub fn summarize(records: &[RunRecord], baseline: SkipScaling) -> Vec<ModeSummar
 /// The study table as Markdown.
 pub fn table(summaries: &[ModeSummary]) -> String {
     let mut s = String::from(
-        "| mode | final feature norm | vs baseline, same seed | feature norm change | feature norm spread | grad norm change | robustness | final val loss (EMA) | steps to baseline's final val loss | reached | speed-up | diverged | loss spikes | img/s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| mode | final feature norm | vs baseline, same seed | feature norm change | feature norm spread | grad norm change | robustness | final val loss (EMA) | steps to baseline's final val loss | reached | speed-up | diverged | stalled | loss spikes | img/s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for m in summaries {
         // Runs that never reached the target count as their last step: a bound, not a value.
         let bound = |sign: &str| if m.reached < m.steps_to_target.n { sign.to_string() } else { String::new() };
         s += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {}{} | {}/{} | {}{} | {}/{} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {}{} | {}/{} | {}{} | {}/{} | {}/{} | {} | {} |\n",
             m.mode,
             m.final_feature_norm,
             m.feature_norm_ratio,
@@ -309,6 +320,8 @@ pub fn table(summaries: &[ModeSummary]) -> String {
             bound("≤ "),
             m.speedup,
             m.diverged,
+            m.runs,
+            m.stalled,
             m.runs,
             m.spikes,
             m.img_per_s
@@ -410,7 +423,7 @@ mod tests {
         let t = table(&s);
         assert!(
             t.contains("| cs:0.5 | 1.00 ± 0 | 0.375 ± 0.177 |")
-                && t.contains("| 2/2 | 1.50 ± 0.707 | 0/2 | 0 ± 0 | n/a |"),
+                && t.contains("| 2/2 | 1.50 ± 0.707 | 0/2 | 0/2 | 0 ± 0 | n/a |"),
             "{t}"
         );
         assert_eq!(s[0].final_block_norms, vec![1.0, 3.0]);

@@ -89,6 +89,7 @@ mod tests {
             reached: 1,
             speedup: s,
             diverged: 0,
+            stalled: 0,
             runs: 1,
             spikes: s,
             img_per_s: s,

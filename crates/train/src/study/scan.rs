@@ -20,6 +20,8 @@ pub fn spikes(loss: &[(u64, f64)]) -> usize {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Outcome {
     pub diverged_at: Option<u64>,
+    /// Finished without learning ([`RunRecord::stalled`]).
+    pub stalled: bool,
     pub skipped: u64,
     pub spikes: usize,
     /// Final feature norm over the first record's (NaN without records).
@@ -34,6 +36,7 @@ impl Outcome {
     pub fn of(r: &RunRecord) -> Self {
         Self {
             diverged_at: r.diverged_at,
+            stalled: r.stalled(),
             skipped: r.skipped,
             spikes: spikes(&r.all_loss),
             norm_growth: r.feature_norm.first().map_or(f64::NAN, |first| tail(&r.feature_norm) / first),
@@ -46,17 +49,18 @@ impl Outcome {
 /// Every run as a row, in the order given: cell, mode, seed and its [`Outcome`].
 pub fn table(records: &[RunRecord]) -> String {
     let mut s = String::from(
-        "| cell | mode | seed | diverged at | skipped steps | loss spikes | feature norm growth | feature norm change | final val loss (EMA) |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| cell | mode | seed | diverged at | stalled | skipped steps | loss spikes | feature norm growth | feature norm change | final val loss (EMA) |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let value = |v: f64| if v.is_finite() { sig3(v) } else { "-".to_string() };
     for r in records {
         let o = Outcome::of(r);
         s += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.cell,
             r.mode,
             r.seed,
             o.diverged_at.map_or("-".to_string(), |s| s.to_string()),
+            if o.stalled { "yes" } else { "-" },
             o.skipped,
             o.spikes,
             value(o.norm_growth),
@@ -88,14 +92,17 @@ mod tests {
         let mut r = RunRecord::new(SkipScaling::None, 1);
         r.feature_norm = vec![2.0, 3.0, 6.0];
         r.val_loss_ema = vec![0.5, 0.4, 0.3];
+        r.val_loss = vec![1.0, 0.95, 0.95];
         r.skipped = 2;
         let o = Outcome::of(&r);
         // tail = mean of the last 5 (here all 3) records: 11/3 over 2.
         assert!((o.norm_growth - 11.0 / 6.0).abs() < 1e-12 && (o.final_val_loss - 0.4).abs() < 1e-12);
         assert!((o.norm_change - 0.75).abs() < 1e-12); // (0.5 + 1.0) / 2
-        assert_eq!((o.skipped, o.spikes, o.diverged_at), (2, 0, None));
+        assert_eq!((o.skipped, o.spikes, o.diverged_at, o.stalled), (2, 0, None, true));
+        r.val_loss[2] = 0.5; // final 0.8 of the first
+        assert!(!Outcome::of(&r).stalled);
         r.diverged_at = Some(7);
         r.cell = "depth=12".into();
-        assert!(table(&[r]).contains("| depth=12 | none | 1 | 7 | 2 | 0 | 1.83 | 0.750 | 0.400 |"));
+        assert!(table(&[r]).contains("| depth=12 | none | 1 | 7 | - | 2 | 0 | 1.83 | 0.750 | 0.400 |"));
     }
 }

@@ -93,12 +93,14 @@ pub fn heat_map(out: &Path, title: &str, axes: &Axes, panels: &[Panel], log: boo
                     let ink = if h.is_some_and(|h| h > 0.6) { BLACK } else { WHITE };
                     let note = panel.notes.get(r).and_then(|row| row.get(c)).cloned().unwrap_or_default();
                     // The value, and the note on a second line below it.
-                    let lines: Vec<String> = v.map(short).into_iter().chain((!note.is_empty()).then_some(note)).collect();
+                    let lines: Vec<String> =
+                        v.map(short).into_iter().chain((!note.is_empty()).then_some(note)).collect();
                     let style = ("sans-serif", 14).into_font().color(&ink).pos(Pos::new(HPos::Center, VPos::Center));
                     let top = -8 * (lines.len() as i32 - 1);
                     let at = (SegmentValue::CenterOf(x), SegmentValue::CenterOf(y));
                     for (k, line) in lines.into_iter().enumerate() {
-                        let text = EmptyElement::at(at.clone()) + Text::new(line, (0, top + 16 * k as i32), style.clone());
+                        let text =
+                            EmptyElement::at(at.clone()) + Text::new(line, (0, top + 16 * k as i32), style.clone());
                         chart.draw_series(std::iter::once(text))?;
                     }
                 }

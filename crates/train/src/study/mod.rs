@@ -66,6 +66,8 @@ pub fn plan(
                 config.train.seed = base.train.seed + k;
                 let seed = config.train.seed;
                 let name = format!("{}{}-seed{seed}", grid::tag(&cell), mode.to_string().replace(':', ""));
+                // Before any run trains: a mode this model cannot take fails the study now.
+                config.validate().map_err(|e| format!("run {name}: {e}"))?;
                 runs.push(StudyRun { mode, seed, cell: cell.clone(), name, config });
             }
         }
@@ -453,5 +455,10 @@ mod tests {
         let bad = [grid::Axis::parse("train.lr=1e-3,fast").unwrap()];
         let err = plan(&base, &bad, &modes, 1).unwrap_err().to_string();
         assert!(err.contains("--set train.lr=fast"), "{err}");
+        // A mode the model cannot take is refused before anything trains.
+        let unet = "[model]\narch = \"unet2d\"\nsample_size = 8\nin_channels = 1\nout_channels = 1\nblock_out_channels = [8, 16]\nlayers_per_block = 1\ndown_block_types = [\"DownBlock2D\", \"DownBlock2D\"]\nup_block_types = [\"UpBlock2D\", \"UpBlock2D\"]\nnorm_num_groups = 4\n";
+        let base = TrainConfig::from_toml(unet, "test").unwrap();
+        let err = plan(&base, &[], &[SkipScaling::None, SkipScaling::Learned], 1).unwrap_err().to_string();
+        assert!(err.contains("run ls-seed1234") && err.contains("use ls-per-skip"), "{err}");
     }
 }

@@ -13,7 +13,7 @@ use scalelong_diffusion::{SamplerKind, Schedule};
 use scalelong_eval::{frechet_distance, images, kid, weights, FidInception, Stats};
 use scalelong_train::checkpoint::{self, Group};
 use scalelong_train::config::NoiseSchedule;
-use scalelong_train::evaluation::{self, SampleSpec};
+use scalelong_train::evaluation::{self, Labels, SampleSpec};
 
 use crate::device::DeviceArg;
 use crate::model_spec::{load_official, ModelArgs};
@@ -215,9 +215,10 @@ fn sample_checkpoint(path: &Path, net: &mut LazyInception) -> Result<Tensor> {
         );
     }
     let sampler = kind.build(args.steps, &schedule)?;
-    let classes = match (cfg.num_classes(), null_label) {
-        (Some(_), Some(null)) => Some(null),
-        (k, _) => k,
+    let labels = match (cfg.num_classes(), null_label) {
+        (Some(_), Some(null)) => Labels::Cycle(null),
+        (Some(k), None) => Labels::Cycle(k),
+        (None, _) => Labels::None,
     };
     let spec = SampleSpec {
         n: args.num_samples,
@@ -225,8 +226,10 @@ fn sample_checkpoint(path: &Path, net: &mut LazyInception) -> Result<Tensor> {
         channels: cfg.in_channels(),
         size: cfg.train_size(),
         seed: args.seed,
-        classes,
+        labels,
+        guidance: None,
         clip_x0: args.clip_x0.then(|| schedule.clone()),
+        init_noise: None,
     };
     let progress = bar(spec.n, &format!("samples of {}", path.display()));
     let f = evaluation::sample_features(&model, sampler.as_ref(), net.get()?, spec, &device, &mut |done| {

@@ -7,6 +7,7 @@ mod info;
 mod model_spec;
 mod plot;
 mod sample;
+mod sample_out;
 mod study;
 mod train;
 

@@ -5,15 +5,16 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
-use rand::SeedableRng;
 use scalelong_backbones::{weights, Architecture, Backbone, UNet2DConfig};
-use scalelong_diffusion::{noise, BetaSchedule, DiscreteSchedule, SamplerKind, Schedule};
+use scalelong_diffusion::{BetaSchedule, DiscreteSchedule, SamplerKind, Schedule};
 use scalelong_train::checkpoint::{self, Group};
 use scalelong_train::config::NoiseSchedule;
-use scalelong_train::sampling::{self, Conditioning};
+use scalelong_train::evaluation::{self, Labels, SampleSpec};
 
 use crate::device::DeviceArg;
 use crate::model_spec::ModelArgs;
+use crate::sample_out::Outputs;
+use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Debug, Args)]
 pub struct SampleArgs {
@@ -41,13 +42,24 @@ pub struct SampleArgs {
     /// Number of images.
     #[arg(short = 'n', long = "num", default_value_t = 64)]
     n: usize,
-    /// Images per sampler call (memory grows with it; a deterministic sampler's results do not
-    /// depend on it).
+    /// Images per sampler call. Batch k's noise comes from stream k of the seed, so a batch is the
+    /// same image for image whatever -n is (10k samples can be drawn in parts).
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
-    /// Where the PNG grid goes.
-    #[arg(long, default_value = "samples.png")]
-    out: PathBuf,
+    /// A PNG grid of the samples (the default output: samples.png when no other is asked for).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// One PNG per image, 000000.png, 000001.png, ... (what pytorch-fid, clean-fid and
+    /// torch-fidelity read); written batch by batch.
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
+    /// The samples as guided-diffusion's evaluator reads them: an .npz holding arr_0, (N, H, W, C)
+    /// uint8.
+    #[arg(long)]
+    npz: Option<PathBuf>,
+    /// Replace existing output files.
+    #[arg(long)]
+    overwrite: bool,
     /// Class label for class-conditional models (default: cycle through the classes).
     #[arg(long = "class")]
     class: Option<u32>,
@@ -60,7 +72,7 @@ pub struct SampleArgs {
     /// Also write the raw samples (N, C, H, W) as .npy, to compare with another implementation.
     #[arg(long)]
     save_tensor: Option<PathBuf>,
-    /// Seed of the noise.
+    /// Seed of the noise (of every batch: see --batch-size).
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Clip the predicted clean image to [-1, 1] at every step (DDPM's clip_denoised; not in the
@@ -201,38 +213,31 @@ pub fn run(args: &SampleArgs) -> Result<()> {
     if let Some(g) = args.guidance.filter(|g| !g.is_finite()) {
         bail!("--guidance {g}: expected a finite number");
     }
-    let shape = (args.n, model.in_channels(), size, size);
-    if args.init_noise.is_none() {
-        check_fits(args.n, shape.1, size)?;
-    }
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
-    let x = match &args.init_noise {
+    let nothing_else = args.out_dir.is_none() && args.npz.is_none() && args.save_tensor.is_none();
+    let grid = args.out.clone().or_else(|| nothing_else.then(|| PathBuf::from("samples.png")));
+    let mut outputs =
+        Outputs::new(grid, args.out_dir.clone(), args.npz.clone(), args.save_tensor.clone(), args.overwrite)?;
+    let channels = model.in_channels();
+    let init_noise = match &args.init_noise {
         Some(p) => {
             let t = read_noise(p, &device)?;
-            if t.rank() != 4 || t.dims()[1..] != [shape.1, shape.2, shape.3] {
-                bail!(
-                    "{}: noise has shape {:?}, expected (N, {}, {}, {})",
-                    p.display(),
-                    t.dims(),
-                    shape.1,
-                    shape.2,
-                    shape.3
-                );
+            if t.rank() != 4 || t.dims()[1..] != [channels, size, size] {
+                bail!("{}: noise has shape {:?}, expected (N, {channels}, {size}, {size})", p.display(), t.dims());
             }
-            t
+            Some(t)
         }
-        None => noise::randn(shape, DType::F32, &device, &mut rng)?,
+        None => None,
     };
-    let n = x.dim(0)?;
+    let n = init_noise.as_ref().map_or(Ok(args.n), |t| t.dim(0))?;
+    if init_noise.is_none() && outputs.keeps_samples() {
+        check_fits(n, channels, size)?;
+    }
     let labels = match (model.num_classes(), args.class) {
         (None, Some(_)) => bail!("--class given but the model is unconditional"),
-        (None, None) => None,
+        (None, None) => Labels::None,
         (Some(k), Some(c)) if c as usize >= k => bail!("--class {c}: the model has classes 0..{k}"),
-        (Some(_), Some(c)) => Some(Tensor::full(c, n, &device)?),
-        (Some(k), None) => {
-            let real = null_label.map_or(k, |l| l as usize) as u32;
-            Some(Tensor::new((0..n as u32).map(|i| i % real).collect::<Vec<_>>(), &device)?)
-        }
+        (Some(_), Some(c)) => Labels::Fixed(c),
+        (Some(k), None) => Labels::Cycle(null_label.map_or(k, |l| l as usize)),
     };
     let guidance = match (args.guidance, null_label) {
         (None, _) => None,
@@ -240,26 +245,29 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         (Some(_), None) => bail!("--guidance needs a model trained for classifier-free guidance (train.p_uncond > 0)"),
     };
     let sampler = args.sampler.unwrap_or_else(|| SamplerKind::default_for(&schedule)).build(args.steps, &schedule)?;
+    let spec = SampleSpec {
+        n,
+        batch_size: args.batch_size,
+        channels,
+        size,
+        seed: args.seed,
+        labels,
+        guidance,
+        clip_x0: args.clip_x0.then_some(schedule.clone()),
+        init_noise,
+    };
     let started = std::time::Instant::now();
-    let cond = Conditioning { labels, guidance, clip_x0: args.clip_x0.then_some(schedule.clone()) };
-    let mut parts = Vec::new();
-    for start in (0..n).step_by(args.batch_size) {
-        let len = args.batch_size.min(n - start);
-        let part = Conditioning {
-            labels: cond.labels.as_ref().map(|l| l.narrow(0, start, len)).transpose()?,
-            guidance: cond.guidance,
-            clip_x0: cond.clip_x0.clone(),
-        };
-        parts.push(sampling::sample(&model, sampler.as_ref(), &x.narrow(0, start, len)?, &part, &mut rng)?);
-    }
-    let images = Tensor::cat(&parts, 0)?;
+    let bar = ProgressBar::new(n as u64).with_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} images, {eta} left")
+            .expect("valid template"),
+    );
+    evaluation::sample_batches(&model, sampler.as_ref(), &spec, &device, |batch, done| {
+        outputs.take(batch).map_err(candle_core::Error::wrap)?;
+        bar.set_position(done as u64);
+        Ok(())
+    })?;
+    bar.finish_and_clear();
     tracing::info!(images = n, seconds = started.elapsed().as_secs_f64(), "sampled");
-    let cols = (n as f64).sqrt().ceil() as usize;
-    scalelong_data::save_grid(&images, &args.out, cols)?;
-    println!("wrote {}", args.out.display());
-    if let Some(p) = &args.save_tensor {
-        images.write_npy(p).with_context(|| format!("writing {}", p.display()))?;
-        println!("wrote {}", p.display());
-    }
+    outputs.finish()?;
     Ok(())
 }

@@ -183,6 +183,7 @@ fn train_resume_and_sample_end_to_end() {
             &o_s,
             "--out",
             grid.to_str().unwrap(),
+            "--overwrite",
         ]);
         let o = scalelong(&a);
         assert!(o.status.success(), "{}", stderr(&o));
@@ -192,6 +193,53 @@ fn train_resume_and_sample_end_to_end() {
     assert_eq!(outs[0], outs[1]);
     let o = scalelong(&[&args[..7], &["--guidance", "2"]].concat());
     assert!(!o.status.success() && stderr(&o).contains("classifier-free guidance"), "{}", stderr(&o));
+}
+
+#[test]
+fn sample_writes_what_evaluators_read_batch_by_batch_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    std::fs::write(p("tiny.toml"), TINY).unwrap();
+    let o = scalelong(&["train", "--config", &p("tiny.toml"), "--run-dir", &p("run"), "--max-steps", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ck = p("run/checkpoints/step_00000002.safetensors");
+    let sample = |n: &str, batch: &str, dir_name: &str, npz: &str| {
+        let args =
+            ["sample", "--checkpoint", &ck, "-n", n, "--batch-size", batch, "--steps", "3", "--sampler", "euler-sde"];
+        scalelong(&[&args[..], &["--out-dir", &p(dir_name), "--npz", &p(npz)]].concat())
+    };
+    let o = sample("5", "2", "all", "all.npz");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!dir.path().join("samples.png").exists(), "a grid nobody asked for");
+    // One PNG per image, and guided-diffusion's arr_0 (N, H, W, C) uint8 holding the same pixels.
+    let npz = candle_core::Tensor::read_npz(p("all.npz")).unwrap();
+    assert_eq!(npz.len(), 1);
+    let (name, arr) = &npz[0];
+    assert_eq!((name.as_str(), arr.dims(), arr.dtype()), ("arr_0", &[5usize, 8, 8, 1][..], candle_core::DType::U8));
+    let pixels = arr.flatten_all().unwrap().to_vec1::<u8>().unwrap();
+    for i in 0..5 {
+        let png = image::open(dir.path().join(format!("all/{i:06}.png"))).unwrap().to_luma8();
+        assert_eq!(png.as_raw()[..], pixels[i * 64..(i + 1) * 64], "image {i}");
+    }
+    assert!(!dir.path().join("all/000005.png").exists());
+    // Each batch is seeded on its own: the first two batches of 5 are the images of -n 4 (even
+    // with the stochastic sampler).
+    let o = sample("4", "2", "part", "part.npz");
+    assert!(o.status.success(), "{}", stderr(&o));
+    for i in 0..4 {
+        let name = format!("{i:06}.png");
+        let (a, b) =
+            (std::fs::read(dir.path().join("all").join(&name)), std::fs::read(dir.path().join("part").join(&name)));
+        assert_eq!(a.unwrap(), b.unwrap(), "{name}");
+    }
+    // Existing outputs are refused, and replaced with --overwrite.
+    let o = sample("4", "2", "part", "other.npz");
+    assert!(!o.status.success() && stderr(&o).contains("the folder holds PNG files"), "{}", stderr(&o));
+    let o = sample("4", "2", "new", "part.npz");
+    assert!(!o.status.success() && stderr(&o).contains("part.npz: the file exists"), "{}", stderr(&o));
+    let o =
+        scalelong(&["sample", "--checkpoint", &ck, "-n", "2", "--steps", "2", "--out-dir", &p("part"), "--overwrite"]);
+    assert!(o.status.success(), "{}", stderr(&o));
 }
 
 #[test]

@@ -181,8 +181,22 @@ fn bad_input_and_faults_fail_clearly() {
         ),
         ("--scaling with our checkpoint", sample(&["--scaling", "ls"]), vec!["--scaling", "leave it out"]),
         // ---- output paths
-        ("PNG on a full disk", sample(&["-n", "2", "--out", "/dev/full"]), vec!["/dev/full", "No space left"]),
-        ("npy on a full disk", sample(&["-n", "2", "--save-tensor", "/dev/full"]), vec!["/dev/full"]),
+        (
+            "PNG on a full disk",
+            sample(&["-n", "2", "--out", "/dev/full", "--overwrite"]),
+            vec!["/dev/full", "No space left"],
+        ),
+        (
+            "an existing grid",
+            sample(&["-n", "2", "--out", "/dev/full"]),
+            vec!["/dev/full: the file exists", "--overwrite"],
+        ),
+        (
+            "npy on a full disk",
+            sample(&["-n", "2", "--save-tensor", "/dev/full", "--overwrite"]),
+            vec!["/dev/full", "No space left"],
+        ),
+        ("npz on a full disk", sample(&["-n", "2", "--npz", "/dev/full", "--overwrite"]), vec!["/dev/full"]),
         (
             "PNG in a file's folder",
             sample(&["-n", "2", "--out", &format!("{}/x.png", s.p("tiny.toml"))]),

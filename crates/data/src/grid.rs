@@ -37,19 +37,36 @@ pub fn save_grid(images: &Tensor, path: &Path, ncols: usize) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| data_err!("{}: {e}", dir.display()))?;
     }
-    write_png(&grid, path)
+    write_png(grid, path)
 }
 
 /// Writes an RGB image (row-major, 3 bytes a pixel) as PNG, every error reported.
 pub fn write_png_rgb(path: &Path, width: u32, height: u32, rgb: Vec<u8>) -> Result<()> {
     let img = image::RgbImage::from_raw(width, height, rgb)
         .ok_or_else(|| data_err!("{}: pixel buffer does not hold {width}x{height} RGB pixels", path.display()))?;
-    write_png(&img, path)
+    write_png(img, path)
+}
+
+/// Writes one image `(C, H, W)` of uint8 (C = 1: grey, C = 3: RGB) as PNG, every error reported.
+pub fn save_image(image: &Tensor, path: &Path) -> Result<()> {
+    let (c, h, w) = image.dims3().map_err(|e| data_err!("{}: {e}", path.display()))?;
+    let px = image
+        .permute((1, 2, 0))
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1::<u8>())
+        .map_err(|e| data_err!("{}: expected uint8 pixels: {e}", path.display()))?;
+    let short = || data_err!("{}: pixel buffer does not hold {w}x{h} pixels", path.display());
+    match c {
+        1 => write_png(image::GrayImage::from_raw(w as u32, h as u32, px).ok_or_else(short)?, path),
+        3 => write_png(image::RgbImage::from_raw(w as u32, h as u32, px).ok_or_else(short)?, path),
+        _ => Err(data_err!("{}: {c} channels cannot be a PNG: expected 1 or 3", path.display())),
+    }
 }
 
 /// Encoded in memory and written in one checked call: `image`'s own `save` drops the error of
 /// its buffered writer's last flush (a full disk was reported as success).
-fn write_png(img: &image::RgbImage, path: &Path) -> Result<()> {
+fn write_png(img: impl Into<image::DynamicImage>, path: &Path) -> Result<()> {
+    let img: image::DynamicImage = img.into();
     let mut png = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
         .map_err(|e| data_err!("{}: cannot encode PNG: {e}", path.display()))?;

@@ -21,6 +21,6 @@ mod spec;
 pub mod transform;
 
 pub use dataset::{DataError, ImageDataset};
-pub use grid::{save_grid, to_uint8, write_png_rgb};
+pub use grid::{save_grid, save_image, to_uint8, write_png_rgb};
 pub use loader::{epoch_order, make_batch, Batch, DataPosition, Loader, LoaderConfig};
 pub use spec::DataSpec;

@@ -43,25 +43,39 @@ pub fn quality(features: &Tensor, reference: &Reference) -> Result<Quality> {
 
 pub use scalelong_data::to_uint8;
 
-/// What to sample for an evaluation.
+/// Class labels of the samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Labels {
+    /// An unconditional model.
+    None,
+    /// Image `i` gets class `i % k`.
+    Cycle(usize),
+    /// Every image gets this class.
+    Fixed(u32),
+}
+
+/// What to sample: for an evaluation, a training grid or `scalelong sample`.
 #[derive(Debug, Clone)]
 pub struct SampleSpec {
     pub n: usize,
     pub batch_size: usize,
     pub channels: usize,
     pub size: usize,
-    /// Seed of the noise (the same seed gives the same images).
+    /// Seed of the noise: batch `k` draws from stream `k` of ChaCha8 seeded with it, so a batch is
+    /// the same whatever `n` is (and the first images of two specs with the same seed agree).
     pub seed: u64,
-    /// For class-conditional models: labels cycle through `0..classes`.
-    pub classes: Option<usize>,
+    pub labels: Labels,
+    /// Classifier-free guidance: (scale, the null label).
+    pub guidance: Option<(f64, u32)>,
     /// Clip predicted clean images to [-1, 1] under this schedule (see `Conditioning::clip_x0`).
     pub clip_x0: Option<Schedule>,
+    /// Start from this noise, (N, C, H, W) with N = `n`, instead of drawing it.
+    pub init_noise: Option<Tensor>,
 }
 
-/// Samples `spec.n` images of `model` batch by batch (noise from `spec.seed`, class labels cycling
-/// through `0..classes`), handing each batch in [-1, 1] and the images done so far to `each`. The
-/// training grids and FID sample through here, so a grid is the first images an evaluation with the
-/// same seed would score.
+/// Samples `spec.n` images of `model` batch by batch, handing each batch in [-1, 1] and the images
+/// done so far to `each`. The training grids, FID and `scalelong sample` sample through here, so a
+/// grid is the first images an evaluation with the same seed would score.
 pub fn sample_batches(
     model: &Backbone,
     sampler: &dyn Sampler,
@@ -69,17 +83,22 @@ pub fn sample_batches(
     device: &Device,
     mut each: impl FnMut(Tensor, usize) -> Result<()>,
 ) -> Result<()> {
-    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
-    for start in (0..spec.n).step_by(spec.batch_size.max(1)) {
+    for (k, start) in (0..spec.n).step_by(spec.batch_size.max(1)).enumerate() {
         let len = spec.batch_size.min(spec.n - start);
-        let x = noise::randn((len, spec.channels, spec.size, spec.size), DType::F32, device, &mut rng)?;
-        let labels = match spec.classes {
-            Some(k) => {
+        let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
+        rng.set_stream(k as u64);
+        let x = match &spec.init_noise {
+            Some(noise) => noise.narrow(0, start, len)?,
+            None => noise::randn((len, spec.channels, spec.size, spec.size), DType::F32, device, &mut rng)?,
+        };
+        let labels = match spec.labels {
+            Labels::None => None,
+            Labels::Cycle(k) => {
                 Some(Tensor::new((start..start + len).map(|i| (i % k.max(1)) as u32).collect::<Vec<_>>(), device)?)
             }
-            None => None,
+            Labels::Fixed(c) => Some(Tensor::full(c, len, device)?),
         };
-        let cond = Conditioning { labels, guidance: None, clip_x0: spec.clip_x0.clone() };
+        let cond = Conditioning { labels, guidance: spec.guidance, clip_x0: spec.clip_x0.clone() };
         each(sampling::sample(model, sampler, &x, &cond, &mut rng)?, start + len)?;
     }
     Ok(())

@@ -14,7 +14,7 @@ use scalelong_diffusion::{Sampler, SamplerKind, Schedule};
 
 use super::Trainer;
 use crate::checkpoint::{self, Group, FORMAT, FORMAT_KEY};
-use crate::evaluation::{self, SampleSpec};
+use crate::evaluation::{self, Labels, SampleSpec};
 
 impl Trainer {
     /// Starts from pretrained weights (`train.init_from`): every parameter the file has, with the
@@ -183,8 +183,13 @@ impl Trainer {
             channels: m.in_channels(),
             size: m.train_size(),
             seed: self.config.train.seed.wrapping_add(seed_offset),
-            classes: m.num_classes().map(|_| self.dataset.num_classes().max(1)),
+            labels: match m.num_classes() {
+                Some(_) => Labels::Cycle(self.dataset.num_classes().max(1)),
+                None => Labels::None,
+            },
+            guidance: None,
             clip_x0: clip_x0.then(|| schedule.clone()),
+            init_noise: None,
         };
         Ok((sampler.build(steps, &schedule)?, spec))
     }

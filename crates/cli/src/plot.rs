@@ -29,6 +29,9 @@ pub struct PlotArgs {
     /// Plot title (default: the key).
     #[arg(long)]
     title: Option<String>,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 /// (label, points) read from one metrics file.
@@ -68,6 +71,9 @@ pub(crate) fn short(v: f64) -> String {
 }
 
 pub fn run(args: &PlotArgs) -> Result<()> {
+    if args.out.exists() && !args.overwrite {
+        bail!("--out {}: the file exists; pass --overwrite to replace it", args.out.display());
+    }
     let series = args
         .metrics
         .iter()

@@ -289,7 +289,10 @@ fn plot_writes_a_png_and_names_bad_input() {
     let o = scalelong(&["plot", "--metrics", &spec, "--out", out.to_str().unwrap(), "--log-y"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(image::open(&out).unwrap().width(), 900);
-    let o = scalelong(&["plot", "--metrics", b.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let o = scalelong(&["plot", "--metrics", &spec, "--out", out.to_str().unwrap()]);
+    assert!(!o.status.success() && stderr(&o).contains("loss.png: the file exists"), "{}", stderr(&o));
+    let out_s = out.to_str().unwrap();
+    let o = scalelong(&["plot", "--metrics", b.to_str().unwrap(), "--out", out_s, "--overwrite"]);
     assert!(!o.status.success() && stderr(&o).contains("b.jsonl:2: no numeric `step`"), "{}", stderr(&o));
     // A field on some lines only (diagnostics, evaluations) plots those lines; on none, it is named.
     std::fs::write(
@@ -297,9 +300,9 @@ fn plot_writes_a_png_and_names_bad_input() {
         "{\"step\": 10, \"loss\": 0.8}\n{\"step\": 20, \"loss\": 0.7, \"fid\": 90}\n{\"step\": 30, \"fid\": null}\n",
     )
     .unwrap();
-    let o = scalelong(&["plot", "--metrics", b.to_str().unwrap(), "--key", "fid", "--out", out.to_str().unwrap()]);
+    let o = scalelong(&["plot", "--metrics", b.to_str().unwrap(), "--key", "fid", "--out", out_s, "--overwrite"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = scalelong(&["plot", "--metrics", b.to_str().unwrap(), "--key", "kid", "--out", out.to_str().unwrap()]);
+    let o = scalelong(&["plot", "--metrics", b.to_str().unwrap(), "--key", "kid", "--out", out_s, "--overwrite"]);
     assert!(!o.status.success() && stderr(&o).contains("no `kid` values"), "{}", stderr(&o));
 }
 

@@ -15,7 +15,7 @@ use scalelong_train::checkpoint::{self, Group};
 use scalelong_train::config::NoiseSchedule;
 use scalelong_train::evaluation::{self, Labels, SampleSpec};
 
-use crate::device::DeviceArg;
+use crate::device::DeviceOpts;
 use crate::model_spec::{load_official, ModelArgs};
 
 /// How sources are read: the network, sampling of checkpoints, batching.
@@ -47,8 +47,8 @@ pub struct SourceArgs {
     /// Use at most this many images of a dataset or folder (the first ones); default all.
     #[arg(long)]
     max_images: Option<usize>,
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    device: DeviceArg,
+    #[command(flatten)]
+    device: DeviceOpts,
     /// For official U-ViT weights (nnet_ema.pth) as a side: their architecture (VP-linear schedule).
     #[command(flatten)]
     model: ModelArgs,
@@ -240,7 +240,7 @@ fn sample_checkpoint(path: &Path, net: &mut LazyInception) -> Result<Tensor> {
 }
 
 pub fn run(args: &FidArgs) -> Result<()> {
-    let mut net = LazyInception { args: &args.source, device: args.source.device.open()?, net: None };
+    let mut net = LazyInception { args: &args.source, device: args.source.device.device()?, net: None };
     let a = read_side(&args.a, &mut net).with_context(|| format!("reading {}", args.a))?;
     let b = read_side(&args.b, &mut net).with_context(|| format!("reading {}", args.b))?;
     let fid = frechet_distance(&a.stats()?, &b.stats()?)?;
@@ -259,7 +259,7 @@ pub fn run_stats(args: &FidStatsArgs) -> Result<()> {
     if args.source.ends_with(".npz") {
         bail!("{}: already statistics; give images, a dataset or a checkpoint", args.source);
     }
-    let mut net = LazyInception { args: &args.args, device: args.args.device.open()?, net: None };
+    let mut net = LazyInception { args: &args.args, device: args.args.device.device()?, net: None };
     let side = read_side(&args.source, &mut net).with_context(|| format!("reading {}", args.source))?;
     let stats = side.stats()?;
     stats.write_npz(&args.out)?;

@@ -11,7 +11,7 @@ use scalelong_train::checkpoint::{self, Group};
 use scalelong_train::config::NoiseSchedule;
 use scalelong_train::evaluation::{self, Labels, SampleSpec};
 
-use crate::device::DeviceArg;
+use crate::device::DeviceOpts;
 use crate::model_spec::ModelArgs;
 use crate::sample_out::Outputs;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -85,8 +85,8 @@ pub struct SampleArgs {
     /// Noise schedule of official weights: vp-linear (the official models; default) or vp-cosine.
     #[arg(long, value_parser = crate::device::schedule_parser())]
     schedule: Option<NoiseSchedule>,
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    device: DeviceArg,
+    #[command(flatten)]
+    device: DeviceOpts,
 }
 
 struct Loaded {
@@ -204,7 +204,7 @@ fn check_fits(n: usize, c: usize, size: usize) -> Result<()> {
 }
 
 pub fn run(args: &SampleArgs) -> Result<()> {
-    let device = args.device.open()?;
+    let device = args.device.device()?;
     let Loaded { model, schedule, null_label } = load(args, &device)?;
     let size = model.image_size().context("the model's config has no sample_size")?;
     if args.n == 0 || args.batch_size == 0 {

@@ -1,7 +1,8 @@
 //! `scalelong study`: one config trained once per long-skip scaling and seed, then a report with
 //! the stability measures and plots (docs/stability.md).
 
-use crate::device::DeviceArg;
+use crate::device::{DeviceArg, DeviceOpts, DtypeArg};
+use candle_core::Device;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -50,8 +51,11 @@ pub struct StudyArgs {
     /// Report title (default: the config's name).
     #[arg(long)]
     title: Option<String>,
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    device: DeviceArg,
+    #[command(flatten)]
+    device: DeviceOpts,
+    /// Compute dtype of every run: f32, or bf16 / f16 on a GPU (master weights stay f32).
+    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+    dtype: DtypeArg,
 }
 
 pub fn run(args: &StudyArgs) -> Result<()> {
@@ -74,10 +78,11 @@ pub fn run(args: &StudyArgs) -> Result<()> {
         .with_context(|| format!("writing {}/config.toml", args.out.display()))?;
     let started = Instant::now();
     if !args.report_only {
+        args.dtype.check(&args.device.device()?)?;
         let todo: Vec<&StudyRun> = runs.iter().filter(|r| !finished(&runs_dir.join(&r.name), &r.config)).collect();
         tracing::info!(runs = runs.len(), to_do = todo.len(), jobs = args.jobs, out = %args.out.display(), "study");
         if let Some(first) = todo.first() {
-            if let Some(reference) = shared_reference(first, &args.out, args.device)? {
+            if let Some(reference) = shared_reference(first, &args.out, &args.device.device()?)? {
                 for r in &todo {
                     seed_reference(&reference, &runs_dir.join(&r.name))?;
                 }
@@ -85,7 +90,7 @@ pub fn run(args: &StudyArgs) -> Result<()> {
         }
         if args.jobs <= 1 {
             for (k, r) in todo.iter().enumerate() {
-                train_here(r, &runs_dir.join(&r.name), args.device, k + 1, todo.len())?;
+                train_here(r, &runs_dir.join(&r.name), args, k + 1, todo.len())?;
             }
         } else {
             train_in_processes(&todo, &runs_dir, args)?;
@@ -134,13 +139,13 @@ fn finished(dir: &Path, config: &TrainConfig) -> bool {
 
 /// With `[eval]` on and a dataset as its reference: the reference's Inception features, computed
 /// once for the study (in `<out>/reference/`) instead of once per run.
-fn shared_reference(first: &StudyRun, out: &Path, device: DeviceArg) -> Result<Option<PathBuf>> {
+fn shared_reference(first: &StudyRun, out: &Path, device: &Device) -> Result<Option<PathBuf>> {
     if first.config.eval.every == 0 {
         return Ok(None);
     }
     let dir = out.join("reference");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut trainer = Trainer::new(first.config.clone(), &dir, &device.open()?, candle_core::DType::F32, false)
+    let mut trainer = Trainer::new(first.config.clone(), &dir, device, candle_core::DType::F32, false)
         .context("the FID reference")?;
     trainer.cache_reference().context("the FID reference")
 }
@@ -160,12 +165,12 @@ fn diverged(dir: &Path) -> bool {
     study::metrics_end(&dir.join("metrics.jsonl")).1
 }
 
-fn train_here(r: &StudyRun, dir: &Path, device: DeviceArg, k: usize, n: usize) -> Result<()> {
-    let device = device.open()?;
+fn train_here(r: &StudyRun, dir: &Path, args: &StudyArgs, k: usize, n: usize) -> Result<()> {
+    let device = args.device.device()?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::write(dir.join("config.toml"), r.config.to_toml())
         .with_context(|| format!("writing {}/config.toml", dir.display()))?;
-    let mut trainer = Trainer::new(r.config.clone(), dir, &device, candle_core::DType::F32, true)
+    let mut trainer = Trainer::new(r.config.clone(), dir, &device, args.dtype.dtype(), true)
         .with_context(|| format!("run {}", r.name))?;
     let bar = ProgressBar::new(r.config.train.max_steps).with_position(trainer.step());
     bar.set_style(
@@ -194,6 +199,8 @@ fn train_here(r: &StudyRun, dir: &Path, device: DeviceArg, k: usize, n: usize) -
 /// their output goes to `<run>/train.log`.
 fn train_in_processes(todo: &[&StudyRun], runs_dir: &Path, args: &StudyArgs) -> Result<()> {
     let exe = std::env::current_exe().context("locating the scalelong executable")?;
+    // Resolved here, so every run computes on the same device.
+    let device: DeviceArg = args.device.open()?.0;
     let threads = (std::thread::available_parallelism().map_or(1, |n| n.get()) / args.jobs).max(1);
     let bar = ProgressBar::new(todo.len() as u64);
     bar.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} runs {msg}").expect("valid"));
@@ -213,7 +220,7 @@ fn train_in_processes(todo: &[&StudyRun], runs_dir: &Path, args: &StudyArgs) -> 
                 false => "--resume",
             };
             let child = Command::new(&exe)
-                .args(["train", start, "--device", args.device.name(), "--config"])
+                .args(["train", start, "--device", device.name(), "--dtype", args.dtype.name(), "--config"])
                 .arg(dir.join("config.toml"))
                 .arg("--run-dir")
                 .arg(&dir)

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::device::{DeviceArg, DtypeArg};
+use crate::device::{DeviceOpts, DtypeArg};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -60,9 +60,8 @@ pub struct TrainArgs {
     /// Start a new run in a folder that holds one, deleting its checkpoints, metrics and samples.
     #[arg(long, conflicts_with = "resume")]
     overwrite: bool,
-    /// cuda and metal need the matching build feature.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    device: DeviceArg,
+    #[command(flatten)]
+    device: DeviceOpts,
     /// Compute dtype: f32, or bf16 / f16 on a GPU (master weights stay f32).
     #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
     dtype: DtypeArg,
@@ -165,12 +164,8 @@ fn catch_signals(flag: &Arc<AtomicBool>, which: &Arc<AtomicUsize>) -> Result<()>
 pub fn run(args: &TrainArgs) -> Result<()> {
     let (cfg, name) = args.config()?;
     let run_dir = args.run_dir(&name);
-    let (device, dtype) = (args.device.open()?, args.dtype.dtype());
-    if dtype != candle_core::DType::F32 && device.is_cpu() {
-        anyhow::bail!(
-            "--dtype {dtype:?} needs a GPU (--device cuda or metal): candle's CPU backend has no {dtype:?} matmul"
-        );
-    }
+    let (device, dtype) = (args.device.device()?, args.dtype.dtype());
+    args.dtype.check(&device)?;
     // Last of the checks, as --overwrite deletes the previous run.
     let resume_from = run_dir::prepare(&run_dir, &args.start())?;
     tracing::info!(run_dir = %run_dir.display(), data = %cfg.data.spec, arch = cfg.model.arch(), scaling = %cfg.model.scaling(), "loading data and model");

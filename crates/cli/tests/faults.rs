@@ -139,7 +139,17 @@ fn bad_input_and_faults_fail_clearly() {
             train(&tiny, "24", &["--set", "train.lrate=1"]),
             vec!["train.lrate", "unknown field `lrate`"],
         ),
-        ("--device typo", train(&tiny, "34", &["--device", "gpu"]), vec!["gpu", "[possible values: cpu, cuda, metal]"]),
+        (
+            "--device typo",
+            train(&tiny, "34", &["--device", "gpu"]),
+            vec!["gpu", "[possible values: auto, cpu, cuda, metal]"],
+        ),
+        (
+            "--cpu with --device",
+            train(&tiny, "34", &["--device", "cuda", "--cpu"]),
+            vec!["--cpu", "cannot be used with"],
+        ),
+        ("bf16 on the CPU", train(&tiny, "34", &["--cpu", "--dtype", "bf16"]), vec!["--dtype BF16 needs a GPU"]),
         ("--resume and --overwrite", train(&tiny, "25", &["--resume", "--overwrite"]), vec!["--overwrite", "--resume"]),
         // ---- data
         ("data missing", train(&tiny, "26", &["--data", &s.p("no_such_data")]), vec!["no_such_data", "not found"]),

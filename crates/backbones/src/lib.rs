@@ -14,6 +14,7 @@ pub mod params;
 mod skip;
 mod taps;
 mod timesteps;
+pub mod torch_save;
 pub mod unet;
 pub mod uvit;
 pub mod weights;

@@ -1,6 +1,7 @@
 //! `scalelong`: train, sample and inspect diffusion models with scaled long skip connections.
 
 mod device;
+mod export;
 mod fid;
 mod heat_map;
 mod info;
@@ -34,8 +35,11 @@ struct Cli {
 enum Command {
     /// Train a U-ViT (with no arguments: the embedded MNIST on a small CPU recipe).
     Train(train::TrainArgs),
-    /// Sample a grid of images from a checkpoint (ours or official U-ViT weights).
+    /// Sample images from a checkpoint (ours, official U-ViT weights or a diffusers UNet): a grid,
+    /// one PNG per image, or an .npz for evaluators.
     Sample(sample::SampleArgs),
+    /// Write a training checkpoint's weights for diffusers (UNet) or the official code (U-ViT).
+    Export(export::ExportArgs),
     /// Print a model's parameter counts per module and the coefficient of each long skip.
     Info(info::InfoArgs),
     /// Train one config per long-skip scaling and seed, then report stability and speed-up.
@@ -97,6 +101,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(args) => train::run(&args),
         Command::Sample(args) => sample::run(&args),
+        Command::Export(args) => export::run(&args),
         Command::Info(args) => info::run(&args),
         Command::Plot(args) => plot::run(&args),
         Command::Fid(args) => fid::run(&args),

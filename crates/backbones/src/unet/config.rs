@@ -168,6 +168,26 @@ impl UNet2DConfig {
         Ok(cfg)
     }
 
+    /// diffusers' `config.json` of this model. diffusers' `UNet2DModel` has no skip scaling, and a
+    /// scaled skip cannot be folded into its weights (the up block's GroupNorm normalises the
+    /// skip's channels together with the others), so a scaled model is refused.
+    pub fn to_diffusers_json(&self) -> Result<String> {
+        if self.scaling != SkipScaling::None {
+            candle_core::bail!(
+                "`scaling` = {}: diffusers' UNet2DModel has no skip scaling, and it cannot be folded into the weights \
+                 (GroupNorm mixes the scaled skip with the unscaled features), so diffusers would compute another \
+                 function; only `none` exports to diffusers",
+                self.scaling
+            );
+        }
+        let mut v = serde_json::to_value(self).map_err(candle_core::Error::wrap)?;
+        let o = v.as_object_mut().expect("a struct serialises to an object");
+        o.remove("scaling");
+        o.insert("_class_name".into(), "UNet2DModel".into());
+        o.insert("_diffusers_version".into(), "0.31.0".into());
+        Ok(serde_json::to_string_pretty(&v).expect("a JSON value serialises"))
+    }
+
     /// The same config with another skip scaling.
     pub fn with_scaling(self, scaling: SkipScaling) -> Self {
         Self { scaling, ..self }

@@ -36,6 +36,22 @@ fn ddpm_cifar10_layout() {
 }
 
 #[test]
+fn diffusers_config_round_trips_and_scaled_skips_are_refused() {
+    let cfg = UNet2DConfig::from_json(DDPM_CIFAR10, "test").unwrap();
+    let json = cfg.to_diffusers_json().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["_class_name"], "UNet2DModel");
+    assert!(v.get("scaling").is_none(), "{json}");
+    let back = UNet2DConfig::from_json(&json, "exported").unwrap();
+    assert_eq!(
+        (back.block_out_channels, back.attention_head_dim),
+        (cfg.block_out_channels.clone(), cfg.attention_head_dim)
+    );
+    let err = cfg.with_scaling(SkipScaling::Constant { kappa: 0.5 }).to_diffusers_json().unwrap_err().to_string();
+    assert!(err.contains("cs:0.5") && err.contains("only `none` exports"), "{err}");
+}
+
+#[test]
 fn unsupported_configs_are_named() {
     let bad = DDPM_CIFAR10.replace("\"AttnUpBlock2D\"", "\"CrossAttnUpBlock2D\"");
     let err = UNet2DConfig::from_json(&bad, "x/config.json").unwrap_err().to_string();

@@ -198,6 +198,40 @@ impl UViTConfig {
         cfg.validate()?;
         Ok(cfg)
     }
+
+    /// The official `UViT(...)` constructor arguments of this model, as JSON (what
+    /// [`UViTConfig::from_official_json`] reads). The official LS modules have a fixed reduction,
+    /// so another `ls_reduction` is an error.
+    pub fn to_official_json(&self) -> Result<String> {
+        if self.scaling.is_learned() && self.ls_reduction != DEFAULT_REDUCTION {
+            candle_core::bail!(
+                "`ls_reduction` = {}: the official code's LS modules have reduction {DEFAULT_REDUCTION}",
+                self.ls_reduction
+            );
+        }
+        let kappa = match self.scaling {
+            SkipScaling::Constant { kappa } => kappa,
+            _ => SkipScaling::DEFAULT_KAPPA,
+        };
+        let v = serde_json::json!({
+            "img_size": self.img_size,
+            "patch_size": self.patch_size,
+            "in_chans": self.in_chans,
+            "embed_dim": self.embed_dim,
+            "depth": self.depth,
+            "num_heads": self.num_heads,
+            "mlp_ratio": self.mlp_ratio,
+            "qkv_bias": self.qkv_bias,
+            "qk_scale": null,
+            "mlp_time_embed": self.mlp_time_embed,
+            "num_classes": self.num_classes.map_or(-1, |n| n as i64),
+            "conv": true,
+            "skip": true,
+            "scalelong": self.scaling.official_flag(),
+            "kappa": kappa,
+        });
+        Ok(serde_json::to_string_pretty(&v).expect("a JSON value serialises"))
+    }
 }
 
 #[derive(Deserialize)]
@@ -243,6 +277,24 @@ fn yes() -> bool {
 }
 fn half() -> f64 {
     SkipScaling::DEFAULT_KAPPA
+}
+
+#[cfg(test)]
+mod official_json_tests {
+    use super::*;
+
+    #[test]
+    fn official_arguments_round_trip() {
+        for scaling in ["none", "inv-sqrt2", "cs:0.7", "ls", "ls-per-skip"] {
+            let cfg = UViTConfig { num_classes: Some(10), ..UViTConfig::preset("cifar10-uvit-s2").unwrap() }
+                .with_scaling(scaling.parse().unwrap());
+            let json = cfg.to_official_json().unwrap();
+            assert_eq!(UViTConfig::from_official_json(&json).unwrap(), cfg, "{json}");
+        }
+        let odd = UViTConfig { ls_reduction: 4, ..UViTConfig::preset("cifar10-uvit-s2").unwrap() }
+            .with_scaling(SkipScaling::Learned);
+        assert!(odd.to_official_json().unwrap_err().to_string().contains("ls_reduction"));
+    }
 }
 
 #[cfg(test)]

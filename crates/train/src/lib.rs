@@ -14,6 +14,7 @@ pub mod run_dir;
 pub mod sampling;
 pub mod stability;
 pub mod study;
+pub mod tensorboard;
 mod trainer;
 
 pub use config::TrainConfig;

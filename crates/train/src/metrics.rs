@@ -55,6 +55,18 @@ impl MetricsLine {
         line.to_string()
     }
 
+    /// The line's numbers by name, for TensorBoard (diagnostics: the feature norm and validation losses).
+    pub fn scalars(&self) -> Vec<(&'static str, f64)> {
+        let mut v =
+            vec![("loss", self.loss), ("lr", self.lr), ("grad_norm", self.grad_norm), ("img_per_s", self.img_per_s)];
+        v.extend(self.fid.map(|f| ("fid", f)));
+        v.extend(self.kid.map(|k| ("kid", k)));
+        if let Some(d) = &self.diagnostics {
+            v.extend([("feature_norm", d.feature_norm), ("val_loss", d.val_loss), ("val_loss_ema", d.val_loss_ema)]);
+        }
+        v
+    }
+
     /// Reads one line; a line with diagnostics (it has `feature_norm`) must have all of them.
     pub fn parse(line: &str) -> Result<Self, ConfigError> {
         let v: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;

@@ -152,3 +152,37 @@ fn resuming_with_another_model_is_refused() {
     let official = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/uvit_0_none_plain.pth");
     assert!(!checkpoint::is_training_checkpoint(&official));
 }
+
+#[test]
+fn tensorboard_event_files_hold_every_metrics_line_and_the_grids() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny(4);
+    cfg.log.tensorboard = true;
+    cfg.log.every = 2;
+    cfg.sample.every = 2;
+    train(cfg, dir.path(), false);
+    let files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("events.out.tfevents."))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let bytes = std::fs::read(&files[0]).unwrap();
+    let (mut at, mut records) = (0, Vec::new());
+    while at < bytes.len() {
+        let len = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
+        let data = &bytes[at + 12..at + 12 + len];
+        let crc = u32::from_le_bytes(bytes[at + 12 + len..at + 16 + len].try_into().unwrap());
+        assert_eq!(crc, scalelong_train::tensorboard::masked_crc(data));
+        records.push(data.to_vec());
+        at += 16 + len;
+    }
+    let has = |r: &[u8], s: &[u8]| r.windows(s.len()).any(|w| w == s);
+    // The version record, two metrics lines (steps 2 and 4) and two grids.
+    assert_eq!(records.len(), 5);
+    assert_eq!(records.iter().filter(|r| has(r, b"grad_norm")).count(), 2);
+    let images: Vec<_> = records.iter().filter(|r| has(r, b"\x89PNG")).collect();
+    assert_eq!(images.len(), 2);
+    assert!(images.iter().all(|r| has(r, b"samples")));
+}

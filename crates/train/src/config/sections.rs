@@ -141,11 +141,14 @@ impl Default for CheckpointConfig {
 pub struct LogConfig {
     /// Steps between metrics lines.
     pub every: u64,
+    /// Also write TensorBoard event files into the run folder (the metrics' scalars and the
+    /// sample grids), for `tensorboard --logdir runs/`.
+    pub tensorboard: bool,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { every: 10 }
+        Self { every: 10, tensorboard: false }
     }
 }
 

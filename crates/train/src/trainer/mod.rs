@@ -204,9 +204,14 @@ impl Trainer {
     /// Trains until `train.max_steps` (or the stop flag), writing metrics, checkpoints and sample
     /// grids into the run folder and telling `observer` about each.
     pub fn run(&mut self, observer: &mut dyn FnMut(&Event)) -> Result<RunEnd> {
-        let io = |e: std::io::Error| candle_core::Error::Msg(format!("run folder {}: {e}", self.run_dir.display()));
+        let run_dir = self.run_dir.clone();
+        let io = |e: std::io::Error| candle_core::Error::Msg(format!("run folder {}: {e}", run_dir.display()));
         std::fs::create_dir_all(self.checkpoint_dir()).map_err(io)?;
         let mut metrics = open_metrics(&self.run_dir.join("metrics.jsonl"), self.step).map_err(io)?;
+        let mut board = match self.config.log.tensorboard {
+            true => Some(crate::tensorboard::EventWriter::create(&self.run_dir).map_err(io)?),
+            false => None,
+        };
         let cfg = self.config.clone();
         let (mut window_loss, mut window_n, mut window_images, mut window_start) = (0.0, 0u64, 0usize, Instant::now());
         while self.step < cfg.train.max_steps {
@@ -247,7 +252,7 @@ impl Trainer {
             };
             if log_now || r.diagnostics.is_some() || quality.is_some() {
                 let secs = window_start.elapsed().as_secs_f64().max(1e-9);
-                let line = MetricsLine {
+                let record = MetricsLine {
                     step: r.step,
                     loss: if window_n > 0 { window_loss / window_n as f64 } else { f64::NAN },
                     lr: r.lr,
@@ -259,8 +264,11 @@ impl Trainer {
                     kid_std: quality.and_then(|q| q.kid).map(|k| k.std),
                     diverged: false,
                     diagnostics: r.diagnostics.clone(),
+                };
+                if let Some(board) = board.as_mut() {
+                    board.scalars(r.step, &record.scalars()).map_err(io)?;
                 }
-                .to_json();
+                let line = record.to_json();
                 writeln!(metrics, "{line}").map_err(|e| candle_core::Error::Msg(format!("metrics.jsonl: {e}")))?;
                 metrics.flush().map_err(|e| candle_core::Error::Msg(format!("metrics.jsonl: {e}")))?;
                 (window_loss, window_n, window_images, window_start) = (0.0, 0, 0, Instant::now());
@@ -280,6 +288,10 @@ impl Trainer {
             if last || (cfg.sample.every > 0 && r.step % cfg.sample.every == 0) {
                 let path = self.run_dir.join("samples").join(format!("step_{:08}.png", r.step));
                 self.sample_grid(&path)?;
+                if let Some(board) = board.as_mut() {
+                    let png = std::fs::read(&path).map_err(io)?;
+                    board.image(r.step, "samples", &png, png_size(&png)).map_err(io)?;
+                }
                 observer(&Event::Samples(path));
             }
         }
@@ -290,6 +302,12 @@ impl Trainer {
     pub fn stop_when(&mut self, flag: Arc<AtomicBool>) {
         self.stop = Some(flag);
     }
+}
+
+/// (height, width, channels) of a PNG the grids write (RGB, 8 bits), from its header.
+fn png_size(png: &[u8]) -> (u32, u32, u32) {
+    let be = |at: usize| png.get(at..at + 4).map_or(0, |b| u32::from_be_bytes(b.try_into().expect("4 bytes")));
+    (be(20), be(16), 3)
 }
 
 /// Opens `metrics.jsonl` for appending, dropping lines past `step` left by an interrupted run.

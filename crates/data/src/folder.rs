@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::dataset::{data_err, ImageDataset, Result};
 use crate::transform;
+use rayon::prelude::*;
 
 /// How each decoded image is brought to the common size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +37,29 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 }
 
 /// Loads every image under `root` as `channels` (1 = grey, 3 = RGB) at the size `prep` gives.
+/// One image file as `channels` x size x size bytes, brought to size by `prep`.
+fn decode(path: &Path, channels: usize, prep: Preprocess) -> Result<Vec<u8>> {
+    let img = image::open(path).map_err(|e| data_err!("{}: cannot read image: {e}", path.display()))?;
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let chw: Vec<u8> = match channels {
+        1 => img.to_luma8().into_raw(),
+        _ => {
+            let rgb = img.to_rgb8().into_raw();
+            (0..3).flat_map(|c| rgb.iter().skip(c).step_by(3).copied().collect::<Vec<_>>()).collect()
+        }
+    };
+    let shape = (channels, h, w);
+    Ok(match prep {
+        Preprocess::Square { size } => transform::square_resize(&chw, shape, size),
+        Preprocess::CelebA { size } => {
+            if h < 185 || w < 153 {
+                return Err(data_err!("{}: {w}x{h} is too small for the CelebA crop (178x218 aligned images)", path.display()));
+            }
+            transform::celeba_crop(&chw, shape, size)
+        }
+    })
+}
+
 pub fn load_dir(root: &Path, channels: usize, prep: Preprocess) -> Result<ImageDataset> {
     if !root.is_dir() {
         return Err(data_err!("{}: not a folder", root.display()));
@@ -59,38 +83,25 @@ pub fn load_dir(root: &Path, channels: usize, prep: Preprocess) -> Result<ImageD
     let size = match prep {
         Preprocess::Square { size } | Preprocess::CelebA { size } => size,
     };
-    let mut pixels = Vec::with_capacity(files.len() * channels * size * size);
-    let mut labels = Vec::with_capacity(files.len());
-    for path in &files {
-        let img = image::open(path).map_err(|e| data_err!("{}: cannot read image: {e}", path.display()))?;
-        let (w, h) = (img.width() as usize, img.height() as usize);
-        let chw: Vec<u8> = match channels {
-            1 => img.to_luma8().into_raw(),
-            3 => {
-                let rgb = img.to_rgb8().into_raw();
-                (0..3).flat_map(|c| rgb.iter().skip(c).step_by(3).copied().collect::<Vec<_>>()).collect()
-            }
-            n => return Err(data_err!("{}: cannot load images as {n} channels (1 or 3)", root.display())),
-        };
-        let shape = (channels, h, w);
-        let out = match prep {
-            Preprocess::Square { size } => transform::square_resize(&chw, shape, size),
-            Preprocess::CelebA { size } => {
-                if h < 185 || w < 153 {
-                    return Err(data_err!(
-                        "{}: {w}x{h} is too small for the CelebA crop (178x218 aligned images)",
-                        path.display()
-                    ));
-                }
-                transform::celeba_crop(&chw, shape, size)
-            }
-        };
-        pixels.extend_from_slice(&out);
-        if labelled {
-            let c = class_of(path).expect("labelled");
-            labels.push(classes.binary_search(&c).expect("known class") as u32);
-        }
+    if channels != 1 && channels != 3 {
+        return Err(data_err!("{}: cannot load images as {channels} channels (1 or 3)", root.display()));
     }
+    // Decoded in parallel, each image into its own slot; the first failure in file order is reported.
+    let per_image = channels * size * size;
+    let mut pixels = vec![0u8; files.len() * per_image];
+    let results: Vec<Result<()>> = pixels
+        .par_chunks_mut(per_image)
+        .zip(files.par_iter())
+        .map(|(slot, path)| {
+            slot.copy_from_slice(&decode(path, channels, prep)?);
+            Ok(())
+        })
+        .collect();
+    results.into_iter().collect::<Result<()>>()?;
+    let labels: Vec<u32> = match labelled {
+        true => files.iter().map(|p| classes.binary_search(&class_of(p).expect("labelled")).expect("known class") as u32).collect(),
+        false => vec![],
+    };
     let num_classes = classes.len();
     let labels = if labelled { Some(labels) } else { None };
     ImageDataset::new(format!("images {}", root.display()), pixels, (channels, size, size), labels, num_classes)

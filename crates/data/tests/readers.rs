@@ -83,6 +83,12 @@ fn image_folder_with_classes_and_bad_files() {
     std::fs::write(dir.path().join("dog").join("broken.png"), b"not a png").unwrap();
     let err = DataSpec::detect(dir.path()).unwrap().load(3, 8).unwrap_err().to_string();
     assert!(err.contains("broken.png") && err.contains("cannot read image"), "{err}");
+    // Decoded in parallel, but the first bad file in sorted order is the one named.
+    std::fs::write(dir.path().join("cat").join("also_broken.png"), b"nor this").unwrap();
+    for _ in 0..3 {
+        let err = DataSpec::detect(dir.path()).unwrap().load(3, 8).unwrap_err().to_string();
+        assert!(err.contains("also_broken.png"), "{err}");
+    }
     let err = "does/not/exist".parse::<DataSpec>().unwrap_err().to_string();
     assert!(err.contains("does/not/exist") && err.contains("not found"), "{err}");
     let empty = tempfile::tempdir().unwrap();

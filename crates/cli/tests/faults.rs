@@ -159,6 +159,12 @@ fn bad_input_and_faults_fail_clearly() {
             vec!["cifar_test_only", "test split", ":test"],
         ),
         ("unreadable images", train(&tiny, "28", &["--data", &format!("folder:{}", s.p("bad_images"))]), vec!["a.png"]),
+        #[cfg(not(feature = "hub"))]
+        (
+            "hub dataset without the feature",
+            train(&tiny, "28b", &["--data", "hf:mnist"]),
+            vec!["hf:mnist", "--features hub"],
+        ),
         ("init-from missing", train(&tiny, "29", &["--init-from", &s.p("nope.safetensors")]), vec!["nope.safetensors"]),
         // ---- run folders
         (

@@ -53,7 +53,10 @@ fn decode(path: &Path, channels: usize, prep: Preprocess) -> Result<Vec<u8>> {
         Preprocess::Square { size } => transform::square_resize(&chw, shape, size),
         Preprocess::CelebA { size } => {
             if h < 185 || w < 153 {
-                return Err(data_err!("{}: {w}x{h} is too small for the CelebA crop (178x218 aligned images)", path.display()));
+                return Err(data_err!(
+                    "{}: {w}x{h} is too small for the CelebA crop (178x218 aligned images)",
+                    path.display()
+                ));
             }
             transform::celeba_crop(&chw, shape, size)
         }
@@ -99,7 +102,10 @@ pub fn load_dir(root: &Path, channels: usize, prep: Preprocess) -> Result<ImageD
         .collect();
     results.into_iter().collect::<Result<()>>()?;
     let labels: Vec<u32> = match labelled {
-        true => files.iter().map(|p| classes.binary_search(&class_of(p).expect("labelled")).expect("known class") as u32).collect(),
+        true => files
+            .iter()
+            .map(|p| classes.binary_search(&class_of(p).expect("labelled")).expect("known class") as u32)
+            .collect(),
         false => vec![],
     };
     let num_classes = classes.len();

@@ -168,7 +168,8 @@ fn hub(name: &str) -> Result<ImageDataset> {
 #[cfg(not(feature = "hub"))]
 fn hub(name: &str) -> Result<ImageDataset> {
     Err(data_err!(
-        "hf:{name}: this build has no Hugging Face dataset loaders (the `hub` feature of scalelong-data, off in the \
-         scalelong binary); download the dataset and pass its folder: idx:DIR, cifar:DIR or folder:DIR"
+        "hf:{name}: this build has no Hugging Face dataset loaders: rebuild with the `hub` feature \
+         (cargo install --path crates/cli --features hub), or download the dataset and pass its folder: \
+         idx:DIR, cifar:DIR or folder:DIR"
     ))
 }

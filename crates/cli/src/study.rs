@@ -78,11 +78,12 @@ pub fn run(args: &StudyArgs) -> Result<()> {
         .with_context(|| format!("writing {}/config.toml", args.out.display()))?;
     let started = Instant::now();
     if !args.report_only {
-        args.dtype.check(&args.device.device()?)?;
+        let device = args.device.device()?;
+        args.dtype.check(&device)?;
         let todo: Vec<&StudyRun> = runs.iter().filter(|r| !finished(&runs_dir.join(&r.name), &r.config)).collect();
         tracing::info!(runs = runs.len(), to_do = todo.len(), jobs = args.jobs, out = %args.out.display(), "study");
         if let Some(first) = todo.first() {
-            if let Some(reference) = shared_reference(first, &args.out, &args.device.device()?)? {
+            if let Some(reference) = shared_reference(first, &args.out, &device)? {
                 for r in &todo {
                     seed_reference(&reference, &runs_dir.join(&r.name))?;
                 }

@@ -44,9 +44,10 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     if !checkpoint::is_training_checkpoint(path) {
         bail!("{}: not a scalelong training checkpoint (checkpoints/step_N.safetensors of a run)", path.display());
     }
-    let ck = checkpoint::load(path, &Device::Cpu)?;
+    let group = if args.no_ema { Group::Model } else { Group::Ema };
+    let ck = checkpoint::load_groups(path, &[group], &Device::Cpu)?;
     let cfg = ck.config()?;
-    let weights = ck.group(if args.no_ema { Group::Model } else { Group::Ema });
+    let weights = ck.group(group);
     let which = if args.no_ema { "trained" } else { "EMA" };
     match (args.format, &cfg.model) {
         (Format::Diffusers, ModelConfig::UNet2D(unet)) => {

@@ -187,7 +187,7 @@ fn sampling_model(
         return Ok((model, ModelConfig::UViT(cfg), Schedule::Vp(NoiseSchedule::VpLinear.sde()), None));
     }
     args.model.refuse_for_checkpoint(path, &[])?;
-    let ck = checkpoint::load(path, device)?;
+    let ck = checkpoint::load_groups(path, &[Group::Ema], device)?;
     let cfg = ck.config()?;
     let model = ck.model(&cfg, Group::Ema, device)?;
     let null_label = ck.meta("null_label").ok().and_then(|v| v.parse::<usize>().ok());

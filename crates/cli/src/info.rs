@@ -48,7 +48,7 @@ fn training_checkpoint(path: &Path, model: &ModelArgs) -> Result<()> {
             given.join(", ")
         );
     }
-    let ck = checkpoint::load(path, &Device::Cpu)?;
+    let ck = checkpoint::load_groups(path, &[Group::Model, Group::Ema], &Device::Cpu)?;
     let cfg = ck.config()?;
     let specs = print_model(&cfg.model)?;
     for group in [Group::Model, Group::Ema] {

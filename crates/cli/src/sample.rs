@@ -106,9 +106,10 @@ fn load(args: &SampleArgs, device: &Device) -> Result<Loaded> {
     if checkpoint::is_training_checkpoint(checkpoint) {
         let schedule: &[&str] = if args.schedule.is_some() { &["--schedule"] } else { &[] };
         args.model.refuse_for_checkpoint(checkpoint, schedule)?;
-        let ck = checkpoint::load(checkpoint, device)?;
+        let group = if args.no_ema { Group::Model } else { Group::Ema };
+        let ck = checkpoint::load_groups(checkpoint, &[group], device)?;
         let cfg = ck.config()?;
-        let model = ck.model(&cfg, if args.no_ema { Group::Model } else { Group::Ema }, device)?;
+        let model = ck.model(&cfg, group, device)?;
         let null_label = ck.meta("null_label").ok().and_then(|v| v.parse().ok());
         return Ok(Loaded { model, schedule: Schedule::Vp(cfg.train.schedule.sde()), null_label });
     }

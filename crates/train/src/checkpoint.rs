@@ -155,19 +155,36 @@ pub fn is_training_checkpoint(path: &Path) -> bool {
 
 /// Reads one of our training checkpoints.
 pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
+    load_groups(path, &Group::ALL, device)
+}
+
+/// Reads only these groups of a checkpoint (sampling needs the EMA weights alone, not the trained
+/// weights and both AdamW moments): the file is memory-mapped and only their tensors are read.
+pub fn load_groups(path: &Path, groups: &[Group], device: &Device) -> Result<Loaded> {
     let err =
         |e: &dyn std::fmt::Display| candle_core::Error::Msg(format!("reading checkpoint {}: {e}", path.display()));
-    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+    let file = std::fs::File::open(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => err(&"no such file"),
         _ => err(&e),
     })?;
+    // Safety: checkpoints are written to a temporary file and renamed over, never changed in place.
+    let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| err(&e))?;
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| err(&format!("not a valid safetensors file ({e})")))?;
     let metadata = header.metadata().clone().unwrap_or_default();
     if metadata.get(FORMAT_KEY).map(String::as_str) != Some(FORMAT) {
         return Err(err(&format!("not a scalelong training checkpoint (metadata `{FORMAT_KEY}` is not `{FORMAT}`)")));
     }
-    let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| err(&e))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| err(&format!("not a valid safetensors file ({e})")))?;
+    let prefixes: Vec<String> = groups.iter().map(|g| format!("{}.", g.prefix())).collect();
+    let mut tensors = HashMap::new();
+    for (name, view) in st.tensors() {
+        if prefixes.iter().any(|p| name.starts_with(p.as_str())) {
+            let t = candle_core::safetensors::Load::load(&view, device).map_err(|e| err(&e))?;
+            tensors.insert(name, t);
+        }
+    }
     scalelong_backbones::checkpoint::check_finite(&path.display().to_string(), &tensors)?;
     Ok(Loaded { path: path.to_path_buf(), tensors, metadata })
 }

@@ -186,3 +186,22 @@ fn tensorboard_event_files_hold_every_metrics_line_and_the_grids() {
     assert_eq!(images.len(), 2);
     assert!(images.iter().all(|r| has(r, b"samples")));
 }
+
+#[test]
+fn sampling_reads_one_group_of_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = train(tiny(3), dir.path(), false);
+    let path = checkpoint::path_for(&dir.path().join("checkpoints"), 3);
+    let all = checkpoint::load(&path, &Device::Cpu).unwrap();
+    let ema = checkpoint::load_groups(&path, &[checkpoint::Group::Ema], &Device::Cpu).unwrap();
+    assert!(ema.tensors.keys().all(|k| k.starts_with("ema.")) && ema.tensors.len() == t.weights().len());
+    assert_eq!(all.tensors.len(), 4 * t.weights().len());
+    // The same values as the full read, and the same config.
+    for (k, v) in &ema.tensors {
+        assert_eq!(
+            v.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            all.tensors[k].flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+    }
+    assert_eq!(ema.config().unwrap(), all.config().unwrap());
+}

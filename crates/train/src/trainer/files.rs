@@ -28,7 +28,7 @@ impl Trainer {
             false => weights::resolve(&spec, offline)?.weights,
         };
         let tensors = match checkpoint::is_training_checkpoint(&path) {
-            true => checkpoint::load(&path, &self.device)?.group(Group::Ema),
+            true => checkpoint::load_groups(&path, &[Group::Ema], &self.device)?.group(Group::Ema),
             false => weights_file::read_tensors(&path, &self.device)?,
         };
         let specs: Vec<_> = self

@@ -119,10 +119,7 @@ fn sorted(weights: &HashMap<String, Tensor>) -> Vec<(String, Tensor)> {
 }
 
 fn refuse_existing(files: &[PathBuf], overwrite: bool) -> Result<()> {
-    match files.iter().find(|f| f.exists()) {
-        Some(f) if !overwrite => bail!("{}: the file exists; pass --overwrite to replace it", f.display()),
-        _ => Ok(()),
-    }
+    files.iter().try_for_each(|f| crate::output::refuse_existing("--out", f, overwrite))
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -6,6 +6,7 @@ mod fid;
 mod heat_map;
 mod info;
 mod model_spec;
+mod output;
 mod plot;
 mod sample;
 mod sample_out;

@@ -71,9 +71,7 @@ pub(crate) fn short(v: f64) -> String {
 }
 
 pub fn run(args: &PlotArgs) -> Result<()> {
-    if args.out.exists() && !args.overwrite {
-        bail!("--out {}: the file exists; pass --overwrite to replace it", args.out.display());
-    }
+    crate::output::refuse_existing("--out", &args.out, args.overwrite)?;
     let series = args
         .metrics
         .iter()

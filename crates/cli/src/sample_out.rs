@@ -9,6 +9,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use scalelong_data::to_uint8;
 
+use crate::output::refuse_existing;
+
 pub struct Outputs {
     pub grid: Option<PathBuf>,
     pub dir: Option<PathBuf>,
@@ -32,8 +34,8 @@ impl Outputs {
     ) -> Result<Self> {
         if !overwrite {
             for (flag, path) in [("--out", &grid), ("--npz", &npz), ("--save-tensor", &tensor)] {
-                if let Some(p) = path.as_ref().filter(|p| p.exists()) {
-                    bail!("{flag} {}: the file exists; pass --overwrite to replace it", p.display());
+                if let Some(p) = path {
+                    refuse_existing(flag, p, overwrite)?;
                 }
             }
             if let Some(d) = &dir {

@@ -58,7 +58,8 @@ fn main() -> Result<()> {
         Task::Ci => {
             cargo(&["fmt", "--all", "--", "--check"])?;
             cargo(&["clippy", "--workspace", "--all-targets", "--release", "--", "-D", "warnings"])?;
-            cargo(&["test", "--workspace", "--release"])
+            cargo(&["test", "--workspace", "--release"])?;
+            cargo(&["test", "--release", "-p", "scalelong-data", "--features", "hub", "--test", "hub"])
         }
     }
 }

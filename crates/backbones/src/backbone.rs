@@ -52,6 +52,11 @@ impl Backbone {
         }
     }
 
+    /// The dtype of the weights.
+    pub fn dtype(&self) -> candle_core::DType {
+        each_arch!(self, m => m.dtype())
+    }
+
     pub fn in_channels(&self) -> usize {
         each_arch!(self, m => m.config().in_channels())
     }

@@ -136,6 +136,10 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
     pub fn new(weight: Tensor, bias: Option<Tensor>, params: Conv2dParams) -> Self {
         Self { weight, bias, params }
     }

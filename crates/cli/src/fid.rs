@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use scalelong_backbones::{Architecture, Backbone, ModelConfig};
@@ -183,13 +183,13 @@ fn sampling_model(
     device: &Device,
 ) -> Result<(Backbone, ModelConfig, Schedule, Option<usize>)> {
     if !checkpoint::is_training_checkpoint(path) {
-        let (cfg, model) = load_official(path, &args.model, device)?;
+        let (cfg, model) = load_official(path, &args.model, DType::F32, device)?;
         return Ok((model, ModelConfig::UViT(cfg), Schedule::Vp(NoiseSchedule::VpLinear.sde()), None));
     }
     args.model.refuse_for_checkpoint(path, &[])?;
     let ck = checkpoint::load_groups(path, &[Group::Ema], device)?;
     let cfg = ck.config()?;
-    let model = ck.model(&cfg, Group::Ema, device)?;
+    let model = ck.model(&cfg, Group::Ema, DType::F32, device)?;
     let null_label = ck.meta("null_label").ok().and_then(|v| v.parse::<usize>().ok());
     Ok((model, cfg.model, Schedule::Vp(cfg.train.schedule.sde()), null_label))
 }

@@ -72,7 +72,8 @@ impl ModelArgs {
 }
 
 /// Official U-ViT weights (`nnet_ema.pth` or `.safetensors`), whose architecture the flags name.
-pub fn load_official(path: &Path, model: &ModelArgs, device: &Device) -> Result<(UViTConfig, Backbone)> {
+/// `dtype`: the weights are cast to it.
+pub fn load_official(path: &Path, model: &ModelArgs, dtype: DType, device: &Device) -> Result<(UViTConfig, Backbone)> {
     if model.preset.is_none() && model.config.is_none() {
         bail!(
             "{} is not a scalelong training checkpoint, so its architecture is unknown: pass --preset NAME or --config FILE",
@@ -87,7 +88,7 @@ pub fn load_official(path: &Path, model: &ModelArgs, device: &Device) -> Result<
             path.display()
         ),
     };
-    let net = cfg.load(path, DType::F32, device)?;
+    let net = cfg.load(path, dtype, device)?;
     Ok((cfg, net.into()))
 }
 

@@ -11,7 +11,7 @@ use scalelong_train::checkpoint::{self, Group};
 use scalelong_train::config::NoiseSchedule;
 use scalelong_train::evaluation::{self, Labels, SampleSpec};
 
-use crate::device::DeviceOpts;
+use crate::device::{DeviceOpts, DtypeArg};
 use crate::model_spec::ModelArgs;
 use crate::sample_out::Outputs;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -87,6 +87,9 @@ pub struct SampleArgs {
     schedule: Option<NoiseSchedule>,
     #[command(flatten)]
     device: DeviceOpts,
+    /// The network's weights and activations (the sampler's state stays f32).
+    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+    dtype: DtypeArg,
 }
 
 struct Loaded {
@@ -96,6 +99,7 @@ struct Loaded {
 }
 
 fn load(args: &SampleArgs, device: &Device) -> Result<Loaded> {
+    let dtype = args.dtype.dtype();
     let Some(checkpoint) = &args.checkpoint else {
         let spec = args.weights.as_deref().expect("clap requires --checkpoint or --weights");
         return load_diffusers(spec, args, device);
@@ -109,11 +113,11 @@ fn load(args: &SampleArgs, device: &Device) -> Result<Loaded> {
         let group = if args.no_ema { Group::Model } else { Group::Ema };
         let ck = checkpoint::load_groups(checkpoint, &[group], device)?;
         let cfg = ck.config()?;
-        let model = ck.model(&cfg, group, device)?;
+        let model = ck.model(&cfg, group, dtype, device)?;
         let null_label = ck.meta("null_label").ok().and_then(|v| v.parse().ok());
         return Ok(Loaded { model, schedule: Schedule::Vp(cfg.train.schedule.sde()), null_label });
     }
-    let (_, model) = crate::model_spec::load_official(checkpoint, &args.model, device)?;
+    let (_, model) = crate::model_spec::load_official(checkpoint, &args.model, dtype, device)?;
     let sde = args.schedule.unwrap_or(NoiseSchedule::VpLinear).sde();
     Ok(Loaded { model, schedule: Schedule::Vp(sde), null_label: None })
 }
@@ -132,7 +136,7 @@ fn load_diffusers(spec: &str, args: &SampleArgs, device: &Device) -> Result<Load
         cfg = cfg.with_scaling(s);
         cfg.validate()?;
     }
-    let model = cfg.load(&files.weights, DType::F32, device)?;
+    let model = cfg.load(&files.weights, args.dtype.dtype(), device)?;
     let schedule = match &files.scheduler {
         Some(p) => discrete_schedule(p)?,
         None => DiscreteSchedule::ddpm_linear(),
@@ -206,6 +210,7 @@ fn check_fits(n: usize, c: usize, size: usize) -> Result<()> {
 
 pub fn run(args: &SampleArgs) -> Result<()> {
     let device = args.device.device()?;
+    args.dtype.check(&device)?;
     let Loaded { model, schedule, null_label } = load(args, &device)?;
     let size = model.image_size().context("the model's config has no sample_size")?;
     if args.n == 0 || args.batch_size == 0 {

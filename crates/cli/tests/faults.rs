@@ -187,6 +187,7 @@ fn bad_input_and_faults_fail_clearly() {
         ("sampler unknown", sample(&["--sampler", "heun", "-n", "2"]), vec!["heun", "dpm-solver"]),
         ("--guidance nan", sample(&["--guidance", "nan", "-n", "2"]), vec!["--guidance NaN"]),
         ("--class on unconditional", sample(&["--class", "3", "-n", "2"]), vec!["--class"]),
+        ("sample bf16 on the CPU", sample(&["--cpu", "--dtype", "bf16", "-n", "2"]), vec!["--dtype BF16 needs a GPU"]),
         ("--init-noise NaN", sample(&["--init-noise", &s.p("nan_noise.npy")]), vec!["nan_noise.npy", "non-finite"]),
         ("--init-noise shape", sample(&["--init-noise", &s.p("rgb_noise.npy")]), vec!["rgb_noise.npy", "shape"]),
         ("--init-noise missing", sample(&["--init-noise", &s.p("nope.npy")]), vec!["nope.npy"]),

@@ -4,11 +4,12 @@
 //! where a good one was.
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Storage, Tensor};
 use candle_nn::VarBuilder;
+use safetensors::tensor::{Metadata, TensorInfo};
 use scalelong_backbones::{Architecture, Backbone};
 
 use crate::TrainConfig;
@@ -48,37 +49,81 @@ impl Group {
     }
 }
 
-/// Writes `tensors` and `metadata` as safetensors at `path`, atomically.
+/// Writes `tensors` (as f32) and `metadata` as safetensors at `path`, atomically. Each tensor's
+/// bytes go from its own storage to the file: no copy of the whole checkpoint is built in memory
+/// (only a tensor that is not an f32 CPU tensor is converted, one at a time).
 pub fn save(path: &Path, tensors: &[(String, Tensor)], metadata: HashMap<String, String>) -> Result<()> {
-    let mut data = Vec::with_capacity(tensors.len());
+    let fail =
+        |e: &dyn std::fmt::Display| candle_core::Error::Msg(format!("writing checkpoint {}: {e}", path.display()));
+    let mut infos = Vec::with_capacity(tensors.len());
+    let mut offset = 0;
     for (name, t) in tensors {
-        let dims = t.dims().to_vec();
-        let t = t.to_dtype(DType::F32)?.flatten_all()?;
-        let values = t.to_vec1::<f32>()?;
-        if values.iter().any(|v| !v.is_finite()) {
-            candle_core::bail!("refusing to write checkpoint {}: `{name}` holds a non-finite value", path.display());
-        }
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        data.push((name.clone(), dims, bytes));
+        let len = t.elem_count() * 4;
+        let dtype = safetensors::Dtype::F32;
+        infos
+            .push((name.clone(), TensorInfo { dtype, shape: t.dims().to_vec(), data_offsets: (offset, offset + len) }));
+        offset += len;
+        with_f32_values(t, |values| match values.iter().any(|v| !v.is_finite()) {
+            true => {
+                candle_core::bail!("refusing to write checkpoint {}: `{name}` holds a non-finite value", path.display())
+            }
+            false => Ok(()),
+        })?;
     }
-    let views = data
-        .iter()
-        .map(|(n, shape, bytes)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes).map(|v| (n.clone(), v))
+    // The header as safetensors' own `serialize` frames it: JSON padded with spaces to 8 bytes.
+    let header = Metadata::new(Some(metadata), infos).map_err(|e| fail(&e))?;
+    let mut header = serde_json::to_vec(&header).map_err(|e| fail(&e))?;
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let written = write_atomic_with(path, |w| {
+        w.write_all(&(header.len() as u64).to_le_bytes())?;
+        w.write_all(&header)?;
+        tensors.iter().try_for_each(|(_, t)| {
+            with_f32_values(t, |values| Ok(write_le(w, values))).map_err(std::io::Error::other)?
         })
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(candle_core::Error::wrap)?;
-    let bytes = safetensors::serialize(views, Some(metadata)).map_err(candle_core::Error::wrap)?;
-    write_atomic(path, &bytes)
-        .map_err(|e| candle_core::Error::Msg(format!("writing checkpoint {}: {e}", path.display())))
+    });
+    written.map_err(|e| fail(&e))
+}
+
+/// Calls `f` with `t`'s values as a contiguous f32 slice, borrowed from the tensor's storage when
+/// it is a contiguous f32 CPU tensor, else from a converted copy of this tensor alone.
+fn with_f32_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("checkpoint: tensor not on the CPU after moving it there")
+    };
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("checkpoint: tensor not contiguous".into()))?;
+    f(&cpu.as_slice::<f32>()?[start..end])
+}
+
+/// safetensors stores little-endian values.
+fn write_le(w: &mut impl Write, values: &[f32]) -> std::io::Result<()> {
+    if cfg!(target_endian = "little") {
+        w.write_all(bytemuck::cast_slice(values))
+    } else {
+        values.iter().try_for_each(|v| w.write_all(&v.to_le_bytes()))
+    }
 }
 
 /// Temp file in the same folder, write, fsync, rename, fsync the folder.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_with(path, |w| w.write_all(bytes))
+}
+
+/// [`write_atomic`] with the contents streamed by `write` through a buffered writer.
+pub fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<&std::fs::File>) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let tmp = tmp_path(path);
     let written = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
+        let f = std::fs::File::create(&tmp)?;
+        let mut w = BufWriter::with_capacity(1 << 20, &f);
+        write(&mut w)?;
+        w.flush()?;
+        drop(w);
         f.sync_all()
     })();
     if let Err(e) = written {
@@ -125,9 +170,9 @@ impl Loaded {
             .map_err(candle_core::Error::wrap)
     }
 
-    /// `config`'s model with one group's weights (the EMA weights, for sampling).
-    pub fn model(&self, config: &TrainConfig, group: Group, device: &Device) -> Result<Backbone> {
-        config.model.build(VarBuilder::from_tensors(self.group(group), DType::F32, device))
+    /// `config`'s model with one group's weights (the EMA weights, for sampling), cast to `dtype`.
+    pub fn model(&self, config: &TrainConfig, group: Group, dtype: DType, device: &Device) -> Result<Backbone> {
+        config.model.build(VarBuilder::from_tensors(self.group(group), dtype, device))
     }
 
     /// The tensors of one group, by parameter name.
@@ -207,4 +252,52 @@ pub fn list(dir: &Path) -> Vec<(u64, PathBuf)> {
 
 pub fn path_for(dir: &Path, step: u64) -> PathBuf {
     dir.join(format!("step_{step:08}.safetensors"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `save` streams must read back through safetensors itself, whatever the tensor's layout.
+    #[test]
+    fn saved_tensors_read_back_through_safetensors() -> Result<()> {
+        let dev = Device::Cpu;
+        let base = Tensor::arange(0f32, 24., &dev)?.reshape((4, 6))?;
+        let tensors = vec![
+            ("plain".to_string(), base.clone()),
+            ("transposed".to_string(), base.t()?),
+            ("narrowed".to_string(), base.narrow(0, 1, 2)?.narrow(1, 2, 3)?),
+            ("f64".to_string(), base.to_dtype(DType::F64)?.affine(0.5, 0.25)?),
+            ("scalar".to_string(), Tensor::new(7f32, &dev)?),
+        ];
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("ck.safetensors");
+        save(&path, &tensors, HashMap::from([("step".to_string(), "3".to_string())]))?;
+        let bytes = std::fs::read(&path)?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(candle_core::Error::wrap)?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(candle_core::Error::wrap)?;
+        assert_eq!(meta.metadata().as_ref().and_then(|m| m.get("step")).map(String::as_str), Some("3"));
+        for (name, t) in &tensors {
+            let view = st.tensor(name).map_err(candle_core::Error::wrap)?;
+            assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
+            assert_eq!(view.shape(), t.dims(), "{name}");
+            let got: Vec<f32> =
+                view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+            let want = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            assert_eq!(got, want, "{name}");
+        }
+        assert!(!tmp_path(&path).exists());
+        Ok(())
+    }
+
+    #[test]
+    fn a_non_finite_value_is_refused_before_anything_is_written() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("ck.safetensors");
+        let bad = Tensor::new(&[1f32, f32::NAN], &Device::Cpu)?;
+        let err = save(&path, &[("w".to_string(), bad)], HashMap::new()).unwrap_err().to_string();
+        assert!(err.contains("`w` holds a non-finite value"), "{err}");
+        assert!(!path.exists() && !tmp_path(&path).exists());
+        Ok(())
+    }
 }

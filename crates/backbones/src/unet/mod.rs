@@ -155,6 +155,11 @@ impl UNet2D {
         })
     }
 
+    /// The dtype of the weights (what inputs are computed in).
+    pub fn dtype(&self) -> candle_core::DType {
+        self.conv_in.weight().dtype()
+    }
+
     pub fn config(&self) -> &UNet2DConfig {
         &self.config
     }

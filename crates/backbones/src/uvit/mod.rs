@@ -94,6 +94,11 @@ impl UViT {
         })
     }
 
+    /// The dtype of the weights (what inputs are computed in).
+    pub fn dtype(&self) -> candle_core::DType {
+        self.patch_proj_weight.dtype()
+    }
+
     pub fn config(&self) -> &UViTConfig {
         &self.config
     }

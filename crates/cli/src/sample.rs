@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use scalelong_backbones::{weights, Architecture, Backbone, UNet2DConfig};
-use scalelong_diffusion::{BetaSchedule, DiscreteSchedule, SamplerKind, Schedule};
+use scalelong_diffusion::{SamplerKind, Schedule, SchedulerConfig};
 use scalelong_train::checkpoint::{self, Group};
 use scalelong_train::config::NoiseSchedule;
 use scalelong_train::evaluation::{self, Labels, SampleSpec};
@@ -95,6 +95,8 @@ pub struct SampleArgs {
 struct Loaded {
     model: Backbone,
     schedule: Schedule,
+    /// A diffusers folder's scheduler config: how its discrete samplers are set up.
+    scheduler: Option<SchedulerConfig>,
     null_label: Option<u32>,
 }
 
@@ -115,11 +117,11 @@ fn load(args: &SampleArgs, device: &Device) -> Result<Loaded> {
         let cfg = ck.config()?;
         let model = ck.model(&cfg, group, dtype, device)?;
         let null_label = ck.meta("null_label").ok().and_then(|v| v.parse().ok());
-        return Ok(Loaded { model, schedule: Schedule::Vp(cfg.train.schedule.sde()), null_label });
+        return Ok(Loaded { model, schedule: Schedule::Vp(cfg.train.schedule.sde()), scheduler: None, null_label });
     }
     let (_, model) = crate::model_spec::load_official(checkpoint, &args.model, dtype, device)?;
     let sde = args.schedule.unwrap_or(NoiseSchedule::VpLinear).sde();
-    Ok(Loaded { model, schedule: Schedule::Vp(sde), null_label: None })
+    Ok(Loaded { model, schedule: Schedule::Vp(sde), scheduler: None, null_label: None })
 }
 
 /// A diffusers UNet2DModel and its noise schedule (scheduler_config.json, or DDPM's linear one).
@@ -137,31 +139,21 @@ fn load_diffusers(spec: &str, args: &SampleArgs, device: &Device) -> Result<Load
         cfg.validate()?;
     }
     let model = cfg.load(&files.weights, args.dtype.dtype(), device)?;
-    let schedule = match &files.scheduler {
-        Some(p) => discrete_schedule(p)?,
-        None => DiscreteSchedule::ddpm_linear(),
+    let scheduler = match &files.scheduler {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            SchedulerConfig::from_json(&text, &p.display().to_string())?
+        }
+        None => SchedulerConfig::ddpm_default(),
     };
+    let schedule = scheduler.schedule()?;
     tracing::info!(config = %files.config.display(), weights = %files.weights.display(), steps = schedule.len(), "loaded UNet2DModel");
-    Ok(Loaded { model: model.into(), schedule: Schedule::Discrete(schedule), null_label: None })
-}
-
-/// The training schedule in a diffusers `scheduler_config.json` (epsilon prediction only).
-fn discrete_schedule(path: &Path) -> Result<DiscreteSchedule> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
-    let prediction = v["prediction_type"].as_str().unwrap_or("epsilon");
-    if prediction != "epsilon" {
-        bail!("{}: `prediction_type` = {prediction} is not supported: expected epsilon", path.display());
-    }
-    if !v["trained_betas"].is_null() {
-        bail!("{}: `trained_betas` is not supported: expected null", path.display());
-    }
-    let n = v["num_train_timesteps"].as_u64().unwrap_or(1000) as usize;
-    let (start, end) = (v["beta_start"].as_f64().unwrap_or(1e-4), v["beta_end"].as_f64().unwrap_or(0.02));
-    let name = v["beta_schedule"].as_str().unwrap_or("linear");
-    let kind = BetaSchedule::named(name, start, end)
-        .map_err(|e| anyhow::anyhow!("{}: `beta_schedule`: {e}", path.display()))?;
-    Ok(DiscreteSchedule::new(kind, n))
+    Ok(Loaded {
+        model: model.into(),
+        schedule: Schedule::Discrete(schedule),
+        scheduler: Some(scheduler),
+        null_label: None,
+    })
 }
 
 fn read_noise(path: &Path, device: &Device) -> Result<Tensor> {
@@ -211,7 +203,7 @@ fn check_fits(n: usize, c: usize, size: usize) -> Result<()> {
 pub fn run(args: &SampleArgs) -> Result<()> {
     let device = args.device.device()?;
     args.dtype.check(&device)?;
-    let Loaded { model, schedule, null_label } = load(args, &device)?;
+    let Loaded { model, schedule, scheduler, null_label } = load(args, &device)?;
     let size = model.image_size().context("the model's config has no sample_size")?;
     if args.n == 0 || args.batch_size == 0 {
         bail!("-n {} and --batch-size {}: both must be at least 1", args.n, args.batch_size);
@@ -250,7 +242,11 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         (Some(s), Some(null)) => Some((s, null)),
         (Some(_), None) => bail!("--guidance needs a model trained for classifier-free guidance (train.p_uncond > 0)"),
     };
-    let sampler = args.sampler.unwrap_or_else(|| SamplerKind::default_for(&schedule)).build(args.steps, &schedule)?;
+    let kind = args.sampler.unwrap_or_else(|| SamplerKind::default_for(&schedule));
+    let sampler = match &scheduler {
+        Some(config) => config.sampler(kind, args.steps)?,
+        None => kind.build(args.steps, &schedule)?,
+    };
     let spec = SampleSpec {
         n,
         batch_size: args.batch_size,

@@ -39,6 +39,7 @@ pub mod noise;
 pub mod objective;
 pub mod samplers;
 mod schedule;
+mod scheduler_config;
 mod vp;
 mod vp_arith;
 
@@ -48,5 +49,6 @@ pub use model::{ClipX0, Guided, NoisePredictor};
 pub use objective::{drop_labels, NoisedBatch, Prediction, TrainingObjective};
 pub use samplers::{Sampler, SamplerKind};
 pub use schedule::Schedule;
+pub use scheduler_config::SchedulerConfig;
 pub use vp::VpSde;
 pub use vp_arith::TimeArithmetic;

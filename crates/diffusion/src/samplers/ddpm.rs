@@ -15,11 +15,13 @@ pub struct Ddpm {
     pub steps: usize,
     /// Clip the predicted x0 to [-c, c] (diffusers' default clips at 1; None does not clip).
     pub clip_sample: Option<f64>,
+    /// Added to every timestep (diffusers' `steps_offset`, default 0).
+    pub steps_offset: usize,
 }
 
 impl Ddpm {
     pub fn new(schedule: DiscreteSchedule, steps: usize) -> Self {
-        Self { schedule, steps, clip_sample: None }
+        Self { schedule, steps, clip_sample: None, steps_offset: 0 }
     }
 
     fn stride(&self) -> usize {
@@ -28,7 +30,7 @@ impl Ddpm {
     }
 
     pub fn timesteps(&self) -> Vec<usize> {
-        (0..self.steps).rev().map(|i| i * self.stride()).collect()
+        (0..self.steps).rev().map(|i| i * self.stride() + self.steps_offset).collect()
     }
 }
 
@@ -36,6 +38,9 @@ impl Sampler for Ddpm {
     fn sample(&self, model: &dyn NoisePredictor, x_init: &Tensor, rng: &mut dyn RngCore) -> Result<Tensor> {
         if self.steps == 0 || self.steps > self.schedule.len() {
             candle_core::bail!("DDPM steps must be in 1..={}, got {}", self.schedule.len(), self.steps);
+        }
+        if self.timesteps()[0] >= self.schedule.len() {
+            candle_core::bail!("DDPM with steps_offset {} starts past the schedule's last timestep", self.steps_offset);
         }
         let mut x = x_init.clone();
         for t in self.timesteps() {

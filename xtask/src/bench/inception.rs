@@ -78,6 +78,7 @@ pub fn row(case: &InceptionCase, python: &str) -> Result<(Row, Option<String>)> 
         gflops: FLOPS_PER_IMAGE * case.batch as f64 / (ms / 1e3) / 1e9,
         ours_peak_mb: ours.peak_rss_mb,
         reference_peak_mb: reference.as_ref().map(|r| r.peak_rss_mb),
+        cpu: super::cpu::describe(),
     };
     Ok((row, reference.map(|r| r.torch)))
 }

@@ -2,6 +2,7 @@
 //! against the same model in PyTorch timed in the same invocation with the same thread count.
 
 mod case;
+mod cpu;
 mod inception;
 
 use std::path::PathBuf;
@@ -99,6 +100,8 @@ pub(super) struct Row {
     pub(super) gflops: f64,
     pub(super) ours_peak_mb: f64,
     pub(super) reference_peak_mb: Option<f64>,
+    /// The CPU (model, extensions): ratios move with it.
+    pub(super) cpu: String,
 }
 
 pub(super) fn median(v: &[f64]) -> f64 {
@@ -114,11 +117,12 @@ pub(super) fn median(v: &[f64]) -> f64 {
 
 pub fn run(args: BenchArgs) -> Result<()> {
     device(&args.device)?;
+    eprintln!("CPU: {}", cpu::describe());
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let models: Vec<String> = match (args.models.is_empty(), args.quick) {
         (false, _) => args.models.clone(),
-        // `--inception` alone times only the Inception network.
-        (true, _) if args.inception.is_some() => vec![],
+        // `--inception` alone times only the Inception network; with `--quick`, the small models too.
+        (true, false) if args.inception.is_some() => vec![],
         (true, true) => vec!["small-uvit".into(), "small-unet".into()],
         (true, false) => vec!["cifar10-uvit-s2".into(), "ddpm-cifar10-unet".into()],
     };
@@ -189,6 +193,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     gflops: work / (ms / 1e3) / 1e9,
                     ours_peak_mb: ours.peak_rss_mb,
                     reference_peak_mb: reference.as_ref().map(|r| r.peak_rss_mb),
+                    cpu: cpu::describe(),
                 });
             }
             // Written after every case: a long matrix that stops halfway keeps what it measured.
@@ -217,7 +222,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
 fn table(rows: &[Row], threads: usize, device: &str, torch: Option<&str>) -> String {
     let mut s = format!(
-        "Device {device}, {threads} threads; reference PyTorch {}. Times are medians (min..max) of the timed steps.\n\n| case | ours ms | PyTorch ms | ours / PyTorch | img/s | GFLOP/s | peak MB (ours / PyTorch) |\n|---|---|---|---|---|---|---|\n",
+        "Device {device} on {}, {threads} threads; reference PyTorch {}. Times are medians (min..max) of the timed steps.\n\n| case | ours ms | PyTorch ms | ours / PyTorch | img/s | GFLOP/s | peak MB (ours / PyTorch) |\n|---|---|---|---|---|---|---|\n",
+        cpu::describe(),
         torch.unwrap_or("not run")
     );
     for r in rows {

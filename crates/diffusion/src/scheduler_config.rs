@@ -46,30 +46,25 @@ impl SchedulerConfig {
         }
     }
 
-    /// Refuses `key` set to anything but `supported` (absent or null reads as `default`).
-    fn require<T: DeserializeOwned + PartialEq + serde::Serialize>(
+    /// Refuses `key` set to anything but `supported` (absent or null is fine: the default).
+    fn require<T: DeserializeOwned + PartialEq + serde::Serialize + Clone>(
         &self,
         key: &str,
-        default: T,
         supported: T,
     ) -> Result<()> {
-        if self.get(key, default)? != supported {
-            candle_core::bail!(
-                "{}: `{key}` = {} is not supported: expected {}",
-                self.origin,
-                self.keys[key],
-                serde_json::to_string(&supported).unwrap_or_default()
-            );
+        if self.get(key, supported.clone())? != supported {
+            let expected = serde_json::to_string(&supported).unwrap_or_default();
+            candle_core::bail!("{}: `{key}` = {} is not supported: expected {expected}", self.origin, self.keys[key]);
         }
         Ok(())
     }
 
     /// The training schedule (epsilon prediction only).
     pub fn schedule(&self) -> Result<DiscreteSchedule> {
-        self.require("prediction_type", "epsilon".to_string(), "epsilon".to_string())?;
-        self.require("trained_betas", None::<Vec<f64>>, None)?;
-        self.require("rescale_betas_zero_snr", false, false)?;
-        self.require("thresholding", false, false)?;
+        self.require("prediction_type", "epsilon".to_string())?;
+        self.require("trained_betas", None::<Vec<f64>>)?;
+        self.require("rescale_betas_zero_snr", false)?;
+        self.require("thresholding", false)?;
         let n: usize = self.get("num_train_timesteps", DiscreteSchedule::DEFAULT_STEPS)?;
         if n == 0 {
             candle_core::bail!("{}: `num_train_timesteps` = 0: expected at least 1", self.origin);
@@ -91,7 +86,7 @@ impl SchedulerConfig {
         };
         Ok(match kind {
             SamplerKind::Ddim => {
-                self.require("timestep_spacing", "leading".to_string(), "leading".to_string())?;
+                self.require("timestep_spacing", "leading".to_string())?;
                 Box::new(Ddim {
                     steps_offset: self.get("steps_offset", 0)?,
                     set_alpha_to_one: self.get("set_alpha_to_one", true)?,
@@ -100,8 +95,8 @@ impl SchedulerConfig {
                 })
             }
             SamplerKind::Ddpm => {
-                self.require("timestep_spacing", "leading".to_string(), "leading".to_string())?;
-                self.require("variance_type", "fixed_small".to_string(), "fixed_small".to_string())?;
+                self.require("timestep_spacing", "leading".to_string())?;
+                self.require("variance_type", "fixed_small".to_string())?;
                 Box::new(Ddpm {
                     steps_offset: self.get("steps_offset", 0)?,
                     clip_sample: clip(true)?,
@@ -109,12 +104,12 @@ impl SchedulerConfig {
                 })
             }
             SamplerKind::DpmSolverPP => {
-                self.require("timestep_spacing", "linspace".to_string(), "linspace".to_string())?;
-                self.require("algorithm_type", "dpmsolver++".to_string(), "dpmsolver++".to_string())?;
-                self.require("solver_type", "midpoint".to_string(), "midpoint".to_string())?;
-                self.require("solver_order", 2, 2)?;
-                self.require("use_karras_sigmas", false, false)?;
-                self.require("final_sigmas_type", "zero".to_string(), "zero".to_string())?;
+                self.require("timestep_spacing", "linspace".to_string())?;
+                self.require("algorithm_type", "dpmsolver++".to_string())?;
+                self.require("solver_type", "midpoint".to_string())?;
+                self.require("solver_order", 2)?;
+                self.require("use_karras_sigmas", false)?;
+                self.require("final_sigmas_type", "zero".to_string())?;
                 Box::new(DpmSolverPP2M::new(schedule, steps))
             }
             _ => kind.build(steps, &crate::Schedule::Discrete(schedule))?,

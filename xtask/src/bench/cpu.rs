@@ -16,8 +16,13 @@ const EXTENSIONS: &[&str] = &[
     "sve",
 ];
 
-/// "MODEL (N cores; ext, ext, ...)"; what is unknown is said so.
+/// "MODEL (N cores; ext, ext, ...)"; what is unknown is said so. Read once per process.
 pub fn describe() -> String {
+    static DESCRIPTION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DESCRIPTION.get_or_init(read).clone()
+}
+
+fn read() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let (model, flags) = parse_cpuinfo(&info);
     let model = model.or_else(mac_brand).unwrap_or_else(|| "unknown CPU".into());

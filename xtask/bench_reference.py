@@ -121,25 +121,28 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def main():
-    case = json.loads(sys.argv[1])
-    torch.set_num_threads(case["threads"])
-    torch.manual_seed(0)
+def build(case):
+    """The case's model, a function of the noised batch giving its output, and the batch shape."""
     cfg, batch = case["config"], case["batch"]
     if case["arch"] == "uvit":
         cfg = {k: v for k, v in cfg.items() if k != "scaling"}
         model = UViT(scaling=case["scaling"], kappa=case.get("kappa", 0.5), **cfg)
-        shape = (batch, cfg["in_chans"], cfg["img_size"], cfg["img_size"])
-        t = torch.rand(batch) * 999
-        run = lambda x: model(x, t)
-    else:
-        from diffusers import UNet2DModel
-        keys = {k: (None if v == "none" else v) for k, v in cfg.items() if k != "scaling" and not k.startswith("_")}
-        model = UNet2DModel(**keys)
-        size = cfg["sample_size"]
-        shape = (batch, cfg.get("in_channels", 3), size, size)
-        t = torch.randint(0, 1000, (batch,))
-        run = lambda x: model(x, t).sample
+        return model, lambda x, t: model(x, t.float()), (batch, cfg["in_chans"], cfg["img_size"], cfg["img_size"])
+    from diffusers import UNet2DModel
+    keys = {k: (None if v == "none" else v) for k, v in cfg.items() if k != "scaling" and not k.startswith("_")}
+    model = UNet2DModel(**keys)
+    size = cfg["sample_size"]
+    return model, lambda x, t: model(x, t).sample, (batch, cfg.get("in_channels", 3), size, size)
+
+
+def main():
+    case = json.loads(sys.argv[1])
+    torch.set_num_threads(case["threads"])
+    torch.manual_seed(0)
+    model, forward, shape = build(case)
+    batch = shape[0]
+    t = torch.randint(0, 1000, (batch,))
+    run = lambda x: forward(x, t)
     x, eps = torch.randn(shape), torch.randn(shape)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.99, 0.999), weight_decay=0.03)
 

@@ -7,6 +7,7 @@ use std::process::Command;
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
+use scalelong_backbones::ops::on_worker_thread;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "scalelong project chores")]
@@ -20,13 +21,16 @@ enum Task {
     /// Check formatting, run clippy with warnings denied, and run the test suite (as .ci/run does).
     Ci,
     /// Time a training step and a sampling step per model and scaling mode, ours and PyTorch's.
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
     /// One bench case in a fresh process (used by `bench`).
     #[command(hide = true)]
     BenchCase { json: String },
     /// One FID Inception timing in this process (spawned by `bench --inception`).
     #[command(hide = true)]
     BenchInception { json: String },
+    /// One square GEMM timing in this process (spawned by `bench --peak`).
+    #[command(hide = true)]
+    BenchGemm { json: String },
 }
 
 /// The allocator the `scalelong` binary uses, so the bench times what users run.
@@ -52,9 +56,11 @@ fn main() -> Result<()> {
         unsafe { std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0") };
     }
     match Cli::parse().command {
-        Task::Bench(args) => bench::run(args),
-        Task::BenchCase { json } => bench::run_case(&json),
-        Task::BenchInception { json } => bench::run_inception_case(&json),
+        Task::Bench(args) => bench::run(*args),
+        // As in the CLI: the timed work runs on a worker thread of the kernels' pool.
+        Task::BenchCase { json } => on_worker_thread(|| bench::run_case(&json)),
+        Task::BenchInception { json } => on_worker_thread(|| bench::run_inception_case(&json)),
+        Task::BenchGemm { json } => on_worker_thread(|| bench::run_gemm_case(&json)),
         Task::Ci => {
             cargo(&["fmt", "--all", "--", "--check"])?;
             cargo(&["clippy", "--workspace", "--all-targets", "--release", "--", "-D", "warnings"])?;

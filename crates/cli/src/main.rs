@@ -89,7 +89,9 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    if let Err(e) = run(Cli::parse()) {
+    let cli = Cli::parse();
+    // The kernels' callers on a worker thread of their pool (no hand-off per op).
+    if let Err(e) = scalelong_backbones::ops::on_worker_thread(|| run(cli)) {
         if let Some(train::Interrupted(code)) = e.downcast_ref() {
             std::process::exit(*code);
         }

@@ -4,6 +4,8 @@
 mod case;
 mod cpu;
 mod inception;
+mod peak;
+mod train;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -16,6 +18,7 @@ use serde::Serialize;
 pub use case::run_case;
 use case::{device, measured, time_reference, Case};
 pub use inception::run_case as run_inception_case;
+pub use peak::run_case as run_gemm_case;
 
 const DDPM_CIFAR10: &str = r#"{"sample_size": 32, "block_out_channels": [128, 256, 256, 256], "layers_per_block": 2,
  "attention_head_dim": null, "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
@@ -83,6 +86,31 @@ pub struct BenchArgs {
     /// Without --models, only this is timed.
     #[arg(long)]
     inception: Option<PathBuf>,
+    /// Also measure this CPU's f32 FMA peak and time a 2048^3 GEMM (ours and PyTorch's); every
+    /// GFLOP/s is then also given as a share of that peak. Without --models, only this is run.
+    #[arg(long)]
+    peak: bool,
+    /// Also time whole `scalelong train` runs of these recipes (TOML configs) against the same
+    /// loop in PyTorch (`xtask/train_reference.py`). Without --models, only this is run.
+    #[arg(long, value_delimiter = ',')]
+    train: Vec<PathBuf>,
+    /// Steps of each --train run (the first `log.every` window is warm-up and not counted).
+    #[arg(long, default_value_t = 100)]
+    train_steps: u64,
+    /// `section.key=value` for the --train runs, both sides (e.g. `data.spec=mnist`).
+    #[arg(long = "train-set")]
+    train_set: Vec<String>,
+}
+
+/// Builds the `scalelong` binary (release) that `--train` runs.
+fn cargo_build_cli() -> Result<()> {
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--quiet", "-p", "scalelong-cli"])
+        .status()?;
+    if !status.success() {
+        bail!("cargo build -p scalelong-cli failed ({status})");
+    }
+    Ok(())
 }
 
 #[derive(Debug, Serialize)]
@@ -121,8 +149,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let models: Vec<String> = match (args.models.is_empty(), args.quick) {
         (false, _) => args.models.clone(),
-        // `--inception` alone times only the Inception network; with `--quick`, the small models too.
-        (true, false) if args.inception.is_some() => vec![],
+        // `--inception`, `--peak` or `--train` alone times only those; with `--quick`, the small models too.
+        (true, false) if args.inception.is_some() || args.peak || !args.train.is_empty() => vec![],
         (true, true) => vec!["small-uvit".into(), "small-unet".into()],
         (true, false) => vec!["cifar10-uvit-s2".into(), "ddpm-cifar10-unet".into()],
     };
@@ -197,7 +225,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 });
             }
             // Written after every case: a long matrix that stops halfway keeps what it measured.
-            let md = table(&rows, threads, &args.device, torch_version.as_deref());
+            let md = table(&rows, threads, &args.device, torch_version.as_deref(), None);
             std::fs::write(&json, serde_json::to_string_pretty(&rows)?)?;
             std::fs::write(json.with_extension("md"), &md)?;
         }
@@ -215,20 +243,48 @@ pub fn run(args: BenchArgs) -> Result<()> {
         torch_version = torch_version.or(torch);
         std::fs::write(&json, serde_json::to_string_pretty(&rows)?)?;
     }
-    println!("{}", table(&rows, threads, &args.device, torch_version.as_deref()));
+    let mut peak = None;
+    if args.peak {
+        peak = peak::fma_peak(threads);
+        match peak {
+            Some((gflops, isa)) => eprintln!("f32 peak: {gflops:.1} GFLOP/s ({isa}, {threads} threads)"),
+            None => eprintln!("f32 peak: no measuring loop for this CPU"),
+        }
+        let case = peak::GemmCase { n: 2048, warmup: args.warmup, repeats: args.repeats.max(1), threads };
+        let (row, torch) = peak::gemm_row(&case, &python)?;
+        rows.push(row);
+        torch_version = torch_version.or(torch);
+        std::fs::write(&json, serde_json::to_string_pretty(&rows)?)?;
+    }
+    for config in &args.train {
+        let case = train::TrainCase { config, set: &args.train_set, steps: args.train_steps, threads };
+        let (row, torch) = train::row(&case, &python)?;
+        rows.push(row);
+        torch_version = torch_version.or(torch);
+        std::fs::write(&json, serde_json::to_string_pretty(&rows)?)?;
+    }
+    let md = table(&rows, threads, &args.device, torch_version.as_deref(), peak);
+    std::fs::write(json.with_extension("md"), &md)?;
+    println!("{md}");
     eprintln!("wrote {} and .md", json.display());
     Ok(())
 }
 
-fn table(rows: &[Row], threads: usize, device: &str, torch: Option<&str>) -> String {
+/// The Markdown table of `rows`; with a measured `peak` (GFLOP/s, instruction set), each GFLOP/s
+/// also as a share of it.
+fn table(rows: &[Row], threads: usize, device: &str, torch: Option<&str>, peak: Option<(f64, &str)>) -> String {
+    let peak_line = peak.map_or(String::new(), |(p, isa)| {
+        format!(" Measured f32 peak of these {threads} threads: {p:.1} GFLOP/s ({isa} chains); GFLOP/s columns give its share.")
+    });
+    let share = |g: f64| peak.map_or(String::new(), |(p, _)| format!(" ({:.0}%)", 100.0 * g / p));
     let mut s = format!(
-        "Device {device} on {}, {threads} threads; reference PyTorch {}. Times are medians (min..max) of the timed steps.\n\n| case | ours ms | PyTorch ms | ours / PyTorch | img/s | GFLOP/s | peak MB (ours / PyTorch) |\n|---|---|---|---|---|---|---|\n",
+        "Device {device} on {}, {threads} threads; reference PyTorch {}. Times are medians (min..max) of the timed steps.{peak_line}\n\n| case | ours ms | PyTorch ms | ours / PyTorch | img/s | GFLOP/s | peak MB (ours / PyTorch) |\n|---|---|---|---|---|---|---|\n",
         cpu::describe(),
         torch.unwrap_or("not run")
     );
     for r in rows {
         s += &format!(
-            "| {} | {:.0} ({:.0}..{:.0}) | {} | {} | {:.1} | {:.1} | {:.0} / {} |\n",
+            "| {} | {:.0} ({:.0}..{:.0}) | {} | {} | {:.1} | {:.1}{} | {:.0} / {} |\n",
             r.case,
             r.ours_ms,
             r.ours_spread_ms.0,
@@ -237,6 +293,7 @@ fn table(rows: &[Row], threads: usize, device: &str, torch: Option<&str>) -> Str
             r.ratio.map_or("-".into(), |v| format!("{v:.2}")),
             r.images_per_s,
             r.gflops,
+            share(r.gflops),
             r.ours_peak_mb,
             r.reference_peak_mb.map_or("-".into(), |v| format!("{v:.0}")),
         );

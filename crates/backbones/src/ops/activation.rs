@@ -41,11 +41,11 @@ impl Activation {
                 match grad {
                     false => x * cdf,
                     // Phi(x) + x phi(x), phi the standard normal density.
-                    true => cdf + x * c(0.3989422804014327) * (c(-0.5) * x * x).exp(),
+                    true => cdf + x * c(0.3989422804014327) * (c(-0.5) * x * x).exp_vec(),
                 }
             }
             Activation::Silu => {
-                let s = (T::one() + (-x).exp()).recip();
+                let s = (T::one() + (-x).exp_vec()).recip();
                 match grad {
                     false => x * s,
                     true => s * (T::one() + x * (T::one() - s)),

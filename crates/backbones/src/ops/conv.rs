@@ -9,7 +9,7 @@ use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape,
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{fused, gemm, sum_by, Float};
+use super::{fused, gemm, reduction_group, sum_by, sum_in_order, Float};
 
 /// Symmetric zero padding and stride of a convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,9 +126,13 @@ impl Geom {
     }
 
     /// Images per GEMM: enough for 256-2048 output columns (small feature maps then still make
-    /// wide GEMMs; much wider ones ran slower here); fixed by the shape, so results are
-    /// reproducible.
+    /// wide GEMMs; much wider ones ran slower here), one where an image alone has 512 (its GEMM
+    /// then reads and writes the image's own gradient and output, without a copy to or from the
+    /// GEMM's layout); fixed by the shape, so results are reproducible.
     fn group(&self) -> usize {
+        if self.l() >= 512 {
+            return 1;
+        }
         // The im2col buffer stays near 8 MB (at batch 32, a 512-channel 8x8 convolution ran 1.8x
         // faster with 6 images per GEMM than with all 32).
         const COL_ELEMENTS: usize = 1 << 21;
@@ -146,14 +150,39 @@ impl Geom {
     }
 }
 
-fn threads() -> Parallelism {
-    Parallelism::Rayon(candle_core::utils::get_num_threads())
+/// How one image group runs: its own loops and GEMM spread over the threads (few groups), or
+/// all on the calling thread (one task of a parallel loop over many groups: one fork-join per
+/// convolution instead of several per group, which dominated small convolutions).
+#[derive(Clone, Copy)]
+struct Inner(bool);
+
+impl Inner {
+    /// The split of a convolution with `groups` image groups.
+    fn of(groups: usize) -> Self {
+        Inner(groups < 2 * candle_core::utils::get_num_threads())
+    }
+
+    fn gemm(self) -> Parallelism {
+        match self.0 {
+            true => Parallelism::Rayon(candle_core::utils::get_num_threads()),
+            false => Parallelism::None,
+        }
+    }
+
+    /// `f(index, chunk)` over the `size`-element chunks of `v`, in parallel if this is the
+    /// parallel split.
+    fn chunks<T: Send>(self, v: &mut [T], size: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
+        match self.0 {
+            true => v.par_chunks_mut(size).enumerate().for_each(|(i, c)| f(i, c)),
+            false => v.chunks_mut(size).enumerate().for_each(|(i, c)| f(i, c)),
+        }
+    }
 }
 
 /// `col (K, n L)` of the `n` images `x`: row (c, i, j), columns image by image.
-fn im2col<T: Float>(x: &[T], g: &Geom, n: usize, col: &mut [T]) {
+fn im2col<T: Float>(x: &[T], g: &Geom, n: usize, col: &mut [T], inner: Inner) {
     let (s, l) = (g.stride, g.l());
-    col.par_chunks_mut(n * l).enumerate().for_each(|(r, row)| {
+    inner.chunks(col, n * l, |r, row| {
         let (c, i, j) = g.tap(r);
         let (lo, hi) = g.valid_cols(j);
         for (b, row) in row.chunks_mut(l).enumerate() {
@@ -204,14 +233,40 @@ fn shifted_copy<T: Float>(channel: &[T], g: &Geom, i: usize, j: usize, dst: &mut
 }
 
 /// The `n` images `dx` whose im2col gradient is `col (K, n L)`: each pixel the sum of its taps.
-fn col2im<T: Float>(col: &[T], g: &Geom, n: usize, dx: &mut [T]) {
+/// Zeroes `col`'s taps that lie outside the image first where that lets a stride-1 same-size
+/// convolution add each tap's whole channel in one shifted pass (not one short run per row).
+fn col2im<T: Float>(col: &mut [T], g: &Geom, n: usize, dx: &mut [T], inner: Inner) {
     let (s, l) = (g.stride, g.l());
-    dx.par_chunks_mut(g.h * g.w).enumerate().for_each(|(bc, dst)| {
+    let same = s == 1 && (g.oh, g.ow) == (g.h, g.w);
+    if same {
+        inner.chunks(col, n * l, |r, row| {
+            let (lo, hi) = g.valid_cols(g.tap(r).2);
+            if lo > 0 || hi < g.ow {
+                for out_row in row.chunks_mut(g.ow) {
+                    let (left, rest) = out_row.split_at_mut(lo);
+                    left.iter_mut().chain(&mut rest[hi - lo..]).for_each(|v| *v = T::zero());
+                }
+            }
+        });
+    }
+    let col = &*col;
+    inner.chunks(dx, g.h * g.w, |bc, dst| {
         let (b, c) = (bc / g.cin, bc % g.cin);
         dst.fill(T::zero());
         for i in 0..g.kh {
             for j in 0..g.kw {
                 let row = &col[((c * g.kh + i) * g.kw + j) * n * l + b * l..][..l];
+                if same {
+                    // Output pixel p reads input pixel p + shift (those off the image are zero).
+                    let shift = (i as isize - g.pad.0 as isize) * g.w as isize + j as isize - g.pad.1 as isize;
+                    let len = l as isize;
+                    let (p0, p1) = ((-shift).clamp(0, len), (len - shift).clamp(0, len));
+                    if p1 > p0 {
+                        let (p0, p1, d0) = (p0 as usize, p1 as usize, (p0 + shift) as usize);
+                        dst[d0..d0 + p1 - p0].iter_mut().zip(&row[p0..p1]).for_each(|(d, &v)| *d = *d + v);
+                    }
+                    continue;
+                }
                 let (lo, hi) = g.valid_cols(j);
                 let x0 = lo * s + j - g.pad.1;
                 for (oy, src) in row.chunks(g.ow).enumerate() {
@@ -229,9 +284,9 @@ fn col2im<T: Float>(col: &[T], g: &Geom, n: usize, dx: &mut [T]) {
 }
 
 /// `(Cout, n L)` from `n` images `(Cout, L)` each (the GEMM's layout of an output gradient).
-fn to_rows<T: Float>(images: &[T], g: &Geom, n: usize, rows: &mut [T]) {
+fn to_rows<T: Float>(images: &[T], g: &Geom, n: usize, rows: &mut [T], inner: Inner) {
     let l = g.l();
-    rows.par_chunks_mut(n * l).enumerate().for_each(|(co, row)| {
+    inner.chunks(rows, n * l, |co, row| {
         for (b, dst) in row.chunks_mut(l).enumerate() {
             dst.copy_from_slice(&images[(b * g.cout + co) * l..][..l]);
         }
@@ -246,36 +301,59 @@ struct Conv {
 }
 
 fn conv_fwd<T: Float>(x: &[T], wt: &[T], bias: &[T], g: Geom, relu: bool) -> Vec<T> {
-    let (k, l, group) = (g.k(), g.l(), g.group());
+    let (l, group) = (g.l(), g.group());
     let mut out = vec![T::zero(); g.b * g.cout * l];
-    let (mut col, mut rows) = (Vec::new(), Vec::new());
+    let pairs = x.chunks(group * g.image()).zip(out.chunks_mut(group * g.cout * l));
+    let inner = Inner::of(g.b.div_ceil(group));
+    let run =
+        |(x, out): (&[T], &mut [T]), bufs: &mut (Vec<T>, Vec<T>)| conv_group(x, wt, bias, &g, relu, out, bufs, inner);
+    match inner.0 {
+        true => {
+            let mut bufs = Default::default();
+            pairs.for_each(|p| run(p, &mut bufs))
+        }
+        false => pairs.collect::<Vec<_>>().into_par_iter().for_each_init(Default::default, |bufs, p| run(p, bufs)),
+    }
+    out
+}
+
+/// The output of one group of images; `bufs` are scratch (im2col matrix, output rows).
+#[allow(clippy::too_many_arguments)]
+fn conv_group<T: Float>(
+    x: &[T],
+    wt: &[T],
+    bias: &[T],
+    g: &Geom,
+    relu: bool,
+    out: &mut [T],
+    (col, rows): &mut (Vec<T>, Vec<T>),
+    inner: Inner,
+) {
+    let (k, l) = (g.k(), g.l());
+    let n = x.len() / g.image();
     let finish = |v: T, co: usize| match relu {
         true => (v + bias[co]).max(T::zero()),
         false => v + bias[co],
     };
-    for (x, out) in x.chunks(group * g.image()).zip(out.chunks_mut(group * g.cout * l)) {
-        let n = x.len() / g.image();
-        // A 1x1 stride-1 convolution of one image reads the image itself as its im2col matrix.
-        let direct = n == 1 && g.kh * g.kw == 1 && g.stride == 1;
-        if !direct {
-            col.resize(k * n * l, T::zero());
-            im2col(x, &g, n, &mut col);
-        }
-        let col: &[T] = if direct { x } else { &col };
-        if n == 1 {
-            // One image: the GEMM writes the output itself.
-            gemm((&mut *out, l), (g.cout, l, k), (wt, k, 1), (col, l, 1), false, threads());
-            out.par_chunks_mut(l).enumerate().for_each(|(co, dst)| dst.iter_mut().for_each(|d| *d = finish(*d, co)));
-            continue;
-        }
-        rows.resize(g.cout * n * l, T::zero());
-        gemm((&mut rows, n * l), (g.cout, n * l, k), (wt, k, 1), (col, n * l, 1), false, threads());
-        out.par_chunks_mut(l).enumerate().for_each(|(bc, dst)| {
-            let (b, co) = (bc / g.cout, bc % g.cout);
-            dst.iter_mut().zip(&rows[co * n * l + b * l..][..l]).for_each(|(d, &v)| *d = finish(v, co));
-        });
+    // A 1x1 stride-1 convolution of one image reads the image itself as its im2col matrix.
+    let direct = n == 1 && g.kh * g.kw == 1 && g.stride == 1;
+    if !direct {
+        col.resize(k * n * l, T::zero());
+        im2col(x, g, n, col, inner);
     }
-    out
+    let col: &[T] = if direct { x } else { col };
+    if n == 1 {
+        // One image: the GEMM writes the output itself.
+        gemm((&mut *out, l), (g.cout, l, k), (wt, k, 1), (col, l, 1), false, inner.gemm());
+        inner.chunks(out, l, |co, dst| dst.iter_mut().for_each(|d| *d = finish(*d, co)));
+        return;
+    }
+    rows.resize(g.cout * n * l, T::zero());
+    gemm((rows, n * l), (g.cout, n * l, k), (wt, k, 1), (col, n * l, 1), false, inner.gemm());
+    inner.chunks(out, l, |bc, dst| {
+        let (b, co) = (bc / g.cout, bc % g.cout);
+        dst.iter_mut().zip(&rows[co * n * l + b * l..][..l]).for_each(|(d, &v)| *d = finish(v, co));
+    });
 }
 
 impl CustomOp3 for Conv {
@@ -330,14 +408,29 @@ struct InputGrad {
 fn input_grad<T: Float>(grad: &[T], wt: &[T], g: Geom) -> Vec<T> {
     let (k, l, group) = (g.k(), g.l(), g.group());
     let mut dx = vec![T::zero(); g.b * g.image()];
-    let (mut col, mut rows) = (Vec::new(), Vec::new());
-    for (grad, dx) in grad.chunks(group * g.cout * l).zip(dx.chunks_mut(group * g.image())) {
+    let pairs = grad.chunks(group * g.cout * l).zip(dx.chunks_mut(group * g.image()));
+    let inner = Inner::of(g.b.div_ceil(group));
+    let run = |(grad, dx): (&[T], &mut [T]), (col, rows): &mut (Vec<T>, Vec<T>)| {
         let n = dx.len() / g.image();
         col.resize(k * n * l, T::zero());
-        rows.resize(g.cout * n * l, T::zero());
-        to_rows(grad, &g, n, &mut rows);
-        gemm((&mut col, n * l), (k, n * l, g.cout), (wt, 1, k), (&rows, n * l, 1), false, threads());
-        col2im(&col, &g, n, dx);
+        // One image's gradient is already in the GEMM's layout.
+        let rows: &[T] = match n {
+            1 => grad,
+            _ => {
+                rows.resize(g.cout * n * l, T::zero());
+                to_rows(grad, &g, n, rows, inner);
+                rows
+            }
+        };
+        gemm((col, n * l), (k, n * l, g.cout), (wt, 1, k), (rows, n * l, 1), false, inner.gemm());
+        col2im(col, &g, n, dx, inner);
+    };
+    match inner.0 {
+        true => {
+            let mut bufs = Default::default();
+            pairs.for_each(|p| run(p, &mut bufs))
+        }
+        false => pairs.collect::<Vec<_>>().into_par_iter().for_each_init(Default::default, |bufs, p| run(p, bufs)),
     }
     dx
 }
@@ -367,23 +460,44 @@ struct WeightGrad {
 
 fn weight_grad<T: Float>(x: &[T], grad: &[T], g: Geom) -> Vec<T> {
     let (k, l, group) = (g.k(), g.l(), g.group());
-    let (mut dwb, mut dwt) = (vec![T::zero(); g.cout * (k + 1)], vec![T::zero(); k * g.cout]);
-    let (mut col, mut rows) = (Vec::new(), Vec::new());
-    for (x, grad) in x.chunks(group * g.image()).zip(grad.chunks(group * g.cout * l)) {
-        let n = x.len() / g.image();
-        col.resize(k * n * l, T::zero());
-        rows.resize(g.cout * n * l, T::zero());
-        im2col(x, &g, n, &mut col);
-        to_rows(grad, &g, n, &mut rows);
-        // dW^T (K, Cout) = col rows^T: the wide im2col matrix as the row-major operand ran faster
-        // here than rows col^T.
-        gemm((&mut dwt, g.cout), (k, g.cout, n * l), (&col, n * l, 1), (&rows, 1, n * l), true, threads());
-        let db = &mut dwb[g.cout * k..];
-        db.iter_mut().zip(rows.chunks(n * l)).for_each(|(db, row)| *db = *db + sum_by(row, row, |v, _| v));
-    }
+    let groups: Vec<(&[T], &[T])> = x.chunks(group * g.image()).zip(grad.chunks(group * g.cout * l)).collect();
+    // `[dW^T (K, Cout), dbias]` of runs of consecutive image groups, added up in their order:
+    // fixed by the shape, so the result never depends on the threads.
+    let partial = |groups: &[(&[T], &[T])], inner: Inner| {
+        let mut acc = vec![T::zero(); k * g.cout + g.cout];
+        let (mut col, mut rows) = (Vec::new(), Vec::new());
+        for &(x, grad) in groups {
+            let n = x.len() / g.image();
+            col.resize(k * n * l, T::zero());
+            im2col(x, &g, n, &mut col, inner);
+            let rows: &[T] = match n {
+                1 => grad,
+                _ => {
+                    rows.resize(g.cout * n * l, T::zero());
+                    to_rows(grad, &g, n, &mut rows, inner);
+                    &rows
+                }
+            };
+            let (dwt, db) = acc.split_at_mut(k * g.cout);
+            // dW^T (K, Cout) = col rows^T: the wide im2col matrix as the row-major operand ran
+            // faster here than rows col^T.
+            gemm((dwt, g.cout), (k, g.cout, n * l), (&col, n * l, 1), (rows, 1, n * l), true, inner.gemm());
+            db.iter_mut().zip(rows.chunks(n * l)).for_each(|(db, row)| *db = *db + sum_by(row, row, |v, _| v));
+        }
+        acc
+    };
+    // The same partial sums, in the same order, whichever way the groups run.
+    let (inner, chunk) = (Inner::of(groups.len()), reduction_group(groups.len()));
+    let parts = match inner.0 {
+        true => groups.chunks(chunk).map(|gs| partial(gs, inner)).collect(),
+        false => groups.par_chunks(chunk).map(|gs| partial(gs, inner)).collect(),
+    };
+    let acc = sum_in_order(parts, k * g.cout + g.cout);
+    let mut dwb = vec![T::zero(); g.cout * (k + 1)];
     for (co, dw) in dwb[..g.cout * k].chunks_mut(k).enumerate() {
-        dw.iter_mut().enumerate().for_each(|(kk, d)| *d = dwt[kk * g.cout + co]);
+        dw.iter_mut().enumerate().for_each(|(kk, d)| *d = acc[kk * g.cout + co]);
     }
+    dwb[g.cout * k..].copy_from_slice(&acc[k * g.cout..]);
     dwb
 }
 

@@ -117,10 +117,22 @@ impl AffineNorm {
     fn pre_activation_grad<T: Float>(&self, ci: usize, x: &[T], w: &[T], b: &[T], g: &[T], dz: &mut Vec<T>) {
         let (mean, rstd) = moments(x, self.eps);
         dz.clear();
-        dz.extend(x.iter().zip(g).enumerate().map(|(i, (&x, &g))| {
-            let c = if self.inner == 1 { i } else { self.channel(ci, i / self.inner) };
-            g * Activation::Silu.eval((x - mean) * rstd * w[c] + b[c], true)
-        }));
+        dz.resize(x.len(), T::zero());
+        let silu_grad = |z: T| Activation::Silu.eval(z, true);
+        if self.inner == 1 {
+            for ((((dz, &x), &g), &w), &b) in dz.iter_mut().zip(x).zip(g).zip(w).zip(b) {
+                *dz = g * silu_grad((x - mean) * rstd * w + b);
+            }
+            return;
+        }
+        // One channel per run of `inner` elements: its scale and shift once, then a loop that
+        // vectorises.
+        let runs = dz.chunks_mut(self.inner).zip(x.chunks(self.inner)).zip(g.chunks(self.inner));
+        for (r, ((dz, x), g)) in runs.enumerate() {
+            let c = self.channel(ci, r);
+            let (scale, shift) = (rstd * w[c], b[c] - mean * rstd * w[c]);
+            dz.iter_mut().zip(x).zip(g).for_each(|((dz, &x), &g)| *dz = g * silu_grad(x * scale + shift));
+        }
     }
 
     /// `[dx, dweight, dbias]` flattened into one buffer; `wb` is `[weight, bias]`.

@@ -39,14 +39,18 @@ fn check(
 
 #[test]
 fn conv2d_matches_candle() -> Result<()> {
-    // (x, w, padding, stride): 3x3 same, strided with and without padding, 1x1, odd and tall.
-    let cases: [(&[usize], &[usize], usize, usize); 6] = [
+    // (x, w, padding, stride): 3x3 same, strided with and without padding, 1x1, odd and tall; the
+    // last two have one image per GEMM and 12 and 9 images, so up to 6 threads run them as a
+    // parallel loop over image groups (fewer images: each group's GEMM spread over the threads).
+    let cases: [(&[usize], &[usize], usize, usize); 8] = [
         (&[2, 3, 8, 8], &[4, 3, 3, 3], 1, 1),
         (&[3, 4, 9, 7], &[5, 4, 3, 3], 1, 2),
         (&[1, 2, 8, 8], &[3, 2, 3, 3], 0, 2),
         (&[2, 6, 5, 5], &[3, 6, 1, 1], 0, 1),
         (&[2, 2, 7, 8], &[2, 2, 2, 3], 2, 3),
         (&[5, 3, 4, 4], &[2, 3, 3, 3], 0, 1),
+        (&[12, 2, 46, 46], &[3, 2, 3, 3], 1, 1),
+        (&[9, 3, 90, 90], &[2, 3, 3, 3], 1, 2),
     ];
     for (x, w, padding, stride) in cases {
         let p = Conv2dParams { padding, stride };
@@ -182,6 +186,22 @@ fn fast_erf_is_within_1e6_of_libm() {
     }
 }
 
+#[test]
+fn vectorised_exp_is_within_3_ulp_of_libm_and_saturates() {
+    let exp = <f32 as super::Float>::exp_vec;
+    let mut x = -104.0f32;
+    while x < 88.7 {
+        let (ours, libm) = (exp(x) as f64, (x as f64).exp());
+        // Relative error against the exact value, in units of f32's epsilon (subnormals: absolute).
+        let err = (ours - libm).abs() / libm.max(f32::MIN_POSITIVE as f64);
+        assert!(err < 3.0 * f32::EPSILON as f64, "exp({x}) = {ours}, exactly {libm}");
+        x += 1.3e-3;
+    }
+    assert_eq!((exp(0.0), exp(-200.0), exp(100.0)), (1.0, 0.0, f32::INFINITY));
+    assert_eq!((exp(f32::NEG_INFINITY), exp(f32::INFINITY)), (0.0, f32::INFINITY));
+    assert!(exp(f32::NAN).is_nan());
+}
+
 /// GELU and SiLU against candle's. candle's GELU gradient rounds 1/sqrt(2 pi) to 0.398942 (1e-6
 /// relative), hence GELU's f64 tolerance; ours is exact, as the finite-difference test in `nn` checks.
 #[test]
@@ -275,7 +295,16 @@ fn conv2d_rejects_mismatched_channels() -> Result<()> {
 #[test]
 fn gradients_are_bitwise_reproducible() -> Result<()> {
     let dev = Device::Cpu;
-    let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (37, 8, 6, 6), &dev)?)?;
+    // 37 images of 6x6 (one GEMM for all), and 37 of 46x46 (a parallel loop over 37 image groups).
+    for size in [6, 46] {
+        gradients_reproduce(&Tensor::randn(0f32, 1.0, (37, 8, size, size), &dev)?)?;
+    }
+    Ok(())
+}
+
+fn gradients_reproduce(x: &Tensor) -> Result<()> {
+    let dev = Device::Cpu;
+    let x = Var::from_tensor(x)?;
     let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (8, 8, 3, 3), &dev)?)?;
     let (gw, gb) = (
         Var::from_tensor(&Tensor::randn(0f32, 1.0, 8, &dev)?)?,

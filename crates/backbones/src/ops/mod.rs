@@ -123,14 +123,17 @@ impl Float for f32 {
         const LO: f32 = -104.0;
         const HI: f32 = 88.722_84;
         let x = self.clamp(LO, HI);
-        let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+        let shifted = x * std::f32::consts::LOG2_E + ROUND;
+        let n = shifted - ROUND;
         // ln 2 in two parts, so that x - n ln 2 is exact to f32.
         let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
         let p = P.iter().fold(0.0, |acc, &c| acc * r + c);
         let e_r = p * r * r + r + 1.0;
         // 2^n as two normal powers of two (n in [-150, 128]), so that results below f32's
         // smallest normal come out as its subnormals.
-        let n = n as i32;
+        // n as an integer from the bits of `shifted` (ROUND + n, one exponent, unit steps): `as
+        // i32` would saturate element by element and keep the loop from vectorising.
+        let n = shifted.to_bits() as i32 - ROUND.to_bits() as i32;
         let half = n >> 1;
         let pow2 = |k: i32| f32::from_bits(((k + 127) as u32) << 23);
         let y = e_r * pow2(half) * pow2(n - half);

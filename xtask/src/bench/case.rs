@@ -129,6 +129,43 @@ pub(super) fn measured(mut command: Command, what: &str) -> Result<Measured> {
     serde_json::from_str(text.trim().lines().last().unwrap_or("")).with_context(|| format!("reading {what}'s JSON"))
 }
 
+/// One timing's two sides: ours from `xtask SUBCOMMAND JSON` in a child process with `threads`
+/// threads, then `python SCRIPT JSON` (none when `python` is `none` or the script fails, which is
+/// said on stderr). `label` names the case in the progress lines.
+pub(super) fn ours_and_reference(
+    subcommand: &str,
+    script: &str,
+    json: &str,
+    threads: usize,
+    python: &str,
+    label: &str,
+) -> Result<(Measured, Option<Measured>)> {
+    eprintln!("bench {label} (ours)");
+    let mut child = Command::new(std::env::current_exe()?);
+    child.args([subcommand, json]).env("RAYON_NUM_THREADS", threads.to_string());
+    let ours = measured(child, subcommand)?;
+    let reference = match python {
+        "none" => None,
+        py => {
+            eprintln!("bench {label} (PyTorch)");
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
+            let mut command = Command::new(py);
+            command.arg(&script).arg(json);
+            measured(command, &format!("{py} {}", script.display()))
+                .map_err(|e| eprintln!("  no reference: {e:#}"))
+                .ok()
+        }
+    };
+    Ok((ours, reference))
+}
+
+/// Median, min and max of some timings.
+pub(super) fn spread(ms: &[f64]) -> (f64, f64, f64) {
+    let lo = ms.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = ms.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (super::median(ms), lo, hi)
+}
+
 pub(super) fn time_reference(python: &str, cfg: &ModelConfig, case: &Case, threads: usize) -> Result<Measured> {
     let mut config = serde_json::to_value(cfg)?;
     config.as_object_mut().and_then(|o| o.remove("arch")); // passed on its own below

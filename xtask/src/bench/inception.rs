@@ -1,15 +1,14 @@
 //! The FID Inception network's forward pass (batch of 299x299 images), ours against pytorch-fid's
 //! `InceptionV3` with the same weights, each timed in its own process.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use scalelong_eval::FidInception;
 use serde::{Deserialize, Serialize};
 
-use super::case::{measured, peak_mb, reset_peak, timed, Measured};
+use super::case::{ours_and_reference, peak_mb, reset_peak, spread, timed, Measured};
 use super::Row;
 
 /// Multiply-adds of one 299x299 image, as reported for Inception-v3 (5.7 G), times two.
@@ -44,25 +43,10 @@ pub fn run_case(json: &str) -> Result<()> {
 /// The row of this benchmark: ours in a child process, PyTorch (unless `python` is `none`).
 pub fn row(case: &InceptionCase, python: &str) -> Result<(Row, Option<String>)> {
     let json = serde_json::to_string(case)?;
-    eprintln!("bench fid-inception/b{} (ours)", case.batch);
-    let mut child = Command::new(std::env::current_exe()?);
-    child.args(["bench-inception", &json]).env("RAYON_NUM_THREADS", case.threads.to_string());
-    let ours = measured(child, "bench-inception")?;
-    let reference = match python {
-        "none" => None,
-        py => {
-            eprintln!("bench fid-inception/b{} (PyTorch)", case.batch);
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench_inception.py");
-            let mut command = Command::new(py);
-            command.arg(&script).arg(&json);
-            measured(command, &format!("{py} {}", script.display()))
-                .map_err(|e| eprintln!("  no reference: {e:#}"))
-                .ok()
-        }
-    };
-    let ms = super::median(&ours.sample_ms);
-    let lo = ours.sample_ms.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = ours.sample_ms.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let label = format!("fid-inception/b{}", case.batch);
+    let (ours, reference) =
+        ours_and_reference("bench-inception", "bench_inception.py", &json, case.threads, python, &label)?;
+    let (ms, lo, hi) = spread(&ours.sample_ms);
     let reference_ms = reference.as_ref().map(|r| super::median(&r.sample_ms));
     let row = Row {
         case: format!("fid-inception/b{}/forward", case.batch),

@@ -2,15 +2,13 @@
 //! not looked up: clocks and vector units differ between the machines these benches run on), and
 //! a large square GEMM, ours (the `gemm` crate through candle) against PyTorch's (MKL/oneDNN).
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::case::{measured, peak_mb, reset_peak, timed, Measured};
+use super::case::{ours_and_reference, peak_mb, reset_peak, spread, timed, Measured};
 use super::Row;
 
 /// Independent accumulators per thread: enough to hide an FMA's latency (4 cycles) on two FMA
@@ -134,25 +132,9 @@ pub fn run_case(json: &str) -> Result<()> {
 /// The GEMM's row: ours in a child process, then PyTorch's `torch.matmul` (unless `none`).
 pub fn gemm_row(case: &GemmCase, python: &str) -> Result<(Row, Option<String>)> {
     let json = serde_json::to_string(case)?;
-    eprintln!("bench gemm-{} (ours)", case.n);
-    let mut child = Command::new(std::env::current_exe()?);
-    child.args(["bench-gemm", &json]).env("RAYON_NUM_THREADS", case.threads.to_string());
-    let ours = measured(child, "bench-gemm")?;
-    let reference = match python {
-        "none" => None,
-        py => {
-            eprintln!("bench gemm-{} (PyTorch)", case.n);
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench_gemm.py");
-            let mut command = Command::new(py);
-            command.arg(&script).arg(&json);
-            measured(command, &format!("{py} {}", script.display()))
-                .map_err(|e| eprintln!("  no reference: {e:#}"))
-                .ok()
-        }
-    };
-    let ms = super::median(&ours.sample_ms);
-    let lo = ours.sample_ms.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = ours.sample_ms.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let label = format!("gemm-{}", case.n);
+    let (ours, reference) = ours_and_reference("bench-gemm", "bench_gemm.py", &json, case.threads, python, &label)?;
+    let (ms, lo, hi) = spread(&ours.sample_ms);
     let reference_ms = reference.as_ref().map(|r| super::median(&r.sample_ms));
     let row = Row {
         case: format!("gemm/f32/{n}x{n}x{n}", n = case.n),

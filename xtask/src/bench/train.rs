@@ -85,7 +85,7 @@ pub fn row(case: &TrainCase, python: &str) -> Result<(Row, Option<String>)> {
     if mine.is_empty() {
         bail!("scalelong train wrote fewer than two metrics lines");
     }
-    let ms = super::median(&mine);
+    let (ms, lo, hi) = super::case::spread(&mine);
     let theirs = reference.as_ref().map(|r| super::median(&per_step_ms(&r.0)));
     let flops = 3.0 * cfg.model.forward_flops() * cfg.train.batch_size as f64;
     let row = Row {
@@ -95,7 +95,7 @@ pub fn row(case: &TrainCase, python: &str) -> Result<(Row, Option<String>)> {
         batch: cfg.train.batch_size,
         step: "train-loop",
         ours_ms: ms,
-        ours_spread_ms: (mine.iter().copied().fold(f64::INFINITY, f64::min), mine.iter().copied().fold(0.0, f64::max)),
+        ours_spread_ms: (lo, hi),
         reference_ms: theirs,
         ratio: theirs.map(|t| ms / t),
         images_per_s: cfg.train.batch_size as f64 / (ms / 1e3),

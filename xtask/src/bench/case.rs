@@ -166,17 +166,26 @@ pub(super) fn spread(ms: &[f64]) -> (f64, f64, f64) {
     (super::median(ms), lo, hi)
 }
 
-pub(super) fn time_reference(python: &str, cfg: &ModelConfig, case: &Case, threads: usize) -> Result<Measured> {
+/// The model as `bench_reference.py`'s `build` reads it: `arch`, `config` (the model's own keys),
+/// `scaling` and `kappa`, plus the `extra` fields of the case.
+pub(super) fn model_case(cfg: &ModelConfig, extra: serde_json::Value) -> Result<serde_json::Value> {
     let mut config = serde_json::to_value(cfg)?;
     config.as_object_mut().and_then(|o| o.remove("arch")); // passed on its own below
     let (scaling, kappa) = match cfg.scaling() {
         SkipScaling::Constant { kappa } => ("cs".to_string(), kappa),
         s => (s.to_string(), 0.5),
     };
-    let json = serde_json::json!({
-        "arch": cfg.arch(), "config": config, "scaling": scaling, "kappa": kappa, "batch": case.batch,
-        "warmup": case.warmup, "repeats": case.repeats, "threads": threads,
-    });
+    let mut json = serde_json::json!({"arch": cfg.arch(), "config": config, "scaling": scaling, "kappa": kappa});
+    if let (Some(o), serde_json::Value::Object(extra)) = (json.as_object_mut(), extra) {
+        o.extend(extra);
+    }
+    Ok(json)
+}
+
+pub(super) fn time_reference(python: &str, cfg: &ModelConfig, case: &Case, threads: usize) -> Result<Measured> {
+    let extra =
+        serde_json::json!({"batch": case.batch, "warmup": case.warmup, "repeats": case.repeats, "threads": threads});
+    let json = model_case(cfg, extra)?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench_reference.py");
     let mut command = Command::new(python);
     command.arg(&script).arg(json.to_string());

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use scalelong_backbones::{Architecture, ModelConfig, SkipScaling};
+use scalelong_backbones::Architecture;
 use scalelong_train::TrainConfig;
 
 use super::Row;
@@ -109,20 +109,14 @@ pub fn row(case: &TrainCase, python: &str) -> Result<(Row, Option<String>)> {
 
 /// The PyTorch loop's windows (img/s), its peak memory and torch's version.
 fn reference(python: &str, cfg: &TrainConfig, case: &TrainCase, log_every: u64) -> Result<(Vec<f64>, f64, String)> {
-    let model: &ModelConfig = &cfg.model;
-    let mut config = serde_json::to_value(model)?;
-    config.as_object_mut().and_then(|o| o.remove("arch"));
-    let (scaling, kappa) = match model.scaling() {
-        SkipScaling::Constant { kappa } => ("cs".to_string(), kappa),
-        s => (s.to_string(), 0.5),
-    };
     let t = &cfg.train;
-    let json = serde_json::json!({
-        "arch": model.arch(), "config": config, "scaling": scaling, "kappa": kappa, "batch": t.batch_size,
-        "steps": case.steps, "log_every": log_every, "lr": t.lr, "betas": [t.beta1, t.beta2], "eps": t.eps,
-        "weight_decay": t.weight_decay, "warmup_steps": t.warmup_steps, "grad_clip": t.grad_clip,
-        "ema_decay": t.ema_decay, "hflip": cfg.data.hflip, "images": 10_000, "threads": case.threads,
+    let extra = serde_json::json!({
+        "batch": t.batch_size, "steps": case.steps, "log_every": log_every, "lr": t.lr,
+        "betas": [t.beta1, t.beta2], "eps": t.eps, "weight_decay": t.weight_decay,
+        "warmup_steps": t.warmup_steps, "grad_clip": t.grad_clip, "ema_decay": t.ema_decay,
+        "hflip": cfg.data.hflip, "images": 10_000, "threads": case.threads,
     });
+    let json = super::case::model_case(&cfg.model, extra)?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("train_reference.py");
     let out = Command::new(python).arg(&script).arg(json.to_string()).output().context("running train_reference.py")?;
     if !out.status.success() {

@@ -4,7 +4,6 @@
 use std::path::Path;
 
 use anyhow::{bail, Result};
-use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
@@ -57,11 +56,13 @@ pub fn heat_map(out: &Path, title: &str, axes: &Axes, panels: &[Panel], log: boo
                 .margin(10)
                 .x_label_area_size(45)
                 .y_label_area_size(60)
-                .build_cartesian_2d((0..cols as i32 - 1).into_segmented(), (0..rows as i32 - 1).into_segmented())?;
-            let label = |labels: &[String], v: &SegmentValue<i32>| match v {
-                SegmentValue::CenterOf(i) => labels.get(*i as usize).cloned().unwrap_or_default(),
-                _ => String::new(),
-            };
+                // Cell k spans [2k, 2k + 2] with its tick at 2k + 1: plotters' segmented axis maps
+                // a one-value range (a single row or column) to one pixel.
+                .build_cartesian_2d(
+                    (0..2 * cols as i32).with_key_points(centres(cols)),
+                    (0..2 * rows as i32).with_key_points(centres(rows)),
+                )?;
+            let label = |labels: &[String], v: &i32| labels.get((v / 2) as usize).cloned().unwrap_or_default();
             chart
                 .configure_mesh()
                 .disable_mesh()
@@ -82,14 +83,8 @@ pub fn heat_map(out: &Path, title: &str, axes: &Axes, panels: &[Panel], log: boo
                         .filter(|v| scale(*v).is_finite());
                     let h = v.map(|v| if hi > lo { (scale(v) - lo) / (hi - lo) } else { 0.5 });
                     let fill = h.map_or(RGBColor(200, 200, 200), |h| ViridisRGB.get_color(h as f32));
-                    let (x, y) = (c as i32, r as i32);
-                    chart.draw_series(std::iter::once(Rectangle::new(
-                        [
-                            (SegmentValue::Exact(x), SegmentValue::Exact(y)),
-                            (SegmentValue::Exact(x + 1), SegmentValue::Exact(y + 1)),
-                        ],
-                        fill.filled(),
-                    )))?;
+                    let (x, y) = (2 * c as i32, 2 * r as i32);
+                    chart.draw_series(std::iter::once(Rectangle::new([(x, y), (x + 2, y + 2)], fill.filled())))?;
                     let ink = if h.is_some_and(|h| h > 0.6) { BLACK } else { WHITE };
                     let note = panel.notes.get(r).and_then(|row| row.get(c)).cloned().unwrap_or_default();
                     // The value, and the note on a second line below it.
@@ -97,10 +92,9 @@ pub fn heat_map(out: &Path, title: &str, axes: &Axes, panels: &[Panel], log: boo
                         v.map(short).into_iter().chain((!note.is_empty()).then_some(note)).collect();
                     let style = ("sans-serif", 14).into_font().color(&ink).pos(Pos::new(HPos::Center, VPos::Center));
                     let top = -8 * (lines.len() as i32 - 1);
-                    let at = (SegmentValue::CenterOf(x), SegmentValue::CenterOf(y));
                     for (k, line) in lines.into_iter().enumerate() {
                         let text =
-                            EmptyElement::at(at.clone()) + Text::new(line, (0, top + 16 * k as i32), style.clone());
+                            EmptyElement::at((x + 1, y + 1)) + Text::new(line, (0, top + 16 * k as i32), style.clone());
                         chart.draw_series(std::iter::once(text))?;
                     }
                 }
@@ -110,4 +104,44 @@ pub fn heat_map(out: &Path, title: &str, axes: &Axes, panels: &[Panel], log: boo
     }
     scalelong_data::write_png_rgb(out, width, height, rgb)?;
     Ok(())
+}
+
+/// The centres of `n` cells two units wide from 0: where each cell's tick and label go.
+fn centres(n: usize) -> Vec<i32> {
+    (0..n as i32).map(|k| 2 * k + 1).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Share of the image's pixels in a saturated colour (the cells; text, axes and the grey of
+    /// missing cells are not).
+    fn coloured_share(path: &Path) -> f64 {
+        let img = image::open(path).unwrap().to_rgb8();
+        let coloured = img.pixels().filter(|p| p.0.iter().max().unwrap() - p.0.iter().min().unwrap() > 60).count();
+        coloured as f64 / (img.width() * img.height()) as f64
+    }
+
+    fn panel(title: &str, values: Vec<Vec<Option<f64>>>) -> Panel {
+        let notes = values.iter().map(|row| vec![String::new(); row.len()]).collect();
+        Panel { title: title.into(), values, notes }
+    }
+
+    #[test]
+    fn cells_are_filled_for_one_row_or_one_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let labels = |n: usize| (0..n).map(|k| k.to_string()).collect::<Vec<_>>();
+        for (rows, cols) in [(1, 3), (3, 1), (2, 2)] {
+            let (x, y) = (labels(cols), labels(rows));
+            let axes = Axes { x_desc: "x", x_labels: &x, y_desc: "y", y_labels: &y };
+            let values: Vec<Vec<Option<f64>>> =
+                (0..rows).map(|r| (0..cols).map(|c| Some((1 + r * cols + c) as f64)).collect()).collect();
+            let out = dir.path().join(format!("{rows}x{cols}.png"));
+            heat_map(&out, "t", &axes, &[panel("a", values.clone()), panel("b", values)], true).unwrap();
+            // The plot area is about half the image; a collapsed row or column draws almost nothing.
+            let share = coloured_share(&out);
+            assert!(share > 0.25, "{rows}x{cols}: {share}");
+        }
+    }
 }

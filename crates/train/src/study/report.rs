@@ -79,7 +79,11 @@ pub fn grid_markdown(
 ) -> String {
     let mut md = format!("# Stability scan: {title}\n\n");
     let grid: Vec<String> = axes.iter().map(|a| format!("`{}` in {{{}}}", a.key, a.values.join(", "))).collect();
-    md += &format!("The grid: {}; every other setting as below.\n\n", grid.join(" x "));
+    // The recipe below is the base config's: say that the grid's values replace its own.
+    md += &format!(
+        "The grid: {}, each replacing the base config's value in the recipe below; every other setting as there.\n\n",
+        grid.join(" x ")
+    );
     md += &recipe(base, records, baseline);
     md += &format!(
         "A loss spike is a loss record above {SPIKE_FACTOR} x the median of the {SPIKE_WINDOW} records before it; \

@@ -53,19 +53,25 @@ impl Activation {
             }
         }
     }
+}
 
-    fn fwd<T: Float>(self, x: &[T]) -> Vec<T> {
+simd_fn! {
+    /// `f(x)` element by element.
+    fn forward<T: Float>(act: Activation, x: &[T]) -> Vec<T> {
         let mut y = vec![T::zero(); x.len()];
         y.par_chunks_mut(GRAIN).zip(x.par_chunks(GRAIN)).for_each(|(y, x)| {
-            y.iter_mut().zip(x).for_each(|(y, &x)| *y = self.eval(x, false));
+            y.iter_mut().zip(x).for_each(|(y, &x)| *y = act.eval(x, false));
         });
         y
     }
+}
 
-    fn bwd<T: Float>(self, x: &[T], g: &[T]) -> Vec<T> {
+simd_fn! {
+    /// `g f'(x)` element by element.
+    fn backward<T: Float>(act: Activation, x: &[T], g: &[T]) -> Vec<T> {
         let mut dx = vec![T::zero(); x.len()];
         dx.par_chunks_mut(GRAIN).zip(x.par_chunks(GRAIN)).zip(g.par_chunks(GRAIN)).for_each(|((dx, x), g)| {
-            dx.iter_mut().zip(x).zip(g).for_each(|((dx, &x), &g)| *dx = g * self.eval(x, true));
+            dx.iter_mut().zip(x).zip(g).for_each(|((dx, &x), &g)| *dx = g * act.eval(x, true));
         });
         dx
     }
@@ -80,7 +86,7 @@ impl CustomOp1 for Activation {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let y = float_op!(self.name(), (s, l) => x; self.fwd(x));
+        let y = float_op!(self.name(), (s, l) => x; forward(*self, x));
         Ok((y, l.shape().clone()))
     }
 
@@ -98,7 +104,7 @@ impl CustomOp2 for ActivationGrad {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let dx = float_op!(self.name(), (s1, l1) => x, (s2, l2) => g; self.0.bwd(x, g));
+        let dx = float_op!(self.name(), (s1, l1) => x, (s2, l2) => g; backward(self.0, x, g));
         Ok((dx, l1.shape().clone()))
     }
 }

@@ -91,6 +91,7 @@ impl Dims {
     }
 
     /// `probs (L, L)` = softmax(q k^T * scale) of image `b`, head `h`.
+    #[inline(always)]
     fn probs<T: Float>(&self, q: Rows<T>, k: Rows<T>, b: usize, h: usize, probs: &mut [T]) {
         let (l, d) = (self.l, self.d());
         gemm((probs, l), (l, l, d), q.head(b, h, d, false), k.head(b, h, d, true), false, self.parallelism());
@@ -105,17 +106,20 @@ struct Attention {
     scale: f64,
 }
 
-fn attention_fwd<T: Float>(q: Rows<T>, k: Rows<T>, v: Rows<T>, dims: Dims) -> Vec<T> {
-    let (l, c, d) = (dims.l, dims.c, dims.d());
-    let mut out = vec![T::zero(); dims.b * l * c];
-    out.par_chunks_mut(l * c).enumerate().for_each_init(Vec::new, |probs, (b, out)| {
-        probs.resize(l * l, T::zero());
-        for h in 0..dims.heads {
-            dims.probs(q, k, b, h, probs);
-            gemm((&mut out[h * d..], c), (l, d, l), (probs, l, 1), v.head(b, h, d, false), false, dims.parallelism());
-        }
-    });
-    out
+simd_fn! {
+    fn attention_fwd<T: Float>(q: Rows<T>, k: Rows<T>, v: Rows<T>, dims: Dims) -> Vec<T> {
+        let (l, c, d) = (dims.l, dims.c, dims.d());
+        let mut out = vec![T::zero(); dims.b * l * c];
+        out.par_chunks_mut(l * c).enumerate().for_each_init(Vec::new, |probs, (b, out)| {
+            probs.resize(l * l, T::zero());
+            for h in 0..dims.heads {
+                dims.probs(q, k, b, h, probs);
+                let v = v.head(b, h, d, false);
+                gemm((&mut out[h * d..], c), (l, d, l), (probs, l, 1), v, false, dims.parallelism());
+            }
+        });
+        out
+    }
 }
 
 impl CustomOp3 for Attention {
@@ -168,37 +172,39 @@ struct AttentionGrad {
     grad: Tensor,
 }
 
-fn attention_bwd<T: Float>(q: Rows<T>, k: Rows<T>, v: Rows<T>, grad: &[T], dims: Dims) -> Vec<T> {
-    let (l, c, d, par) = (dims.l, dims.c, dims.d(), dims.parallelism());
-    let n = dims.b * l * c;
-    let mut out = vec![T::zero(); 3 * n];
-    let (dq, rest) = out.split_at_mut(n);
-    let (dk, dv) = rest.split_at_mut(n);
-    let images = dq.par_chunks_mut(l * c).zip(dk.par_chunks_mut(l * c)).zip(dv.par_chunks_mut(l * c));
-    images.enumerate().for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(probs, dprobs), (b, ((dq, dk), dv))| {
-            probs.resize(l * l, T::zero());
-            dprobs.resize(l * l, T::zero());
-            let g = &grad[b * l * c..];
-            for h in 0..dims.heads {
-                dims.probs(q, k, b, h, probs);
-                let g_h = (&g[h * d..], c, 1);
-                // dv = P^T g; dP = g v^T; dS = P * (dP - rowsum(dP * P)) * scale.
-                gemm((&mut dv[h * d..], c), (l, d, l), (probs, 1, l), g_h, false, par);
-                gemm((dprobs, l), (l, l, d), g_h, v.head(b, h, d, true), false, par);
-                let scale = T::from_f64(dims.scale).unwrap();
-                for (dp, p) in dprobs.chunks_mut(l).zip(probs.chunks(l)) {
-                    let dot = sum_by(dp, p, |dp, p| dp * p);
-                    dp.iter_mut().zip(p).for_each(|(dp, &p)| *dp = p * (*dp - dot) * scale);
+simd_fn! {
+    fn attention_bwd<T: Float>(q: Rows<T>, k: Rows<T>, v: Rows<T>, grad: &[T], dims: Dims) -> Vec<T> {
+        let (l, c, d, par) = (dims.l, dims.c, dims.d(), dims.parallelism());
+        let n = dims.b * l * c;
+        let mut out = vec![T::zero(); 3 * n];
+        let (dq, rest) = out.split_at_mut(n);
+        let (dk, dv) = rest.split_at_mut(n);
+        let images = dq.par_chunks_mut(l * c).zip(dk.par_chunks_mut(l * c)).zip(dv.par_chunks_mut(l * c));
+        images.enumerate().for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(probs, dprobs), (b, ((dq, dk), dv))| {
+                probs.resize(l * l, T::zero());
+                dprobs.resize(l * l, T::zero());
+                let g = &grad[b * l * c..];
+                for h in 0..dims.heads {
+                    dims.probs(q, k, b, h, probs);
+                    let g_h = (&g[h * d..], c, 1);
+                    // dv = P^T g; dP = g v^T; dS = P * (dP - rowsum(dP * P)) * scale.
+                    gemm((&mut dv[h * d..], c), (l, d, l), (probs, 1, l), g_h, false, par);
+                    gemm((dprobs, l), (l, l, d), g_h, v.head(b, h, d, true), false, par);
+                    let scale = T::from_f64(dims.scale).unwrap();
+                    for (dp, p) in dprobs.chunks_mut(l).zip(probs.chunks(l)) {
+                        let dot = sum_by(dp, p, |dp, p| dp * p);
+                        dp.iter_mut().zip(p).for_each(|(dp, &p)| *dp = p * (*dp - dot) * scale);
+                    }
+                    // dq = dS k; dk = dS^T q.
+                    gemm((&mut dq[h * d..], c), (l, d, l), (dprobs, l, 1), k.head(b, h, d, false), false, par);
+                    gemm((&mut dk[h * d..], c), (l, d, l), (dprobs, 1, l), q.head(b, h, d, false), false, par);
                 }
-                // dq = dS k; dk = dS^T q.
-                gemm((&mut dq[h * d..], c), (l, d, l), (dprobs, l, 1), k.head(b, h, d, false), false, par);
-                gemm((&mut dk[h * d..], c), (l, d, l), (dprobs, 1, l), q.head(b, h, d, false), false, par);
-            }
-        },
-    );
-    out
+            },
+        );
+        out
+    }
 }
 
 impl CustomOp3 for AttentionGrad {

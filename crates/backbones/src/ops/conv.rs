@@ -179,40 +179,43 @@ impl Inner {
     }
 }
 
-/// `col (K, n L)` of the `n` images `x`: row (c, i, j), columns image by image.
-fn im2col<T: Float>(x: &[T], g: &Geom, n: usize, col: &mut [T], inner: Inner) {
-    let (s, l) = (g.stride, g.l());
-    inner.chunks(col, n * l, |r, row| {
-        let (c, i, j) = g.tap(r);
-        let (lo, hi) = g.valid_cols(j);
-        for (b, row) in row.chunks_mut(l).enumerate() {
-            let channel = &x[b * g.image() + c * g.h * g.w..][..g.h * g.w];
-            if s == 1 && (g.oh, g.ow) == (g.h, g.w) {
-                shifted_copy(channel, g, i, j, row);
-                continue;
-            }
-            for (oy, dst) in row.chunks_mut(g.ow).enumerate() {
-                let Some(iy) = g.input_row(oy, i) else {
-                    dst.fill(T::zero());
+simd_fn! {
+    /// `col (K, n L)` of the `n` images `x`: row (c, i, j), columns image by image.
+    fn im2col<T: Float>(x: &[T], g: &Geom, n: usize, col: &mut [T], inner: Inner) {
+        let (s, l) = (g.stride, g.l());
+        inner.chunks(col, n * l, |r, row| {
+            let (c, i, j) = g.tap(r);
+            let (lo, hi) = g.valid_cols(j);
+            for (b, row) in row.chunks_mut(l).enumerate() {
+                let channel = &x[b * g.image() + c * g.h * g.w..][..g.h * g.w];
+                if s == 1 && (g.oh, g.ow) == (g.h, g.w) {
+                    shifted_copy(channel, g, i, j, row);
                     continue;
-                };
-                let src = &channel[iy * g.w..][..g.w];
-                dst[..lo].fill(T::zero());
-                dst[hi..].fill(T::zero());
-                let x0 = lo * s + j - g.pad.1;
-                if s == 1 {
-                    dst[lo..hi].copy_from_slice(&src[x0..x0 + hi - lo]);
-                } else {
-                    dst[lo..hi].iter_mut().enumerate().for_each(|(m, d)| *d = src[x0 + m * s]);
+                }
+                for (oy, dst) in row.chunks_mut(g.ow).enumerate() {
+                    let Some(iy) = g.input_row(oy, i) else {
+                        dst.fill(T::zero());
+                        continue;
+                    };
+                    let src = &channel[iy * g.w..][..g.w];
+                    dst[..lo].fill(T::zero());
+                    dst[hi..].fill(T::zero());
+                    let x0 = lo * s + j - g.pad.1;
+                    if s == 1 {
+                        dst[lo..hi].copy_from_slice(&src[x0..x0 + hi - lo]);
+                    } else {
+                        dst[lo..hi].iter_mut().enumerate().for_each(|(m, d)| *d = src[x0 + m * s]);
+                    }
                 }
             }
-        }
-    });
+        });
+    }
 }
 
 /// One im2col row of a stride-1 convolution whose output has the input's size: the whole channel
 /// shifted by the tap's offset, in one copy (instead of one short copy per output row), then the
 /// taps that fall outside the image zeroed.
+#[inline(always)]
 fn shifted_copy<T: Float>(channel: &[T], g: &Geom, i: usize, j: usize, dst: &mut [T]) {
     let shift = (i as isize - g.pad.0 as isize) * g.w as isize + j as isize - g.pad.1 as isize;
     let len = dst.len() as isize;
@@ -232,65 +235,69 @@ fn shifted_copy<T: Float>(channel: &[T], g: &Geom, i: usize, j: usize, dst: &mut
     }
 }
 
-/// The `n` images `dx` whose im2col gradient is `col (K, n L)`: each pixel the sum of its taps.
-/// Zeroes `col`'s taps that lie outside the image first where that lets a stride-1 same-size
-/// convolution add each tap's whole channel in one shifted pass (not one short run per row).
-fn col2im<T: Float>(col: &mut [T], g: &Geom, n: usize, dx: &mut [T], inner: Inner) {
-    let (s, l) = (g.stride, g.l());
-    let same = s == 1 && (g.oh, g.ow) == (g.h, g.w);
-    if same {
-        inner.chunks(col, n * l, |r, row| {
-            let (lo, hi) = g.valid_cols(g.tap(r).2);
-            if lo > 0 || hi < g.ow {
-                for out_row in row.chunks_mut(g.ow) {
-                    let (left, rest) = out_row.split_at_mut(lo);
-                    left.iter_mut().chain(&mut rest[hi - lo..]).for_each(|v| *v = T::zero());
+simd_fn! {
+    /// The `n` images `dx` whose im2col gradient is `col (K, n L)`: each pixel the sum of its taps.
+    /// Zeroes `col`'s taps that lie outside the image first where that lets a stride-1 same-size
+    /// convolution add each tap's whole channel in one shifted pass (not one short run per row).
+    fn col2im<T: Float>(col: &mut [T], g: &Geom, n: usize, dx: &mut [T], inner: Inner) {
+        let (s, l) = (g.stride, g.l());
+        let same = s == 1 && (g.oh, g.ow) == (g.h, g.w);
+        if same {
+            inner.chunks(col, n * l, |r, row| {
+                let (lo, hi) = g.valid_cols(g.tap(r).2);
+                if lo > 0 || hi < g.ow {
+                    for out_row in row.chunks_mut(g.ow) {
+                        let (left, rest) = out_row.split_at_mut(lo);
+                        left.iter_mut().chain(&mut rest[hi - lo..]).for_each(|v| *v = T::zero());
+                    }
+                }
+            });
+        }
+        let col = &*col;
+        inner.chunks(dx, g.h * g.w, |bc, dst| {
+            let (b, c) = (bc / g.cin, bc % g.cin);
+            dst.fill(T::zero());
+            for i in 0..g.kh {
+                for j in 0..g.kw {
+                    let row = &col[((c * g.kh + i) * g.kw + j) * n * l + b * l..][..l];
+                    if same {
+                        // Output pixel p reads input pixel p + shift (those off the image are zero).
+                        let shift = (i as isize - g.pad.0 as isize) * g.w as isize + j as isize - g.pad.1 as isize;
+                        let len = l as isize;
+                        let (p0, p1) = ((-shift).clamp(0, len), (len - shift).clamp(0, len));
+                        if p1 > p0 {
+                            let (p0, p1, d0) = (p0 as usize, p1 as usize, (p0 + shift) as usize);
+                            dst[d0..d0 + p1 - p0].iter_mut().zip(&row[p0..p1]).for_each(|(d, &v)| *d = *d + v);
+                        }
+                        continue;
+                    }
+                    let (lo, hi) = g.valid_cols(j);
+                    let x0 = lo * s + j - g.pad.1;
+                    for (oy, src) in row.chunks(g.ow).enumerate() {
+                        let Some(iy) = g.input_row(oy, i) else { continue };
+                        let dst = &mut dst[iy * g.w..][..g.w];
+                        if s == 1 {
+                            dst[x0..x0 + hi - lo].iter_mut().zip(&src[lo..hi]).for_each(|(d, &v)| *d = *d + v);
+                        } else {
+                            src[lo..hi].iter().enumerate().for_each(|(m, &v)| dst[x0 + m * s] = dst[x0 + m * s] + v);
+                        }
+                    }
                 }
             }
         });
     }
-    let col = &*col;
-    inner.chunks(dx, g.h * g.w, |bc, dst| {
-        let (b, c) = (bc / g.cin, bc % g.cin);
-        dst.fill(T::zero());
-        for i in 0..g.kh {
-            for j in 0..g.kw {
-                let row = &col[((c * g.kh + i) * g.kw + j) * n * l + b * l..][..l];
-                if same {
-                    // Output pixel p reads input pixel p + shift (those off the image are zero).
-                    let shift = (i as isize - g.pad.0 as isize) * g.w as isize + j as isize - g.pad.1 as isize;
-                    let len = l as isize;
-                    let (p0, p1) = ((-shift).clamp(0, len), (len - shift).clamp(0, len));
-                    if p1 > p0 {
-                        let (p0, p1, d0) = (p0 as usize, p1 as usize, (p0 + shift) as usize);
-                        dst[d0..d0 + p1 - p0].iter_mut().zip(&row[p0..p1]).for_each(|(d, &v)| *d = *d + v);
-                    }
-                    continue;
-                }
-                let (lo, hi) = g.valid_cols(j);
-                let x0 = lo * s + j - g.pad.1;
-                for (oy, src) in row.chunks(g.ow).enumerate() {
-                    let Some(iy) = g.input_row(oy, i) else { continue };
-                    let dst = &mut dst[iy * g.w..][..g.w];
-                    if s == 1 {
-                        dst[x0..x0 + hi - lo].iter_mut().zip(&src[lo..hi]).for_each(|(d, &v)| *d = *d + v);
-                    } else {
-                        src[lo..hi].iter().enumerate().for_each(|(m, &v)| dst[x0 + m * s] = dst[x0 + m * s] + v);
-                    }
-                }
-            }
-        }
-    });
 }
 
-/// `(Cout, n L)` from `n` images `(Cout, L)` each (the GEMM's layout of an output gradient).
-fn to_rows<T: Float>(images: &[T], g: &Geom, n: usize, rows: &mut [T], inner: Inner) {
-    let l = g.l();
-    inner.chunks(rows, n * l, |co, row| {
-        for (b, dst) in row.chunks_mut(l).enumerate() {
-            dst.copy_from_slice(&images[(b * g.cout + co) * l..][..l]);
-        }
-    });
+simd_fn! {
+    /// `(Cout, n L)` from `n` images `(Cout, L)` each (the GEMM's layout of an output gradient).
+    fn to_rows<T: Float>(images: &[T], g: &Geom, n: usize, rows: &mut [T], inner: Inner) {
+        let l = g.l();
+        inner.chunks(rows, n * l, |co, row| {
+            for (b, dst) in row.chunks_mut(l).enumerate() {
+                dst.copy_from_slice(&images[(b * g.cout + co) * l..][..l]);
+            }
+        });
+    }
 }
 
 /// The forward op; `relu` (inference only) has no backward.
@@ -317,43 +324,46 @@ fn conv_fwd<T: Float>(x: &[T], wt: &[T], bias: &[T], g: Geom, relu: bool) -> Vec
     out
 }
 
-/// The output of one group of images; `bufs` are scratch (im2col matrix, output rows).
-#[allow(clippy::too_many_arguments)]
-fn conv_group<T: Float>(
-    x: &[T],
-    wt: &[T],
-    bias: &[T],
-    g: &Geom,
-    relu: bool,
-    out: &mut [T],
-    (col, rows): &mut (Vec<T>, Vec<T>),
-    inner: Inner,
-) {
-    let (k, l) = (g.k(), g.l());
-    let n = x.len() / g.image();
-    let finish = |v: T, co: usize| match relu {
-        true => (v + bias[co]).max(T::zero()),
-        false => v + bias[co],
-    };
-    // A 1x1 stride-1 convolution of one image reads the image itself as its im2col matrix.
-    let direct = n == 1 && g.kh * g.kw == 1 && g.stride == 1;
-    if !direct {
-        col.resize(k * n * l, T::zero());
-        im2col(x, g, n, col, inner);
+simd_fn! {
+    /// The output of one group of images; `bufs` are scratch (im2col matrix, output rows).
+    #[allow(clippy::too_many_arguments)]
+    fn conv_group<T: Float>(
+        x: &[T],
+        wt: &[T],
+        bias: &[T],
+        g: &Geom,
+        relu: bool,
+        out: &mut [T],
+        bufs: &mut (Vec<T>, Vec<T>),
+        inner: Inner,
+    ) {
+        let (col, rows) = bufs;
+        let (k, l) = (g.k(), g.l());
+        let n = x.len() / g.image();
+        let finish = |v: T, co: usize| match relu {
+            true => (v + bias[co]).max(T::zero()),
+            false => v + bias[co],
+        };
+        // A 1x1 stride-1 convolution of one image reads the image itself as its im2col matrix.
+        let direct = n == 1 && g.kh * g.kw == 1 && g.stride == 1;
+        if !direct {
+            col.resize(k * n * l, T::zero());
+            im2col(x, g, n, col, inner);
+        }
+        let col: &[T] = if direct { x } else { col };
+        if n == 1 {
+            // One image: the GEMM writes the output itself.
+            gemm((&mut *out, l), (g.cout, l, k), (wt, k, 1), (col, l, 1), false, inner.gemm());
+            inner.chunks(out, l, |co, dst| dst.iter_mut().for_each(|d| *d = finish(*d, co)));
+            return;
+        }
+        rows.resize(g.cout * n * l, T::zero());
+        gemm((rows, n * l), (g.cout, n * l, k), (wt, k, 1), (col, n * l, 1), false, inner.gemm());
+        inner.chunks(out, l, |bc, dst| {
+            let (b, co) = (bc / g.cout, bc % g.cout);
+            dst.iter_mut().zip(&rows[co * n * l + b * l..][..l]).for_each(|(d, &v)| *d = finish(v, co));
+        });
     }
-    let col: &[T] = if direct { x } else { col };
-    if n == 1 {
-        // One image: the GEMM writes the output itself.
-        gemm((&mut *out, l), (g.cout, l, k), (wt, k, 1), (col, l, 1), false, inner.gemm());
-        inner.chunks(out, l, |co, dst| dst.iter_mut().for_each(|d| *d = finish(*d, co)));
-        return;
-    }
-    rows.resize(g.cout * n * l, T::zero());
-    gemm((rows, n * l), (g.cout, n * l, k), (wt, k, 1), (col, n * l, 1), false, inner.gemm());
-    inner.chunks(out, l, |bc, dst| {
-        let (b, co) = (bc / g.cout, bc % g.cout);
-        dst.iter_mut().zip(&rows[co * n * l + b * l..][..l]).for_each(|(d, &v)| *d = finish(v, co));
-    });
 }
 
 impl CustomOp3 for Conv {
@@ -405,34 +415,36 @@ struct InputGrad {
     x_dims: [usize; 4],
 }
 
-fn input_grad<T: Float>(grad: &[T], wt: &[T], g: Geom) -> Vec<T> {
-    let (k, l, group) = (g.k(), g.l(), g.group());
-    let mut dx = vec![T::zero(); g.b * g.image()];
-    let pairs = grad.chunks(group * g.cout * l).zip(dx.chunks_mut(group * g.image()));
-    let inner = Inner::of(g.b.div_ceil(group));
-    let run = |(grad, dx): (&[T], &mut [T]), (col, rows): &mut (Vec<T>, Vec<T>)| {
-        let n = dx.len() / g.image();
-        col.resize(k * n * l, T::zero());
-        // One image's gradient is already in the GEMM's layout.
-        let rows: &[T] = match n {
-            1 => grad,
-            _ => {
-                rows.resize(g.cout * n * l, T::zero());
-                to_rows(grad, &g, n, rows, inner);
-                rows
-            }
+simd_fn! {
+    fn input_grad<T: Float>(grad: &[T], wt: &[T], g: Geom) -> Vec<T> {
+        let (k, l, group) = (g.k(), g.l(), g.group());
+        let mut dx = vec![T::zero(); g.b * g.image()];
+        let pairs = grad.chunks(group * g.cout * l).zip(dx.chunks_mut(group * g.image()));
+        let inner = Inner::of(g.b.div_ceil(group));
+        let run = |(grad, dx): (&[T], &mut [T]), (col, rows): &mut (Vec<T>, Vec<T>)| {
+            let n = dx.len() / g.image();
+            col.resize(k * n * l, T::zero());
+            // One image's gradient is already in the GEMM's layout.
+            let rows: &[T] = match n {
+                1 => grad,
+                _ => {
+                    rows.resize(g.cout * n * l, T::zero());
+                    to_rows(grad, &g, n, rows, inner);
+                    rows
+                }
+            };
+            gemm((col, n * l), (k, n * l, g.cout), (wt, 1, k), (rows, n * l, 1), false, inner.gemm());
+            col2im(col, &g, n, dx, inner);
         };
-        gemm((col, n * l), (k, n * l, g.cout), (wt, 1, k), (rows, n * l, 1), false, inner.gemm());
-        col2im(col, &g, n, dx, inner);
-    };
-    match inner.0 {
-        true => {
-            let mut bufs = Default::default();
-            pairs.for_each(|p| run(p, &mut bufs))
+        match inner.0 {
+            true => {
+                let mut bufs = Default::default();
+                pairs.for_each(|p| run(p, &mut bufs))
+            }
+            false => pairs.collect::<Vec<_>>().into_par_iter().for_each_init(Default::default, |bufs, p| run(p, bufs)),
         }
-        false => pairs.collect::<Vec<_>>().into_par_iter().for_each_init(Default::default, |bufs, p| run(p, bufs)),
+        dx
     }
-    dx
 }
 
 impl CustomOp2 for InputGrad {
@@ -458,47 +470,49 @@ struct WeightGrad {
     kernel: (usize, usize),
 }
 
-fn weight_grad<T: Float>(x: &[T], grad: &[T], g: Geom) -> Vec<T> {
-    let (k, l, group) = (g.k(), g.l(), g.group());
-    let groups: Vec<(&[T], &[T])> = x.chunks(group * g.image()).zip(grad.chunks(group * g.cout * l)).collect();
-    // `[dW^T (K, Cout), dbias]` of runs of consecutive image groups, added up in their order:
-    // fixed by the shape, so the result never depends on the threads.
-    let partial = |groups: &[(&[T], &[T])], inner: Inner| {
-        let mut acc = vec![T::zero(); k * g.cout + g.cout];
-        let (mut col, mut rows) = (Vec::new(), Vec::new());
-        for &(x, grad) in groups {
-            let n = x.len() / g.image();
-            col.resize(k * n * l, T::zero());
-            im2col(x, &g, n, &mut col, inner);
-            let rows: &[T] = match n {
-                1 => grad,
-                _ => {
-                    rows.resize(g.cout * n * l, T::zero());
-                    to_rows(grad, &g, n, &mut rows, inner);
-                    &rows
-                }
-            };
-            let (dwt, db) = acc.split_at_mut(k * g.cout);
-            // dW^T (K, Cout) = col rows^T: the wide im2col matrix as the row-major operand ran
-            // faster here than rows col^T.
-            gemm((dwt, g.cout), (k, g.cout, n * l), (&col, n * l, 1), (rows, 1, n * l), true, inner.gemm());
-            db.iter_mut().zip(rows.chunks(n * l)).for_each(|(db, row)| *db = *db + sum_by(row, row, |v, _| v));
+simd_fn! {
+    fn weight_grad<T: Float>(x: &[T], grad: &[T], g: Geom) -> Vec<T> {
+        let (k, l, group) = (g.k(), g.l(), g.group());
+        let groups: Vec<(&[T], &[T])> = x.chunks(group * g.image()).zip(grad.chunks(group * g.cout * l)).collect();
+        // `[dW^T (K, Cout), dbias]` of runs of consecutive image groups, added up in their order:
+        // fixed by the shape, so the result never depends on the threads.
+        let partial = |groups: &[(&[T], &[T])], inner: Inner| {
+            let mut acc = vec![T::zero(); k * g.cout + g.cout];
+            let (mut col, mut rows) = (Vec::new(), Vec::new());
+            for &(x, grad) in groups {
+                let n = x.len() / g.image();
+                col.resize(k * n * l, T::zero());
+                im2col(x, &g, n, &mut col, inner);
+                let rows: &[T] = match n {
+                    1 => grad,
+                    _ => {
+                        rows.resize(g.cout * n * l, T::zero());
+                        to_rows(grad, &g, n, &mut rows, inner);
+                        &rows
+                    }
+                };
+                let (dwt, db) = acc.split_at_mut(k * g.cout);
+                // dW^T (K, Cout) = col rows^T: the wide im2col matrix as the row-major operand ran
+                // faster here than rows col^T.
+                gemm((dwt, g.cout), (k, g.cout, n * l), (&col, n * l, 1), (rows, 1, n * l), true, inner.gemm());
+                db.iter_mut().zip(rows.chunks(n * l)).for_each(|(db, row)| *db = *db + sum_by(row, row, |v, _| v));
+            }
+            acc
+        };
+        // The same partial sums, in the same order, whichever way the groups run.
+        let (inner, chunk) = (Inner::of(groups.len()), reduction_group(groups.len()));
+        let parts = match inner.0 {
+            true => groups.chunks(chunk).map(|gs| partial(gs, inner)).collect(),
+            false => groups.par_chunks(chunk).map(|gs| partial(gs, inner)).collect(),
+        };
+        let acc = sum_in_order(parts, k * g.cout + g.cout);
+        let mut dwb = vec![T::zero(); g.cout * (k + 1)];
+        for (co, dw) in dwb[..g.cout * k].chunks_mut(k).enumerate() {
+            dw.iter_mut().enumerate().for_each(|(kk, d)| *d = acc[kk * g.cout + co]);
         }
-        acc
-    };
-    // The same partial sums, in the same order, whichever way the groups run.
-    let (inner, chunk) = (Inner::of(groups.len()), reduction_group(groups.len()));
-    let parts = match inner.0 {
-        true => groups.chunks(chunk).map(|gs| partial(gs, inner)).collect(),
-        false => groups.par_chunks(chunk).map(|gs| partial(gs, inner)).collect(),
-    };
-    let acc = sum_in_order(parts, k * g.cout + g.cout);
-    let mut dwb = vec![T::zero(); g.cout * (k + 1)];
-    for (co, dw) in dwb[..g.cout * k].chunks_mut(k).enumerate() {
-        dw.iter_mut().enumerate().for_each(|(kk, d)| *d = acc[kk * g.cout + co]);
+        dwb[g.cout * k..].copy_from_slice(&acc[k * g.cout..]);
+        dwb
     }
-    dwb[g.cout * k..].copy_from_slice(&acc[k * g.cout..]);
-    dwb
 }
 
 impl CustomOp2 for WeightGrad {

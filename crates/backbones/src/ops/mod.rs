@@ -27,6 +27,38 @@ macro_rules! float_op {
     };
 }
 
+/// `fn name<T: Float>(args) -> ret { body }`, with the body compiled three times: for AVX-512, for
+/// AVX2 with FMA, and for the x86-64 baseline the crate is built for (4-lane SSE), and the best
+/// one this CPU has chosen at run time. Closures in the body inherit its copy's features (helpers
+/// it calls need `#[inline(always)]` to). Rust never fuses `a * b + c`, so every copy gives bitwise
+/// the same result.
+macro_rules! simd_fn {
+    ($(#[$meta:meta])* fn $name:ident<T: Float>($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        fn $name<T: Float>($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                fn avx512<T: Float>($($arg: $ty),*) $(-> $ret)? $body
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                fn avx2<T: Float>($($arg: $ty),*) $(-> $ret)? $body
+                use std::arch::is_x86_feature_detected as has;
+                if has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl") {
+                    // SAFETY: this CPU has the features `avx512` is compiled for.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if has!("avx2") && has!("fma") {
+                    // SAFETY: as above, for `avx2`.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body
+        }
+    };
+}
+
 mod activation;
 mod attention;
 mod bias;
@@ -164,6 +196,7 @@ impl Float for f64 {
 
 /// `sum(f(a_i, b_i))` over eight independent accumulators, so that the compiler vectorises it
 /// (one running float sum is a dependency chain it may not reorder).
+#[inline(always)]
 fn sum_by<T: Float>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> T {
     const LANES: usize = 8;
     let mut acc = [T::zero(); LANES];

@@ -87,33 +87,13 @@ impl AffineNorm {
     }
 
     /// Channel of run `r` of chunk `ci`.
+    #[inline(always)]
     fn channel(&self, ci: usize, r: usize) -> usize {
         (ci * (self.chunk / self.inner) + r) % self.channels
     }
 
-    fn fwd<T: Float>(&self, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
-        let mut y = vec![T::zero(); x.len()];
-        y.par_chunks_mut(self.chunk).zip(x.par_chunks(self.chunk)).enumerate().for_each(|(ci, (y, x))| {
-            let (mean, rstd) = moments(x, self.eps);
-            if self.inner == 1 {
-                for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
-                    *y = (x - mean) * rstd * w + b;
-                }
-            } else {
-                for (r, (y, x)) in y.chunks_mut(self.inner).zip(x.chunks(self.inner)).enumerate() {
-                    let c = self.channel(ci, r);
-                    let (scale, shift) = (rstd * w[c], b[c] - mean * rstd * w[c]);
-                    y.iter_mut().zip(x).for_each(|(y, &x)| *y = x * scale + shift);
-                }
-            }
-            if self.silu {
-                y.iter_mut().for_each(|y| *y = Activation::Silu.eval(*y, false));
-            }
-        });
-        y
-    }
-
     /// The gradient at the affine output: `g` itself, or `g silu'(z)` with z recomputed from x.
+    #[inline(always)]
     fn pre_activation_grad<T: Float>(&self, ci: usize, x: &[T], w: &[T], b: &[T], g: &[T], dz: &mut Vec<T>) {
         let (mean, rstd) = moments(x, self.eps);
         dz.clear();
@@ -135,35 +115,9 @@ impl AffineNorm {
         }
     }
 
-    /// `[dx, dweight, dbias]` flattened into one buffer; `wb` is `[weight, bias]`.
-    fn bwd<T: Float>(&self, x: &[T], wb: &[T], g: &[T]) -> Vec<T> {
-        let (w, b) = wb.split_at(self.channels);
-        let (n, c) = (x.len(), self.channels);
-        let mut out = vec![T::zero(); n + 2 * c];
-        let (dx, dparams) = out.split_at_mut(n);
-        let (group, chunk) = (reduction_group(n / self.chunk), self.chunk);
-        let groups = dx.par_chunks_mut(group * chunk).zip(x.par_chunks(group * chunk)).zip(g.par_chunks(group * chunk));
-        let partials = groups.enumerate().map(|(gi, ((dx, x), g))| {
-            let (mut acc, mut dz) = (vec![T::zero(); 2 * c], Vec::new());
-            let chunks = dx.chunks_mut(chunk).zip(x.chunks(chunk)).zip(g.chunks(chunk));
-            for (i, ((dx, x), g)) in chunks.enumerate() {
-                let ci = gi * group + i;
-                if self.silu {
-                    self.pre_activation_grad(ci, x, w, b, g, &mut dz);
-                    self.chunk_bwd(ci, x, w, &dz, dx, &mut acc);
-                } else {
-                    self.chunk_bwd(ci, x, w, g, dx, &mut acc);
-                }
-            }
-            acc
-        });
-        let sum = sum_in_order(partials.collect(), 2 * c);
-        dparams.copy_from_slice(&sum);
-        out
-    }
-
     /// dx of one chunk: rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) with dxhat = g * w;
     /// adds the chunk's sum(g * xhat) and sum(g) per channel to `acc = [dweight, dbias]`.
+    #[inline(always)]
     fn chunk_bwd<T: Float>(&self, ci: usize, x: &[T], w: &[T], g: &[T], dx: &mut [T], acc: &mut [T]) {
         let (mean, rstd) = moments(x, self.eps);
         let (dw, db) = acc.split_at_mut(self.channels);
@@ -204,7 +158,62 @@ impl AffineNorm {
     }
 }
 
+simd_fn! {
+    /// The normalised, affine (and SiLU'd) output.
+    fn norm_fwd<T: Float>(norm: &AffineNorm, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
+        let mut y = vec![T::zero(); x.len()];
+        y.par_chunks_mut(norm.chunk).zip(x.par_chunks(norm.chunk)).enumerate().for_each(|(ci, (y, x))| {
+            let (mean, rstd) = moments(x, norm.eps);
+            if norm.inner == 1 {
+                for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
+                    *y = (x - mean) * rstd * w + b;
+                }
+            } else {
+                for (r, (y, x)) in y.chunks_mut(norm.inner).zip(x.chunks(norm.inner)).enumerate() {
+                    let c = norm.channel(ci, r);
+                    let (scale, shift) = (rstd * w[c], b[c] - mean * rstd * w[c]);
+                    y.iter_mut().zip(x).for_each(|(y, &x)| *y = x * scale + shift);
+                }
+            }
+            if norm.silu {
+                y.iter_mut().for_each(|y| *y = Activation::Silu.eval(*y, false));
+            }
+        });
+        y
+    }
+}
+
+simd_fn! {
+    /// `[dx, dweight, dbias]` flattened into one buffer; `wb` is `[weight, bias]`.
+    fn norm_bwd<T: Float>(norm: &AffineNorm, x: &[T], wb: &[T], g: &[T]) -> Vec<T> {
+        let (w, b) = wb.split_at(norm.channels);
+        let (n, c) = (x.len(), norm.channels);
+        let mut out = vec![T::zero(); n + 2 * c];
+        let (dx, dparams) = out.split_at_mut(n);
+        let (group, chunk) = (reduction_group(n / norm.chunk), norm.chunk);
+        let groups = dx.par_chunks_mut(group * chunk).zip(x.par_chunks(group * chunk)).zip(g.par_chunks(group * chunk));
+        let partials = groups.enumerate().map(|(gi, ((dx, x), g))| {
+            let (mut acc, mut dz) = (vec![T::zero(); 2 * c], Vec::new());
+            let chunks = dx.chunks_mut(chunk).zip(x.chunks(chunk)).zip(g.chunks(chunk));
+            for (i, ((dx, x), g)) in chunks.enumerate() {
+                let ci = gi * group + i;
+                if norm.silu {
+                    norm.pre_activation_grad(ci, x, w, b, g, &mut dz);
+                    norm.chunk_bwd(ci, x, w, &dz, dx, &mut acc);
+                } else {
+                    norm.chunk_bwd(ci, x, w, g, dx, &mut acc);
+                }
+            }
+            acc
+        });
+        let sum = sum_in_order(partials.collect(), 2 * c);
+        dparams.copy_from_slice(&sum);
+        out
+    }
+}
+
 /// Mean and 1/sqrt(var + eps) of one chunk, two-pass for accuracy.
+#[inline(always)]
 fn moments<T: Float>(x: &[T], eps: f64) -> (T, T) {
     let n = T::from_usize(x.len()).unwrap();
     let mean = sum_by(x, x, |v, _| v) / n;
@@ -227,7 +236,7 @@ impl CustomOp3 for AffineNorm {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let op = self.name();
-        let y = float_op!(op, (s1, l1) => x, (s2, l2) => w, (s3, l3) => b; self.fwd(x, w, b));
+        let y = float_op!(op, (s1, l1) => x, (s2, l2) => w, (s3, l3) => b; norm_fwd(self, x, w, b));
         Ok((y, l1.shape().clone()))
     }
 
@@ -267,7 +276,7 @@ impl CustomOp3 for AffineNormGrad {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let op = self.name();
-        let out = float_op!(op, (s1, l1) => x, (s2, l2) => wb, (s3, l3) => g; self.0.bwd(x, wb, g));
+        let out = float_op!(op, (s1, l1) => x, (s2, l2) => wb, (s3, l3) => g; norm_bwd(&self.0, x, wb, g));
         Ok((out, Shape::from(l1.shape().elem_count() + 2 * self.0.channels)))
     }
 }

@@ -27,14 +27,17 @@ fn row_len(l: &Layout) -> usize {
 
 struct Softmax;
 
-fn softmax<T: Float>(x: &[T], n: usize) -> Vec<T> {
-    let mut y = x.to_vec();
-    y.par_chunks_mut(n).for_each(|y| rows_in_place(y, n));
-    y
+simd_fn! {
+    fn softmax<T: Float>(x: &[T], n: usize) -> Vec<T> {
+        let mut y = x.to_vec();
+        y.par_chunks_mut(n).for_each(|y| rows_in_place(y, n));
+        y
+    }
 }
 
 /// Softmax of each row (of `n` elements) of `x`, in place. Max, exponentials and sum are
 /// separate passes over eight lanes each, so that every one vectorises.
+#[inline(always)]
 pub(super) fn rows_in_place<T: Float>(x: &mut [T], n: usize) {
     for row in x.chunks_mut(n) {
         let max = max_by_lanes(row);
@@ -45,6 +48,7 @@ pub(super) fn rows_in_place<T: Float>(x: &mut [T], n: usize) {
 }
 
 /// The largest element, over eight independent running maxima.
+#[inline(always)]
 fn max_by_lanes<T: Float>(row: &[T]) -> T {
     const LANES: usize = 8;
     let mut acc = [T::neg_infinity(); LANES];
@@ -77,15 +81,17 @@ impl CustomOp1 for Softmax {
 /// dx = y * (g - sum(g * y)) per row.
 struct SoftmaxGrad;
 
-fn softmax_grad<T: Float>(y: &[T], g: &[T], n: usize) -> Vec<T> {
-    let mut dx = vec![T::zero(); y.len()];
-    dx.par_chunks_mut(n).zip(y.par_chunks(n)).zip(g.par_chunks(n)).for_each(|((dx, y), g)| {
-        let dot = sum_by(y, g, |y, g| y * g);
-        for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(g) {
-            *dx = y * (g - dot);
-        }
-    });
-    dx
+simd_fn! {
+    fn softmax_grad<T: Float>(y: &[T], g: &[T], n: usize) -> Vec<T> {
+        let mut dx = vec![T::zero(); y.len()];
+        dx.par_chunks_mut(n).zip(y.par_chunks(n)).zip(g.par_chunks(n)).for_each(|((dx, y), g)| {
+            let dot = sum_by(y, g, |y, g| y * g);
+            for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(g) {
+                *dx = y * (g - dot);
+            }
+        });
+        dx
+    }
 }
 
 impl CustomOp2 for SoftmaxGrad {

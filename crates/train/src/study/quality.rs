@@ -51,12 +51,34 @@ are the first evaluated step at or below it; runs that never reach it count as t
             Spread::of(&speedup)
         );
     }
+    md += &at_steps(records);
     md += "\n| run | FID at step |\n|---|---|\n";
     for r in records {
         let cells: Vec<String> = r.fid.iter().map(|(s, f)| format!("{s}: {}", sig3(*f))).collect();
         md += &format!("| {}, seed {} | {} |\n", r.mode, r.seed, cells.join(", "));
     }
     Some(md)
+}
+
+/// FID per mode at each evaluated step (mean ± std over the runs evaluated there, and how many):
+/// where runs break part-way, the final FID alone hides when.
+fn at_steps(records: &[RunRecord]) -> String {
+    let mut steps: Vec<u64> = records.iter().flat_map(|r| r.fid.iter().map(|f| f.0)).collect();
+    steps.sort_unstable();
+    steps.dedup();
+    let head: Vec<String> = steps.iter().map(|s| format!("step {s}")).collect();
+    let mut md = format!("\n| mode | {} |\n|---|{}\n", head.join(" | "), "---|".repeat(steps.len()));
+    for (mode, runs) in by_mode(records) {
+        let cells: Vec<String> = steps
+            .iter()
+            .map(|s| {
+                let at: Vec<f64> = runs.iter().filter_map(|r| r.fid.iter().find(|f| f.0 == *s).map(|f| f.1)).collect();
+                format!("{} (n={})", Spread::of(&at), at.len())
+            })
+            .collect();
+        md += &format!("| {mode} | {} |\n", cells.join(" | "));
+    }
+    md
 }
 
 #[cfg(test)]
@@ -79,6 +101,8 @@ mod tests {
         assert!(md.contains("| none | 40.0 ± 0 | 0 ± 0 | n/a | 300 ± 0 | 1/1 | 1.00 ± 0 |"), "{md}");
         assert!(md.contains("| cs:0.5 | 30.0 ± 0 | -10.0 ± 0 | n/a | 200 ± 0 | 1/1 | 1.50 ± 0 |"), "{md}");
         assert!(md.contains("| cs:0.5, seed 0 | 100: 80.0, 200: 39.0, 300: 30.0 |"), "{md}");
+        assert!(md.contains("| mode | step 100 | step 200 | step 300 |"), "{md}");
+        assert!(md.contains("| none | 90.0 ± 0 (n=1) | 50.0 ± 0 (n=1) | 40.0 ± 0 (n=1) |"), "{md}");
         assert!(section(&[run(SkipScaling::None, 0, &[])], SkipScaling::None).is_none());
     }
 }

@@ -114,8 +114,8 @@ simd_fn! {
             probs.resize(l * l, T::zero());
             for h in 0..dims.heads {
                 dims.probs(q, k, b, h, probs);
-                let v = v.head(b, h, d, false);
-                gemm((&mut out[h * d..], c), (l, d, l), (probs, l, 1), v, false, dims.parallelism());
+                let v_h = v.head(b, h, d, false);
+                gemm((&mut out[h * d..], c), (l, d, l), (probs, l, 1), v_h, false, dims.parallelism());
             }
         });
         out

@@ -61,6 +61,7 @@ macro_rules! simd_fn {
 
 mod activation;
 mod attention;
+mod bf16_matmul;
 mod bias;
 mod conv;
 mod norm;
@@ -71,6 +72,7 @@ mod upsample;
 
 pub use activation::{gelu_erf, silu};
 pub use attention::attention;
+pub use bf16_matmul::{amx_available, matmul_bf16};
 pub use bias::bias_add;
 pub use conv::{conv2d, conv2d_inference, Conv2dParams};
 pub use norm::{group_norm, group_norm_silu, layer_norm};

@@ -1,0 +1,360 @@
+//! `lhs x rhs` with both rounded to bf16 and products summed in f32: the matmul of PyTorch's
+//! `torch.autocast("cpu", torch.bfloat16)`, on Intel AMX tiles where the CPU has them.
+//!
+//! candle's CPU backend widens bf16 to f32 before its GEMM, so bf16 buys nothing there. An AMX
+//! `tdpbf16ps` multiplies a 16x32 bf16 tile by a 32x16 one into 16x16 f32 sums in one
+//! instruction. Inputs and outputs stay f32 (the master weights and activations of mixed
+//! precision); only the GEMM's operands are rounded, while they are packed into tiles. CPUs
+//! without AMX round the operands and run the f32 GEMM (the same function; the f32 sums differ
+//! only in order); other devices cast to bf16 and run their own bf16 matmul.
+
+use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// `lhs (..., m, k) x rhs (k, n)` as above, f32 in and out, with gradients (themselves bf16
+/// matmuls, as autocast's backward).
+pub fn matmul_bf16(lhs: &Tensor, rhs: &Tensor) -> Result<Tensor> {
+    let (k, n) = rhs.dims2()?;
+    let dims = lhs.dims();
+    if dims.len() < 2 || dims[dims.len() - 1] != k {
+        bail!("matmul_bf16: lhs {:?} does not end in the {k} rows of rhs {:?}", lhs.shape(), rhs.shape());
+    }
+    if lhs.dtype() != DType::F32 || rhs.dtype() != DType::F32 {
+        bail!("matmul_bf16: expects f32 operands, got {:?} and {:?}", lhs.dtype(), rhs.dtype());
+    }
+    let m = lhs.elem_count() / k;
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().expect("two dims or more") = n;
+    let lhs2 = lhs.reshape((m, k))?;
+    let out = if lhs.device().is_cpu() {
+        lhs2.apply_op2(rhs, Bf16Matmul)?
+    } else {
+        lhs2.to_dtype(DType::BF16)?.matmul(&rhs.to_dtype(DType::BF16)?)?.to_dtype(DType::F32)?
+    };
+    out.reshape(out_dims)
+}
+
+/// Whether [`matmul_bf16`] runs on AMX tiles on this CPU (else it rounds through candle).
+pub fn amx_available() -> bool {
+    amx::available()
+}
+
+struct Bf16Matmul;
+
+impl CustomOp2 for Bf16Matmul {
+    fn name(&self) -> &'static str {
+        "matmul-bf16"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(a), CpuStorage::F32(b)) = (s1, s2) else {
+            bail!("matmul-bf16: expects f32 operands");
+        };
+        let (&[m, k], &[_, n]) = (l1.dims(), l2.dims()) else {
+            bail!("matmul-bf16: expects two 2-D operands, got {:?} and {:?}", l1.dims(), l2.dims());
+        };
+        let (a, b) = (view(a, l1), view(b, l2));
+        let mut out = vec![0f32; m * n];
+        if amx::available() {
+            amx::gemm(&mut out, (m, n, k), a, b);
+        } else {
+            rounded_gemm(&mut out, (m, n, k), a, b);
+        }
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
+
+    fn bwd(
+        &self,
+        lhs: &Tensor,
+        rhs: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(matmul_bf16(grad, &rhs.t()?)?), Some(matmul_bf16(&lhs.t()?, grad)?)))
+    }
+}
+
+/// Without AMX: the operands rounded to bf16, then the f32 GEMM.
+fn rounded_gemm(out: &mut [f32], (m, n, k): (usize, usize, usize), a: Strided, b: Strided) {
+    let round = |x: Strided, rows, cols| -> Vec<f32> {
+        (0..rows * cols).map(|i| half::bf16::from_f32(x.at(i / cols, i % cols)).to_f32()).collect()
+    };
+    let (a, b) = (round(a, m, k), round(b, k, n));
+    let par = Parallelism::Rayon(candle_core::utils::get_num_threads());
+    super::gemm((out, n), (m, n, k), (&a, k, 1), (&b, n, 1), false, par);
+}
+
+fn view<'a>(s: &'a [f32], l: &Layout) -> Strided<'a> {
+    Strided { data: &s[l.start_offset()..], rs: l.stride()[0], cs: l.stride()[1] }
+}
+
+/// A strided f32 matrix: element (r, c) is `data[r * rs + c * cs]`.
+#[derive(Clone, Copy)]
+struct Strided<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+impl Strided<'_> {
+    fn at(&self, r: usize, c: usize) -> f32 {
+        self.data[r * self.rs + c * self.cs]
+    }
+}
+
+/// f32 to bf16 bits, rounding to nearest even (as PyTorch's conversion; NaN stays NaN).
+fn bf16_bits(x: f32) -> u16 {
+    half::bf16::from_f32(x).to_bits()
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod amx {
+    use std::arch::asm;
+    use std::sync::OnceLock;
+
+    use super::*;
+
+    /// Tiles are 16 rows of 64 bytes: 32 bf16 of k per A row, 16 bf16 pairs per B row, 16 f32
+    /// per C row. A micro-kernel computes a 32x32 block of C in four tiles.
+    const T: usize = 16;
+    const KT: usize = 32;
+    const BLOCK: usize = 2 * T;
+
+    /// CPUID says AMX-TILE and AMX-BF16, and Linux granted this process the tile state (it must
+    /// be asked for, once per process, before the first tile instruction).
+    pub(super) fn available() -> bool {
+        static AVAILABLE: OnceLock<bool> = OnceLock::new();
+        *AVAILABLE.get_or_init(|| {
+            let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
+            let (amx_bf16, amx_tile) = (leaf7.edx >> 22 & 1 == 1, leaf7.edx >> 24 & 1 == 1);
+            const ARCH_REQ_XCOMP_PERM: libc::c_ulong = 0x1023;
+            const XFEATURE_XTILEDATA: libc::c_ulong = 18;
+            // SAFETY: arch_prctl with these arguments only changes this process's permissions.
+            amx_bf16
+                && amx_tile
+                && unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) } == 0
+        })
+    }
+
+    /// Palette 1, eight tiles of 16 rows x 64 bytes.
+    #[repr(C, align(64))]
+    struct TileConfig([u8; 64]);
+
+    impl TileConfig {
+        fn new() -> Self {
+            let mut c = [0u8; 64];
+            c[0] = 1;
+            for t in 0..8 {
+                c[16 + 2 * t] = 64;
+                c[48 + t] = T as u8;
+            }
+            Self(c)
+        }
+    }
+
+    /// `out (m, n) = a (m, k) x b (k, n)` with a and b rounded to bf16. Callers have checked
+    /// [`available`].
+    pub(super) fn gemm(out: &mut [f32], (m, n, k): (usize, usize, usize), a: Strided, b: Strided) {
+        if m == 0 || n == 0 {
+            return;
+        }
+        let kp = k.div_ceil(KT) * KT;
+        let np = n.div_ceil(BLOCK) * BLOCK;
+        let packed_b = pack_b(b, k, n, kp, np);
+        // Row blocks in parallel, each packing its own rows of a.
+        const ROWS: usize = 4 * BLOCK;
+        out.par_chunks_mut(ROWS * n).enumerate().for_each(|(i, out)| {
+            let r0 = i * ROWS;
+            let rows = out.len() / n;
+            let mp = rows.div_ceil(BLOCK) * BLOCK;
+            let mut packed_a = vec![0u16; mp * kp];
+            for r in 0..rows {
+                let row = &mut packed_a[r * kp..r * kp + k];
+                row.iter_mut().enumerate().for_each(|(c, v)| *v = bf16_bits(a.at(r0 + r, c)));
+            }
+            let mut tile = [[0f32; T]; T];
+            let config = TileConfig::new();
+            // SAFETY: `available` was checked by the caller (the OS granted the tile state);
+            // every tile load stays inside `packed_a` (mp x kp) or `packed_b` (np/T panels of
+            // kp/2 x T pairs), and every store goes to `tile` (16 x 16 f32).
+            unsafe {
+                asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly));
+                // Two B panels (64 kp bytes) stay in L2 while the block's rows pass over them.
+                for nb in (0..n).step_by(BLOCK) {
+                    for mb in (0..rows).step_by(BLOCK) {
+                        asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+                        let a0 = packed_a.as_ptr().add(mb * kp);
+                        let a1 = a0.add(T * kp);
+                        let b0 = packed_b.as_ptr().add(nb * kp);
+                        let b1 = b0.add(T * kp);
+                        for kb in (0..kp).step_by(KT) {
+                            asm!(
+                                "tileloadd tmm4, [{a0} + {lda}*1]",
+                                "tileloadd tmm6, [{b0} + {ldb}*1]",
+                                "tdpbf16ps tmm0, tmm4, tmm6",
+                                "tileloadd tmm7, [{b1} + {ldb}*1]",
+                                "tdpbf16ps tmm1, tmm4, tmm7",
+                                "tileloadd tmm5, [{a1} + {lda}*1]",
+                                "tdpbf16ps tmm2, tmm5, tmm6",
+                                "tdpbf16ps tmm3, tmm5, tmm7",
+                                a0 = in(reg) a0.add(kb),
+                                a1 = in(reg) a1.add(kb),
+                                b0 = in(reg) b0.add(kb * T),
+                                b1 = in(reg) b1.add(kb * T),
+                                lda = in(reg) kp * 2,
+                                ldb = in(reg) 4 * T,
+                                options(nostack, readonly),
+                            );
+                        }
+                        for (t, (dr, dc)) in [(0, 0), (0, T), (T, 0), (T, T)].into_iter().enumerate() {
+                            let p = tile.as_mut_ptr() as *mut f32;
+                            match t {
+                                0 => asm!("tilestored [{p} + {s}*1], tmm0", p = in(reg) p, s = in(reg) 4 * T, options(nostack)),
+                                1 => asm!("tilestored [{p} + {s}*1], tmm1", p = in(reg) p, s = in(reg) 4 * T, options(nostack)),
+                                2 => asm!("tilestored [{p} + {s}*1], tmm2", p = in(reg) p, s = in(reg) 4 * T, options(nostack)),
+                                _ => asm!("tilestored [{p} + {s}*1], tmm3", p = in(reg) p, s = in(reg) 4 * T, options(nostack)),
+                            }
+                            let (r0, c0) = (mb + dr, nb + dc);
+                            let cols = T.min(n.saturating_sub(c0));
+                            for (r, row) in tile.iter().enumerate().take(rows.saturating_sub(r0)).filter(|_| cols > 0) {
+                                out[(r0 + r) * n + c0..][..cols].copy_from_slice(&row[..cols]);
+                            }
+                        }
+                    }
+                }
+                asm!("tilerelease", options(nostack, nomem));
+            }
+        });
+    }
+
+    /// `b (k, n)` as bf16 pairs of consecutive k, in panels of 16 columns: panel `p` holds
+    /// `kp / 2` rows of 16 pairs, so one B tile is 16 consecutive rows of 64 bytes. Zero-padded
+    /// to `kp` rows and `np` columns.
+    fn pack_b(b: Strided, k: usize, n: usize, kp: usize, np: usize) -> Vec<u16> {
+        let mut packed = vec![0u16; np * kp];
+        packed.par_chunks_mut(T * kp).enumerate().for_each(|(p, panel)| {
+            for c in (p * T..n.min((p + 1) * T)).map(|c| c - p * T) {
+                for r in 0..k {
+                    panel[(r / 2) * 2 * T + 2 * c + r % 2] = bf16_bits(b.at(r, p * T + c));
+                }
+            }
+        });
+        packed
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+mod amx {
+    use super::Strided;
+
+    pub(super) fn available() -> bool {
+        false
+    }
+
+    pub(super) fn gemm(_: &mut [f32], _: (usize, usize, usize), _: Strided, _: Strided) {
+        unreachable!("matmul_bf16 checks `available` first")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Var};
+
+    use super::*;
+
+    /// `x` rounded to bf16, in f64.
+    fn rounded(x: &Tensor) -> Result<Tensor> {
+        x.to_dtype(DType::BF16)?.to_dtype(DType::F64)
+    }
+
+    fn rel_err(a: &Tensor, b: &Tensor) -> Result<f64> {
+        let a = a.to_dtype(DType::F64)?;
+        let scale = b.abs()?.max_all()?.to_scalar::<f64>()?;
+        Ok((a - b)?.abs()?.max_all()?.to_scalar::<f64>()? / scale)
+    }
+
+    #[test]
+    fn bf16_matmul_is_the_f64_product_of_rounded_operands_values_and_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        // (lhs dims, n, rhs transposed): odd sizes (padding of every tile dimension), k below one
+        // tile, leading dims, more rows than one parallel block, a transposed (strided) rhs.
+        let cases: [(&[usize], usize, bool); 5] = [
+            (&[37, 70], 45, false),
+            (&[5, 8], 3, false),
+            (&[2, 3, 5, 40], 33, true),
+            (&[300, 96], 64, false),
+            (&[130, 257], 70, true),
+        ];
+        for (dims, n, transposed) in cases {
+            let k = *dims.last().unwrap();
+            let lhs = Var::from_tensor(&Tensor::randn(0f32, 1.0, dims, &dev)?)?;
+            let rhs = match transposed {
+                true => Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, k), &dev)?)?,
+                false => Var::from_tensor(&Tensor::randn(0f32, 1.0, (k, n), &dev)?)?,
+            };
+            let rhs_kn = if transposed { rhs.as_tensor().t()? } else { rhs.as_tensor().clone() };
+            let out = matmul_bf16(&lhs, &rhs_kn)?;
+            let lhs2 = rounded(&lhs.as_tensor().reshape(((), k))?)?;
+            let want = lhs2.matmul(&rounded(&rhs_kn)?)?;
+            let mut want_dims = dims.to_vec();
+            *want_dims.last_mut().unwrap() = n;
+            assert_eq!(out.dims(), &want_dims[..]);
+            let err = rel_err(&out.reshape(((), n))?, &want)?;
+            assert!(err < 1e-5, "{dims:?} x ({k}, {n}): off by {err} (amx: {})", amx_available());
+            // Gradients are bf16 matmuls of the (rounded) output gradient, as autocast's.
+            let probe = Tensor::randn(0f32, 1.0, out.shape(), &dev)?;
+            let grads = (&out * &probe)?.sum_all()?.backward()?;
+            let p = rounded(&probe.reshape(((), n))?)?;
+            let want_lhs = p.matmul(&rounded(&rhs_kn)?.t()?)?;
+            let want_rhs = lhs2.t()?.matmul(&p)?;
+            let got_lhs = grads.get(&lhs).expect("lhs gradient").reshape(((), k))?;
+            let got_rhs = grads.get(&rhs).expect("rhs gradient");
+            let got_rhs = if transposed { got_rhs.t()? } else { got_rhs.clone() };
+            assert!(
+                rel_err(&got_lhs, &want_lhs)? < 1e-5,
+                "{dims:?}: lhs gradient off by {}",
+                rel_err(&got_lhs, &want_lhs)?
+            );
+            assert!(
+                rel_err(&got_rhs, &want_rhs)? < 1e-5,
+                "{dims:?}: rhs gradient off by {}",
+                rel_err(&got_rhs, &want_rhs)?
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_fallback_without_amx_is_the_same_function() -> Result<()> {
+        let dev = Device::Cpu;
+        let (m, n, k) = (19, 23, 45);
+        let a = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
+        let b = Tensor::randn(0f32, 1.0, (n, k), &dev)?.t()?;
+        let want = rounded(&a)?.matmul(&rounded(&b)?)?;
+        let (sa, la) = a.storage_and_layout();
+        let (sb, lb) = b.storage_and_layout();
+        let (candle_core::Storage::Cpu(CpuStorage::F32(sa)), candle_core::Storage::Cpu(CpuStorage::F32(sb))) =
+            (&*sa, &*sb)
+        else {
+            unreachable!("f32 CPU tensors")
+        };
+        let mut out = vec![0f32; m * n];
+        rounded_gemm(&mut out, (m, n, k), view(sa, la), view(sb, lb));
+        let err = rel_err(&Tensor::from_vec(out, (m, n), &dev)?, &want)?;
+        assert!(err < 1e-5, "off by {err}");
+        Ok(())
+    }
+
+    #[test]
+    fn bf16_matmul_names_mismatched_operands() {
+        let dev = Device::Cpu;
+        let a = Tensor::zeros((4, 5), DType::F32, &dev).unwrap();
+        let b = Tensor::zeros((6, 3), DType::F32, &dev).unwrap();
+        let err = matmul_bf16(&a, &b).unwrap_err().to_string();
+        assert!(err.contains("[4, 5]") && err.contains("6 rows"), "{err}");
+        let b = Tensor::zeros((5, 3), DType::F32, &dev).unwrap();
+        let err = matmul_bf16(&a.to_dtype(DType::F64).unwrap(), &b).unwrap_err();
+        assert!(err.to_string().contains("f32"), "{err}");
+    }
+}

@@ -1,10 +1,12 @@
 """PyTorch side of `cargo xtask bench --peak`: one square f32 `torch.matmul` (MKL or oneDNN,
-whichever this torch build uses), timed.
+whichever this torch build uses), timed; with `bf16`, the same f32 tensors under
+`torch.autocast("cpu", torch.bfloat16)` (oneDNN's bf16 GEMM, on AMX where the CPU has it).
 
-Usage: python bench_gemm.py '<json case>' (n, warmup, repeats, threads). Prints one JSON line with
-the fields `cargo xtask bench` reads.
+Usage: python bench_gemm.py '<json case>' (n, bf16, warmup, repeats, threads). Prints one JSON
+line with the fields `cargo xtask bench` reads.
 """
 
+import contextlib
 import json
 import resource
 import sys
@@ -17,7 +19,8 @@ torch.set_num_threads(case["threads"])
 n = case["n"]
 a, b = torch.rand(n, n) * 2 - 1, torch.rand(n, n) * 2 - 1
 times = []
-with torch.no_grad():
+autocast = torch.autocast("cpu", dtype=torch.bfloat16) if case.get("bf16") else contextlib.nullcontext()
+with torch.no_grad(), autocast:
     for i in range(case["warmup"] + case["repeats"]):
         start = time.perf_counter()
         torch.matmul(a, b)

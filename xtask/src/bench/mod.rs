@@ -86,8 +86,9 @@ pub struct BenchArgs {
     /// Without --models, only this is timed.
     #[arg(long)]
     inception: Option<PathBuf>,
-    /// Also measure this CPU's f32 FMA peak and time a 2048^3 GEMM (ours and PyTorch's); every
-    /// GFLOP/s is then also given as a share of that peak. Without --models, only this is run.
+    /// Also measure this CPU's f32 FMA peak (and its bf16 dot-product peaks, where it has
+    /// AVX512-BF16 or AMX) and time a 2048^3 GEMM in f32 and in bf16 (ours and PyTorch's); every
+    /// GFLOP/s is then also given as a share of the f32 peak. Without --models, only this is run.
     #[arg(long)]
     peak: bool,
     /// Also time whole `scalelong train` runs of these recipes (TOML configs) against the same
@@ -225,7 +226,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 });
             }
             // Written after every case: a long matrix that stops halfway keeps what it measured.
-            let md = table(&rows, threads, &args.device, torch_version.as_deref(), None);
+            let md = table(&rows, threads, &args.device, torch_version.as_deref(), None, &[]);
             std::fs::write(&json, serde_json::to_string_pretty(&rows)?)?;
             std::fs::write(json.with_extension("md"), &md)?;
         }
@@ -243,18 +244,24 @@ pub fn run(args: BenchArgs) -> Result<()> {
         torch_version = torch_version.or(torch);
         std::fs::write(&json, serde_json::to_string_pretty(&rows)?)?;
     }
-    let mut peak = None;
+    let (mut peak, mut bf16_peaks) = (None, vec![]);
     if args.peak {
         peak = peak::fma_peak(threads);
         match peak {
             Some((gflops, isa)) => eprintln!("f32 peak: {gflops:.1} GFLOP/s ({isa}, {threads} threads)"),
             None => eprintln!("f32 peak: no measuring loop for this CPU"),
         }
-        let case = peak::GemmCase { n: 2048, warmup: args.warmup, repeats: args.repeats.max(1), threads };
-        let (row, torch) = peak::gemm_row(&case, &python)?;
-        rows.push(row);
-        torch_version = torch_version.or(torch);
-        std::fs::write(&json, serde_json::to_string_pretty(&rows)?)?;
+        bf16_peaks = peak::bf16_peaks(threads);
+        for (gflops, isa) in &bf16_peaks {
+            eprintln!("bf16 peak: {gflops:.1} GFLOP/s ({isa}, {threads} threads)");
+        }
+        for bf16 in [false, true] {
+            let case = peak::GemmCase { n: 2048, bf16, warmup: args.warmup, repeats: args.repeats.max(1), threads };
+            let (row, torch) = peak::gemm_row(&case, &python)?;
+            rows.push(row);
+            torch_version = torch_version.or(torch);
+            std::fs::write(&json, serde_json::to_string_pretty(&rows)?)?;
+        }
     }
     for config in &args.train {
         let case = train::TrainCase { config, set: &args.train_set, steps: args.train_steps, threads };
@@ -263,20 +270,34 @@ pub fn run(args: BenchArgs) -> Result<()> {
         torch_version = torch_version.or(torch);
         std::fs::write(&json, serde_json::to_string_pretty(&rows)?)?;
     }
-    let md = table(&rows, threads, &args.device, torch_version.as_deref(), peak);
+    let md = table(&rows, threads, &args.device, torch_version.as_deref(), peak, &bf16_peaks);
     std::fs::write(json.with_extension("md"), &md)?;
     println!("{md}");
     eprintln!("wrote {} and .md", json.display());
     Ok(())
 }
 
-/// The Markdown table of `rows`; with a measured `peak` (GFLOP/s, instruction set), each GFLOP/s
-/// also as a share of it.
-fn table(rows: &[Row], threads: usize, device: &str, torch: Option<&str>, peak: Option<(f64, &str)>) -> String {
-    let peak_line = peak.map_or(String::new(), |(p, isa)| {
+/// The Markdown table of `rows`; with a measured f32 `peak` (GFLOP/s, instruction set), each
+/// GFLOP/s also as a share of it (of the fastest of `bf16_peaks` for bf16 GEMM rows).
+fn table(
+    rows: &[Row],
+    threads: usize,
+    device: &str,
+    torch: Option<&str>,
+    peak: Option<(f64, &str)>,
+    bf16_peaks: &[(f64, &str)],
+) -> String {
+    let mut peak_line = peak.map_or(String::new(), |(p, isa)| {
         format!(" Measured f32 peak of these {threads} threads: {p:.1} GFLOP/s ({isa} chains); GFLOP/s columns give its share.")
     });
-    let share = |g: f64| peak.map_or(String::new(), |(p, _)| format!(" ({:.0}%)", 100.0 * g / p));
+    for (p, isa) in bf16_peaks {
+        peak_line += &format!(" bf16 peak: {p:.1} GFLOP/s ({isa} chains).");
+    }
+    let bf16_peak = bf16_peaks.iter().map(|p| p.0).reduce(f64::max);
+    let share = |r: &Row| {
+        let p = if r.case.starts_with("gemm/bf16") { bf16_peak } else { peak.map(|p| p.0) };
+        p.map_or(String::new(), |p| format!(" ({:.0}%)", 100.0 * r.gflops / p))
+    };
     let mut s = format!(
         "Device {device} on {}, {threads} threads; reference PyTorch {}. Times are medians (min..max) of the timed steps.{peak_line}\n\n| case | ours ms | PyTorch ms | ours / PyTorch | img/s | GFLOP/s | peak MB (ours / PyTorch) |\n|---|---|---|---|---|---|---|\n",
         cpu::describe(),
@@ -293,7 +314,7 @@ fn table(rows: &[Row], threads: usize, device: &str, torch: Option<&str>, peak: 
             r.ratio.map_or("-".into(), |v| format!("{v:.2}")),
             r.images_per_s,
             r.gflops,
-            share(r.gflops),
+            share(r),
             r.ours_peak_mb,
             r.reference_peak_mb.map_or("-".into(), |v| format!("{v:.0}")),
         );

@@ -1,6 +1,8 @@
-//! What the CPU can do at most, to read every GFLOP/s against: its f32 FMA throughput (measured,
-//! not looked up: clocks and vector units differ between the machines these benches run on), and
-//! a large square GEMM, ours (the `gemm` crate through candle) against PyTorch's (MKL/oneDNN).
+//! What the CPU can do at most, to read every GFLOP/s against: its f32 FMA throughput and, where
+//! it has them, its bf16 dot products (AVX512-BF16 `vdpbf16ps`, AMX `tdpbf16ps`), all measured,
+//! not looked up (clocks and vector units differ between the machines these benches run on); and
+//! a large square GEMM in f32 (ours, the `gemm` crate through candle) and in bf16 (ours,
+//! `matmul_bf16`) against PyTorch's (MKL/oneDNN; bf16 under `torch.autocast`).
 
 use std::time::Instant;
 
@@ -21,19 +23,109 @@ const CHAINS: usize = 16;
 pub fn fma_peak(threads: usize) -> Option<(f64, &'static str)> {
     let (lanes, isa) = vector_width()?;
     let iters: u64 = 20_000_000;
+    let flops = iters as f64 * (CHAINS * lanes * 2) as f64;
+    Some((best_rate(threads, flops, || fma_chains(iters)), isa))
+}
+
+/// bf16 dot-product throughput (GFLOP/s, a multiply and an add per product) of `threads` threads
+/// with each bf16 instruction set this CPU has: AVX512-BF16 and AMX-BF16.
+pub fn bf16_peaks(threads: usize) -> Vec<(f64, &'static str)> {
+    let mut peaks = vec![];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512bf16") {
+            let iters: u64 = 20_000_000;
+            // SAFETY: the CPU has AVX512-BF16.
+            let rate = best_rate(threads, iters as f64 * (CHAINS * 64) as f64, || unsafe { dpbf16_chains(iters) });
+            peaks.push((rate, "AVX512-BF16 vdpbf16ps"));
+        }
+        #[cfg(target_os = "linux")]
+        if scalelong_backbones::ops::amx_available() {
+            let iters: u64 = 2_000_000;
+            let rate = best_rate(threads, iters as f64 * (AMX_CHAINS * 16 * 16 * 32 * 2) as f64, || amx_chains(iters));
+            peaks.push((rate, "AMX-BF16 tdpbf16ps"));
+        }
+    }
+    peaks
+}
+
+/// GFLOP/s of `threads` threads each running `work` (`flops` operations), best of three.
+fn best_rate(threads: usize, flops: f64, work: impl Fn() -> f32 + Sync) -> f64 {
     let best = (0..3)
         .map(|_| {
             let start = Instant::now();
             std::thread::scope(|s| {
                 for _ in 0..threads {
-                    s.spawn(|| std::hint::black_box(fma_chains(std::hint::black_box(iters))));
+                    s.spawn(|| std::hint::black_box(work()));
                 }
             });
             start.elapsed().as_secs_f64()
         })
         .fold(f64::INFINITY, f64::min);
-    let flops = threads as f64 * iters as f64 * (CHAINS * lanes * 2) as f64;
-    Some((flops / best / 1e9, isa))
+    threads as f64 * flops / best / 1e9
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512bf16,avx512f")]
+fn dpbf16_chains(iters: u64) -> f32 {
+    use std::arch::x86_64::*;
+    let (a, b) = (
+        _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-3), _mm512_set1_ps(1e-3)),
+        _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-3), _mm512_set1_ps(1e-3)),
+    );
+    let mut acc = [_mm512_setzero_ps(); CHAINS];
+    for _ in 0..std::hint::black_box(iters) {
+        for r in acc.iter_mut() {
+            *r = _mm512_dpbf16_ps(*r, a, b);
+        }
+    }
+    _mm512_reduce_add_ps(acc.into_iter().fold(_mm512_setzero_ps(), |s, r| _mm512_add_ps(s, r)))
+}
+
+/// Independent tile accumulators: enough to cover `tdpbf16ps`'s latency at one per 16 cycles.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+const AMX_CHAINS: usize = 6;
+
+/// `tdpbf16ps` into six accumulator tiles from two source tiles (16 x 64 bytes each). Called only
+/// where `amx_available` said the OS granted the tile state.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn amx_chains(iters: u64) -> f32 {
+    use std::arch::asm;
+    #[repr(C, align(64))]
+    struct Config([u8; 64]);
+    let mut config = Config([0; 64]);
+    config.0[0] = 1;
+    for t in 0..8 {
+        config.0[16 + 2 * t] = 64;
+        config.0[48 + t] = 16;
+    }
+    let source = [0u8; 16 * 64];
+    let mut out = [0f32; 16 * 16];
+    // SAFETY: the tile state is granted (see above); loads read `source` (16 rows of 64 bytes),
+    // the store writes `out` (16 rows of 64 bytes).
+    unsafe {
+        asm!(
+            "ldtilecfg [{cfg}]",
+            "tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", "tilezero tmm4", "tilezero tmm5",
+            "tileloadd tmm6, [{src} + {stride}*1]",
+            "tileloadd tmm7, [{src} + {stride}*1]",
+            cfg = in(reg) config.0.as_ptr(), src = in(reg) source.as_ptr(), stride = in(reg) 64usize,
+            options(nostack, readonly),
+        );
+        for _ in 0..std::hint::black_box(iters) {
+            asm!(
+                "tdpbf16ps tmm0, tmm6, tmm7",
+                "tdpbf16ps tmm1, tmm6, tmm7",
+                "tdpbf16ps tmm2, tmm6, tmm7",
+                "tdpbf16ps tmm3, tmm6, tmm7",
+                "tdpbf16ps tmm4, tmm6, tmm7",
+                "tdpbf16ps tmm5, tmm6, tmm7",
+                options(nostack, nomem),
+            );
+        }
+        asm!("tilestored [{p} + {stride}*1], tmm0", "tilerelease", p = in(reg) out.as_mut_ptr(), stride = in(reg) 64usize, options(nostack));
+    }
+    out[0]
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -102,10 +194,13 @@ fn fma_avx2(iters: u64) -> f32 {
     lanes.iter().sum()
 }
 
-/// One square f32 GEMM timing, handed to the child (`xtask bench-gemm JSON`) and to PyTorch.
+/// One square GEMM timing, handed to the child (`xtask bench-gemm JSON`) and to PyTorch.
 #[derive(Serialize, Deserialize)]
 pub struct GemmCase {
     pub n: usize,
+    /// bf16 operands and f32 sums: ours `matmul_bf16`, PyTorch's matmul under autocast.
+    #[serde(default)]
+    pub bf16: bool,
     pub warmup: usize,
     pub repeats: usize,
     pub threads: usize,
@@ -118,7 +213,10 @@ pub fn run_case(json: &str) -> Result<()> {
     let a = Tensor::rand(-1f32, 1.0, (case.n, case.n), &Device::Cpu)?;
     let b = Tensor::rand(-1f32, 1.0, (case.n, case.n), &Device::Cpu)?;
     let mut step = || -> Result<()> {
-        a.matmul(&b)?;
+        match case.bf16 {
+            true => scalelong_backbones::ops::matmul_bf16(&a, &b)?,
+            false => a.matmul(&b)?,
+        };
         Ok(())
     };
     let sample_ms = timed(&mut step, case.warmup, case.repeats)?;
@@ -132,12 +230,13 @@ pub fn run_case(json: &str) -> Result<()> {
 /// The GEMM's row: ours in a child process, then PyTorch's `torch.matmul` (unless `none`).
 pub fn gemm_row(case: &GemmCase, python: &str) -> Result<(Row, Option<String>)> {
     let json = serde_json::to_string(case)?;
-    let label = format!("gemm-{}", case.n);
+    let dtype = if case.bf16 { "bf16" } else { "f32" };
+    let label = format!("gemm-{dtype}-{}", case.n);
     let (ours, reference) = ours_and_reference("bench-gemm", "bench_gemm.py", &json, case.threads, python, &label)?;
     let (ms, lo, hi) = spread(&ours.sample_ms);
     let reference_ms = reference.as_ref().map(|r| super::median(&r.sample_ms));
     let row = Row {
-        case: format!("gemm/f32/{n}x{n}x{n}", n = case.n),
+        case: format!("gemm/{dtype}/{n}x{n}x{n}", n = case.n),
         model: "gemm".into(),
         scaling: "-".into(),
         batch: 1,
@@ -165,5 +264,10 @@ mod tests {
         assert!(one > 1.0 && !isa.is_empty(), "{one} GFLOP/s with {isa}");
         // A loop that the compiler had folded away would report absurd rates.
         assert!(one < 1e4, "{one} GFLOP/s on one thread");
+        // bf16 units, where present: two products per f32 lane (at least half the FMA's issue
+        // rate on every CPU that has them), or whole tiles.
+        for (rate, isa) in bf16_peaks(1) {
+            assert!(rate > 0.9 * one && rate < 1e5, "{rate} GFLOP/s with {isa} against {one} f32");
+        }
     }
 }

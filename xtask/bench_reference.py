@@ -1,7 +1,8 @@
 """PyTorch side of `cargo xtask bench`: times one case and prints one JSON line.
 
 Usage: python bench_reference.py '<json case>'. The case names the architecture, its config, the
-scaling mode, batch, warm-up and repeats and the thread count. U-ViT is the official libs/uvit.py of
+scaling mode, batch, warm-up and repeats and the thread count; `autocast` runs it under
+`torch.autocast("cpu", torch.bfloat16)`. U-ViT is the official libs/uvit.py of
 ScaleLong (as ../shared/REFERENCE.md describes it) written compactly; the UNet is diffusers'
 UNet2DModel (unscaled: diffusers has no skip scaling, so the reference is the plain model).
 """
@@ -146,14 +147,18 @@ def main():
     x, eps = torch.randn(shape), torch.randn(shape)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.99, 0.999), weight_decay=0.03)
 
+    # Mixed precision as PyTorch does it on a CPU: bf16 matmuls and convolutions, f32 weights.
+    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(case.get("autocast")))
+
     def train_step():
         opt.zero_grad(set_to_none=True)
-        loss = F.mse_loss(run(x), eps)
+        with autocast():
+            loss = F.mse_loss(run(x).float(), eps)
         loss.backward()
         opt.step()
 
     def sample_step():
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             run(x)
 
     out = {}

@@ -182,9 +182,18 @@ pub(super) fn model_case(cfg: &ModelConfig, extra: serde_json::Value) -> Result<
     Ok(json)
 }
 
-pub(super) fn time_reference(python: &str, cfg: &ModelConfig, case: &Case, threads: usize) -> Result<Measured> {
-    let extra =
-        serde_json::json!({"batch": case.batch, "warmup": case.warmup, "repeats": case.repeats, "threads": threads});
+/// With `autocast`, PyTorch runs under `torch.autocast("cpu", torch.bfloat16)` (its mixed
+/// precision: bf16 matmuls and convolutions, f32 weights), the fastest it trains on a CPU with
+/// AMX or AVX512-BF16.
+pub(super) fn time_reference(
+    python: &str,
+    cfg: &ModelConfig,
+    case: &Case,
+    threads: usize,
+    autocast: bool,
+) -> Result<Measured> {
+    let extra = serde_json::json!({"batch": case.batch, "warmup": case.warmup, "repeats": case.repeats,
+        "threads": threads, "autocast": autocast});
     let json = model_case(cfg, extra)?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench_reference.py");
     let mut command = Command::new(python);

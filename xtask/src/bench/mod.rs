@@ -91,6 +91,10 @@ pub struct BenchArgs {
     /// GFLOP/s is then also given as a share of the f32 peak. Without --models, only this is run.
     #[arg(long)]
     peak: bool,
+    /// Time PyTorch's side under `torch.autocast("cpu", torch.bfloat16)` (ours stays f32): how
+    /// far ours is from PyTorch's fastest CPU training where the CPU has AMX or AVX512-BF16.
+    #[arg(long)]
+    reference_autocast: bool,
     /// Also time whole `scalelong train` runs of these recipes (TOML configs) against the same
     /// loop in PyTorch (`xtask/train_reference.py`). Without --models, only this is run.
     #[arg(long, value_delimiter = ',')]
@@ -175,7 +179,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     continue;
                 }
             };
-            let label = format!("{name}/{mode}/b{batch}");
+            let vs = if args.reference_autocast { "/vs-autocast-bf16" } else { "" };
+            let label = format!("{name}/{mode}/b{batch}{vs}");
             let case = Case {
                 model: name.clone(),
                 scaling: mode,
@@ -193,7 +198,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 "none" => None,
                 py => {
                     eprintln!("bench {label} (PyTorch)");
-                    time_reference(py, &cfg, &case, threads).map_err(|e| eprintln!("  no reference: {e:#}")).ok()
+                    time_reference(py, &cfg, &case, threads, args.reference_autocast)
+                        .map_err(|e| eprintln!("  no reference: {e:#}"))
+                        .ok()
                 }
             };
             if let Some(r) = &reference {

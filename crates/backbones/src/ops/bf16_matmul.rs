@@ -26,7 +26,8 @@ pub fn matmul_bf16(lhs: &Tensor, rhs: &Tensor) -> Result<Tensor> {
     let m = lhs.elem_count() / k;
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().expect("two dims or more") = n;
-    let lhs2 = lhs.reshape((m, k))?;
+    // A 2-D lhs keeps its strides (a transposed one is packed as it is, not copied).
+    let lhs2 = if dims.len() == 2 { lhs.clone() } else { lhs.reshape((m, k))? };
     let out = if lhs.device().is_cpu() {
         lhs2.apply_op2(rhs, Bf16Matmul)?
     } else {
@@ -186,7 +187,22 @@ mod amx {
                 match a.cs {
                     // SAFETY: `available` checked AVX512-BF16 and AVX512-BW.
                     1 => unsafe { pack_pairs(row, &a.data[(r0 + r) * a.rs..][..k], &[], false) },
+                    _ if a.rs == 1 => break, // columns contiguous: below
                     _ => row.iter_mut().take(k).enumerate().for_each(|(c, v)| *v = bf16_bits(a.at(r0 + r, c))),
+                }
+            }
+            if a.rs == 1 && a.cs != 1 {
+                // a is transposed (as x^T in a weight gradient): 32 rows of a column at a time.
+                let mut values = [0u16; 2 * T];
+                for c in 0..k {
+                    let column = &a.data[c * a.cs + r0..][..rows];
+                    for (i, chunk) in column.chunks(2 * T).enumerate() {
+                        // SAFETY: `available` checked AVX512-BF16 and AVX512-BW.
+                        unsafe { pack_pairs(&mut values, chunk, &[], false) };
+                        for (j, &v) in values.iter().take(chunk.len()).enumerate() {
+                            packed_a[(i * 2 * T + j) * kp + c] = v;
+                        }
+                    }
                 }
             }
             let mut tile = [[0f32; T]; T];
@@ -255,6 +271,22 @@ mod amx {
             let (c0, cols) = (p * T, n.min((p + 1) * T).saturating_sub(p * T));
             if cols == 0 {
                 return; // padding panel: zeros
+            }
+            if b.rs == 1 && b.cs != 1 {
+                // Columns contiguous (b is a transposed matrix, as a Linear's W^T): a column's
+                // consecutive pairs are its entries in the panel's rows.
+                let mut pairs = [0u16; 2 * T];
+                for c in 0..cols {
+                    let column = &b.data[(c0 + c) * b.cs..][..k];
+                    for (i, chunk) in column.chunks(2 * T).enumerate() {
+                        // SAFETY: `available` checked AVX512-BF16 and AVX512-BW.
+                        unsafe { pack_pairs(&mut pairs, chunk, &[], false) };
+                        for (j, pair) in pairs.chunks_exact(2).take(chunk.len().div_ceil(2)).enumerate() {
+                            panel[(i * T + j) * 2 * T + 2 * c..][..2].copy_from_slice(pair);
+                        }
+                    }
+                }
+                return;
             }
             for (rp, dst) in panel.chunks_exact_mut(2 * T).take(k.div_ceil(2)).enumerate() {
                 let r = 2 * rp;

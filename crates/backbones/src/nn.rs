@@ -3,7 +3,7 @@
 //! candle 0.11's fused `softmax_last_dim` and `layer_norm` (and `LayerNorm::forward` on contiguous
 //! input) return no gradient; the layers here run on [`crate::ops`], which has one.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use crate::ops::{bias_add, conv2d, group_norm, group_norm_silu, layer_norm, Conv2dParams};
@@ -21,7 +21,8 @@ pub(crate) fn official_linear(in_dim: usize, out_dim: usize, bias: bool, vb: Var
 
 /// `nn.Linear` over the last axis: one 2-D GEMM whatever the leading axes (candle 0.11's CPU
 /// matmul of a transposed batch against a broadcast weight is wrong, candle#3744), and the bias
-/// added by [`bias_add`], whose gradient is a fast row sum.
+/// added by [`bias_add`], whose gradient is a fast row sum. Inside [`crate::ops::autocast_bf16`]
+/// the GEMM is [`crate::ops::matmul_bf16`].
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Tensor,
@@ -39,7 +40,11 @@ impl Module for Linear {
         let (out_dim, in_dim) = self.weight.dims2()?;
         let mut dims = x.dims().to_vec();
         let rows = x.elem_count() / in_dim.max(1);
-        let y = x.contiguous()?.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let x = x.contiguous()?.reshape((rows, in_dim))?;
+        let y = match crate::ops::autocast_bf16_active() && x.dtype() == DType::F32 {
+            true => crate::ops::matmul_bf16(&x, &self.weight.t()?)?,
+            false => x.matmul(&self.weight.t()?)?,
+        };
         let y = match &self.bias {
             Some(b) => bias_add(&y, b)?,
             None => y,

@@ -37,6 +37,9 @@ pub(super) struct Case {
     pub(super) warmup: usize,
     pub(super) repeats: usize,
     pub(super) device: String,
+    /// Ours under `autocast_bf16` (the Linear layers' GEMMs in bf16).
+    #[serde(default)]
+    pub(super) autocast: bool,
 }
 
 /// What a case measured; the PyTorch script prints the same fields.
@@ -93,6 +96,11 @@ fn time_ours(cfg: &ModelConfig, case: &Case, device: &Device) -> Result<Measured
         device.synchronize()?;
         Ok(())
     };
+    let autocast = |step: &mut dyn FnMut() -> Result<()>| match case.autocast {
+        true => scalelong_backbones::ops::autocast_bf16(step),
+        false => step(),
+    };
+    let mut train = || autocast(&mut train);
     let train_ms = timed(&mut train, case.warmup, case.repeats)?;
     let detached = seeded.vars().into_iter().map(|(n, v)| (n, v.as_tensor().detach())).collect();
     let frozen = cfg.build(VarBuilder::from_tensors(detached, DType::F32, device))?;
@@ -101,6 +109,7 @@ fn time_ours(cfg: &ModelConfig, case: &Case, device: &Device) -> Result<Measured
         device.synchronize()?;
         Ok(())
     };
+    let mut sample = || autocast(&mut sample);
     let sample_ms = timed(&mut sample, case.warmup, case.repeats)?;
     Ok(Measured { train_ms, sample_ms, peak_rss_mb: peak_mb(), torch: String::new() })
 }

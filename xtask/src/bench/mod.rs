@@ -95,6 +95,10 @@ pub struct BenchArgs {
     /// far ours is from PyTorch's fastest CPU training where the CPU has AMX or AVX512-BF16.
     #[arg(long)]
     reference_autocast: bool,
+    /// Time ours under `autocast_bf16`: the Linear layers' GEMMs with bf16 operands (on AMX where
+    /// the CPU has it), weights and AdamW f32. Convolutions and attention stay f32.
+    #[arg(long)]
+    autocast: bool,
     /// Also time whole `scalelong train` runs of these recipes (TOML configs) against the same
     /// loop in PyTorch (`xtask/train_reference.py`). Without --models, only this is run.
     #[arg(long, value_delimiter = ',')]
@@ -179,8 +183,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     continue;
                 }
             };
+            let ours_bf16 = if args.autocast { "/autocast-bf16" } else { "" };
             let vs = if args.reference_autocast { "/vs-autocast-bf16" } else { "" };
-            let label = format!("{name}/{mode}/b{batch}{vs}");
+            let label = format!("{name}/{mode}/b{batch}{ours_bf16}{vs}");
             let case = Case {
                 model: name.clone(),
                 scaling: mode,
@@ -188,6 +193,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 warmup: args.warmup,
                 repeats: args.repeats.max(1),
                 device: args.device.clone(),
+                autocast: args.autocast,
             };
             eprintln!("bench {label} (ours)");
             // candle and its GEMM read RAYON_NUM_THREADS.

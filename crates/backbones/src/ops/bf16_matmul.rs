@@ -36,6 +36,29 @@ pub fn matmul_bf16(lhs: &Tensor, rhs: &Tensor) -> Result<Tensor> {
     out.reshape(out_dims)
 }
 
+thread_local! {
+    static AUTOCAST: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the backbones' `Linear` layers computing [`matmul_bf16`] on this thread, as
+/// `torch.autocast("cpu", torch.bfloat16)` does for `nn.Linear` (weights and AdamW stay f32).
+/// Only the Linear layers so far: convolutions and attention stay f32.
+pub fn autocast_bf16<T>(f: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            AUTOCAST.set(self.0);
+        }
+    }
+    let _restore = Restore(AUTOCAST.replace(true));
+    f()
+}
+
+/// Whether this thread runs inside [`autocast_bf16`].
+pub fn autocast_bf16_active() -> bool {
+    AUTOCAST.get()
+}
+
 /// Whether [`matmul_bf16`] runs on AMX tiles on this CPU (else it rounds through candle).
 pub fn amx_available() -> bool {
     amx::available()
@@ -467,6 +490,24 @@ mod tests {
         rounded_gemm(&mut out, (m, n, k), view(sa, la), view(sb, lb));
         let err = rel_err(&Tensor::from_vec(out, (m, n), &dev)?, &want)?;
         assert!(err < 1e-5, "off by {err}");
+        Ok(())
+    }
+
+    #[test]
+    fn linear_layers_compute_matmul_bf16_inside_autocast_only() -> Result<()> {
+        use candle_core::Module;
+        let dev = Device::Cpu;
+        let (w, b) = (Tensor::randn(0f32, 1.0, (7, 40), &dev)?, Tensor::randn(0f32, 1.0, 7, &dev)?);
+        let linear = crate::nn::Linear::new(w.clone(), Some(b.clone()));
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 40), &dev)?;
+        let f32_out = linear.forward(&x)?;
+        let bf16_out = autocast_bf16(|| linear.forward(&x))?;
+        assert!(!autocast_bf16_active(), "the scope is left behind");
+        let want = matmul_bf16(&x, &w.t()?)?.broadcast_add(&b)?;
+        let diff = |a: &Tensor, b: &Tensor| -> Result<f32> { (a - b)?.abs()?.max_all()?.to_scalar::<f32>() };
+        assert!(diff(&bf16_out, &want)? < 1e-5, "autocast Linear is not matmul_bf16 + bias");
+        // bf16 operands move the outputs by about 2^-8 of their scale; f32 stays f32.
+        assert!(diff(&f32_out, &want)? > 1e-4, "outside autocast the Linear still rounds");
         Ok(())
     }
 

@@ -188,6 +188,11 @@ mod tests {
         let err =
             TrainConfig::from_toml(&format!("{SMALL}[train]\nlearning_rate = 1\n"), "x.toml").unwrap_err().to_string();
         assert!(err.contains("x.toml") && err.contains("unknown field `learning_rate`"), "{err}");
+        assert_eq!(cfg.train.autocast, Autocast::Off);
+        cfg.set("train.autocast", "bf16").unwrap();
+        assert_eq!(cfg.train.autocast, Autocast::Bf16);
+        let err = cfg.set("train.autocast", "fp8").unwrap_err().to_string();
+        assert!(err.contains("unknown variant `fp8`") && err.contains("`bf16`"), "{err}");
     }
 
     #[test]

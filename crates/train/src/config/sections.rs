@@ -36,6 +36,18 @@ pub enum LrDecay {
     Cosine,
 }
 
+/// Mixed precision of the training step, as `torch.autocast("cpu", torch.bfloat16)`: `off` (f32),
+/// or `bf16`: the Linear layers' GEMMs with bf16 operands and f32 sums (on AMX tiles where the CPU
+/// has them), forward and backward; weights, gradients and AdamW stay f32. Convolutions and
+/// attention stay f32 so far; evaluation and sampling run in f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Autocast {
+    #[default]
+    Off,
+    Bf16,
+}
+
 /// The noise schedule a model is trained with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -81,6 +93,7 @@ pub struct OptimConfig {
     pub grad_clip: f64,
     /// Micro-batches per optimizer step.
     pub grad_accum: usize,
+    pub autocast: Autocast,
     pub ema_decay: f64,
     pub seed: u64,
     /// Probability of training a class-conditional model without its label (classifier-free
@@ -110,6 +123,7 @@ impl Default for OptimConfig {
             lr_decay: LrDecay::Constant,
             grad_clip: 0.0,
             grad_accum: 1,
+            autocast: Autocast::Off,
             ema_decay: 0.9999,
             seed: 1234,
             p_uncond: 0.0,

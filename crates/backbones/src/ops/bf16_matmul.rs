@@ -59,7 +59,7 @@ pub fn autocast_bf16_active() -> bool {
     AUTOCAST.get()
 }
 
-/// Whether [`matmul_bf16`] runs on AMX tiles on this CPU (else it rounds through candle).
+/// Whether [`matmul_bf16`] runs on AMX tiles on this CPU (else the rounded f32 GEMM).
 pub fn amx_available() -> bool {
     amx::available()
 }
@@ -154,21 +154,21 @@ mod amx {
     const KT: usize = 32;
     const BLOCK: usize = 2 * T;
 
-    /// CPUID says AMX-TILE, AMX-BF16 and AVX512-BF16, and Linux granted this process the tile state (it must
-    /// be asked for, once per process, before the first tile instruction).
+    /// CPUID says AMX-TILE, AMX-BF16 and AVX512-BF16, and Linux granted this process the tile
+    /// state (it must be asked for, once per process, before the first tile instruction).
     pub(super) fn available() -> bool {
         static AVAILABLE: OnceLock<bool> = OnceLock::new();
         *AVAILABLE.get_or_init(|| {
             let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
             let (amx_bf16, amx_tile) = (leaf7.edx >> 22 & 1 == 1, leaf7.edx >> 24 & 1 == 1);
-            const ARCH_REQ_XCOMP_PERM: libc::c_ulong = 0x1023;
-            const XFEATURE_XTILEDATA: libc::c_ulong = 18;
-            // SAFETY: arch_prctl with these arguments only changes this process's permissions.
             // Every CPU with AMX has AVX512-BF16, which packs the operands.
             let packs = is_x86_feature_detected!("avx512bf16") && is_x86_feature_detected!("avx512bw");
+            const ARCH_REQ_XCOMP_PERM: libc::c_ulong = 0x1023;
+            const XFEATURE_XTILEDATA: libc::c_ulong = 18;
             amx_bf16
                 && amx_tile
                 && packs
+                // SAFETY: arch_prctl with these arguments only changes this process's permissions.
                 && unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) } == 0
         })
     }
@@ -205,16 +205,12 @@ mod amx {
             let rows = out.len() / n;
             let mp = rows.div_ceil(BLOCK) * BLOCK;
             let mut packed_a = vec![0u16; mp * kp];
-            for r in 0..rows {
-                let row = &mut packed_a[r * kp..][..kp];
-                match a.cs {
+            if a.cs == 1 {
+                for r in 0..rows {
                     // SAFETY: `available` checked AVX512-BF16 and AVX512-BW.
-                    1 => unsafe { pack_pairs(row, &a.data[(r0 + r) * a.rs..][..k], &[], false) },
-                    _ if a.rs == 1 => break, // columns contiguous: below
-                    _ => row.iter_mut().take(k).enumerate().for_each(|(c, v)| *v = bf16_bits(a.at(r0 + r, c))),
+                    unsafe { pack_pairs(&mut packed_a[r * kp..][..kp], &a.data[(r0 + r) * a.rs..][..k], &[], false) };
                 }
-            }
-            if a.rs == 1 && a.cs != 1 {
+            } else if a.rs == 1 {
                 // a is transposed (as x^T in a weight gradient): 32 rows of a column at a time.
                 let mut values = [0u16; 2 * T];
                 for c in 0..k {
@@ -227,18 +223,29 @@ mod amx {
                         }
                     }
                 }
+            } else {
+                for r in 0..rows {
+                    let row = packed_a[r * kp..][..k].iter_mut();
+                    row.enumerate().for_each(|(c, v)| *v = bf16_bits(a.at(r0 + r, c)));
+                }
             }
-            let mut tile = [[0f32; T]; T];
+            let mut block = [[0f32; BLOCK]; BLOCK];
             let config = TileConfig::new();
             // SAFETY: `available` was checked by the caller (the OS granted the tile state);
             // every tile load stays inside `packed_a` (mp x kp) or `packed_b` (np/T panels of
-            // kp/2 x T pairs), and every store goes to `tile` (16 x 16 f32).
+            // kp/2 x T pairs), and every store goes to `block` (32 x 32 f32).
             unsafe {
                 asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly));
                 // Two B panels (64 kp bytes) stay in L2 while the block's rows pass over them.
                 for nb in (0..n).step_by(BLOCK) {
                     for mb in (0..rows).step_by(BLOCK) {
-                        asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+                        asm!(
+                            "tilezero tmm0",
+                            "tilezero tmm1",
+                            "tilezero tmm2",
+                            "tilezero tmm3",
+                            options(nostack, nomem)
+                        );
                         let a0 = packed_a.as_ptr().add(mb * kp);
                         let a1 = a0.add(T * kp);
                         let b0 = packed_b.as_ptr().add(nb * kp);
@@ -262,19 +269,20 @@ mod amx {
                                 options(nostack, readonly),
                             );
                         }
-                        for (t, (dr, dc)) in [(0, 0), (0, T), (T, 0), (T, T)].into_iter().enumerate() {
-                            let p = tile.as_mut_ptr() as *mut f32;
-                            match t {
-                                0 => asm!("tilestored [{p} + {s}*1], tmm0", p = in(reg) p, s = in(reg) 4 * T, options(nostack)),
-                                1 => asm!("tilestored [{p} + {s}*1], tmm1", p = in(reg) p, s = in(reg) 4 * T, options(nostack)),
-                                2 => asm!("tilestored [{p} + {s}*1], tmm2", p = in(reg) p, s = in(reg) 4 * T, options(nostack)),
-                                _ => asm!("tilestored [{p} + {s}*1], tmm3", p = in(reg) p, s = in(reg) 4 * T, options(nostack)),
-                            }
-                            let (r0, c0) = (mb + dr, nb + dc);
-                            let cols = T.min(n.saturating_sub(c0));
-                            for (r, row) in tile.iter().enumerate().take(rows.saturating_sub(r0)).filter(|_| cols > 0) {
-                                out[(r0 + r) * n + c0..][..cols].copy_from_slice(&row[..cols]);
-                            }
+                        // The four tiles into one 32 x 32 block (rows of 128 bytes), then its part
+                        // inside `out`.
+                        asm!(
+                            "tilestored [{p} + {s}*1], tmm0",
+                            "tilestored [{p} + {s}*1 + 64], tmm1",
+                            "tilestored [{p} + {s}*1 + 2048], tmm2",
+                            "tilestored [{p} + {s}*1 + 2112], tmm3",
+                            p = in(reg) block.as_mut_ptr(),
+                            s = in(reg) 4 * BLOCK,
+                            options(nostack),
+                        );
+                        let cols = BLOCK.min(n - nb);
+                        for (r, row) in block.iter().enumerate().take(rows - mb) {
+                            out[(mb + r) * n + nb..][..cols].copy_from_slice(&row[..cols]);
                         }
                     }
                 }

@@ -30,6 +30,7 @@ pub fn fma_peak(threads: usize) -> Option<(f64, &'static str)> {
 /// bf16 dot-product throughput (GFLOP/s, a multiply and an add per product) of `threads` threads
 /// with each bf16 instruction set this CPU has: AVX512-BF16 and AMX-BF16.
 pub fn bf16_peaks(threads: usize) -> Vec<(f64, &'static str)> {
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut peaks = vec![];
     #[cfg(target_arch = "x86_64")]
     {

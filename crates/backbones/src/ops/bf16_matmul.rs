@@ -10,7 +10,6 @@
 
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
-use rayon::prelude::*;
 
 /// `lhs (..., m, k) x rhs (k, n)` as above, f32 in and out, with gradients (themselves bf16
 /// matmuls, as autocast's backward).
@@ -145,6 +144,8 @@ fn bf16_bits(x: f32) -> u16 {
 mod amx {
     use std::arch::asm;
     use std::sync::OnceLock;
+
+    use rayon::prelude::*;
 
     use super::*;
 

@@ -3,7 +3,8 @@ PyTorch, timed as `scalelong train` times itself (images per second over each `l
 
 Usage: python train_reference.py '<json case>' (arch, config, scaling, kappa, batch, steps,
 log_every, lr, betas, eps, weight_decay, warmup_steps, grad_clip, ema_decay, hflip, images,
-threads). The model comes from bench_reference.py (the official U-ViT written compactly, or
+threads, autocast: the forward under `torch.autocast("cpu", torch.bfloat16)`, as the recipe's
+`train.autocast = "bf16"`). The model comes from bench_reference.py (the official U-ViT written compactly, or
 diffusers' UNet2DModel); the loop is what the official code and diffusers' train_unconditional.py
 do per step: a shuffled in-memory batch (random images of the dataset's size and shape: their
 values cost nothing), random flips if the recipe has them, eps-prediction on a linear-beta DDPM
@@ -51,7 +52,8 @@ for step in range(1, case["steps"] + 1):
     for g in opt.param_groups:
         g["lr"] = case["lr"] * min(1.0, (step - 1) / max(case["warmup_steps"], 1))
     opt.zero_grad(set_to_none=True)
-    loss = F.mse_loss(forward(x_t, t), eps)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(case.get("autocast"))):
+        loss = F.mse_loss(forward(x_t, t).float(), eps)
     loss.backward()
     if case["grad_clip"] > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), case["grad_clip"])

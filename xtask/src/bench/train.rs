@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use scalelong_backbones::Architecture;
+use scalelong_train::config::Autocast;
 use scalelong_train::TrainConfig;
 
 use super::Row;
@@ -39,7 +40,8 @@ pub fn row(case: &TrainCase, python: &str) -> Result<(Row, Option<String>)> {
         bail!("--train-steps {}: at least 3 windows of log.every = {log_every} steps are needed", case.steps);
     }
     let name = case.config.file_stem().map_or("recipe".into(), |s| s.to_string_lossy().into_owned());
-    let label = format!("train-loop/{name}/b{}", cfg.train.batch_size);
+    let autocast = if cfg.train.autocast == Autocast::Bf16 { "/autocast-bf16" } else { "" };
+    let label = format!("train-loop/{name}/b{}{autocast}", cfg.train.batch_size);
 
     eprintln!("bench {label} (ours: scalelong train, {} steps)", case.steps);
     super::cargo_build_cli()?;
@@ -115,6 +117,7 @@ fn reference(python: &str, cfg: &TrainConfig, case: &TrainCase, log_every: u64) 
         "betas": [t.beta1, t.beta2], "eps": t.eps, "weight_decay": t.weight_decay,
         "warmup_steps": t.warmup_steps, "grad_clip": t.grad_clip, "ema_decay": t.ema_decay,
         "hflip": cfg.data.hflip, "images": 10_000, "threads": case.threads,
+        "autocast": t.autocast == Autocast::Bf16,
     });
     let json = super::case::model_case(&cfg.model, extra)?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("train_reference.py");

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
+use scalelong_backbones::ops::amx_dot_chains;
 use serde::{Deserialize, Serialize};
 
 use super::case::{ours_and_reference, peak_mb, reset_peak, spread, timed, Measured};
@@ -30,7 +31,6 @@ pub fn fma_peak(threads: usize) -> Option<(f64, &'static str)> {
 /// bf16 dot-product throughput (GFLOP/s, a multiply and an add per product) of `threads` threads
 /// with each bf16 instruction set this CPU has: AVX512-BF16 and AMX-BF16.
 pub fn bf16_peaks(threads: usize) -> Vec<(f64, &'static str)> {
-    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut peaks = vec![];
     #[cfg(target_arch = "x86_64")]
     {
@@ -40,12 +40,11 @@ pub fn bf16_peaks(threads: usize) -> Vec<(f64, &'static str)> {
             let rate = best_rate(threads, iters as f64 * (CHAINS * 64) as f64, || unsafe { dpbf16_chains(iters) });
             peaks.push((rate, "AVX512-BF16 vdpbf16ps"));
         }
-        #[cfg(target_os = "linux")]
-        if scalelong_backbones::ops::amx_available() {
-            let iters: u64 = 2_000_000;
-            let rate = best_rate(threads, iters as f64 * (AMX_CHAINS * 16 * 16 * 32 * 2) as f64, || amx_chains(iters));
-            peaks.push((rate, "AMX-BF16 tdpbf16ps"));
-        }
+    }
+    const ITERS: u64 = 2_000_000;
+    if let Some(flops) = amx_dot_chains(ITERS) {
+        let rate = best_rate(threads, flops, || amx_dot_chains(ITERS).unwrap_or(0.0) as f32);
+        peaks.push((rate, "AMX-BF16 tdpbf16ps"));
     }
     peaks
 }
@@ -81,52 +80,6 @@ fn dpbf16_chains(iters: u64) -> f32 {
         }
     }
     _mm512_reduce_add_ps(acc.into_iter().fold(_mm512_setzero_ps(), |s, r| _mm512_add_ps(s, r)))
-}
-
-/// Independent tile accumulators: enough to cover `tdpbf16ps`'s latency at one per 16 cycles.
-#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-const AMX_CHAINS: usize = 6;
-
-/// `tdpbf16ps` into six accumulator tiles from two source tiles (16 x 64 bytes each). Called only
-/// where `amx_available` said the OS granted the tile state.
-#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-fn amx_chains(iters: u64) -> f32 {
-    use std::arch::asm;
-    #[repr(C, align(64))]
-    struct Config([u8; 64]);
-    let mut config = Config([0; 64]);
-    config.0[0] = 1;
-    for t in 0..8 {
-        config.0[16 + 2 * t] = 64;
-        config.0[48 + t] = 16;
-    }
-    let source = [0u8; 16 * 64];
-    let mut out = [0f32; 16 * 16];
-    // SAFETY: the tile state is granted (see above); loads read `source` (16 rows of 64 bytes),
-    // the store writes `out` (16 rows of 64 bytes).
-    unsafe {
-        asm!(
-            "ldtilecfg [{cfg}]",
-            "tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", "tilezero tmm4", "tilezero tmm5",
-            "tileloadd tmm6, [{src} + {stride}*1]",
-            "tileloadd tmm7, [{src} + {stride}*1]",
-            cfg = in(reg) config.0.as_ptr(), src = in(reg) source.as_ptr(), stride = in(reg) 64usize,
-            options(nostack, readonly),
-        );
-        for _ in 0..std::hint::black_box(iters) {
-            asm!(
-                "tdpbf16ps tmm0, tmm6, tmm7",
-                "tdpbf16ps tmm1, tmm6, tmm7",
-                "tdpbf16ps tmm2, tmm6, tmm7",
-                "tdpbf16ps tmm3, tmm6, tmm7",
-                "tdpbf16ps tmm4, tmm6, tmm7",
-                "tdpbf16ps tmm5, tmm6, tmm7",
-                options(nostack, nomem),
-            );
-        }
-        asm!("tilestored [{p} + {stride}*1], tmm0", "tilerelease", p = in(reg) out.as_mut_ptr(), stride = in(reg) 64usize, options(nostack));
-    }
-    out[0]
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -11,6 +11,8 @@
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 
+use super::Mat;
+
 /// `lhs (..., m, k) x rhs (k, n)` as above, f32 in and out, with gradients (themselves bf16
 /// matmuls, as autocast's backward).
 pub fn matmul_bf16(lhs: &Tensor, rhs: &Tensor) -> Result<Tensor> {
@@ -58,6 +60,14 @@ pub fn autocast_bf16_active() -> bool {
     AUTOCAST.get()
 }
 
+/// `iters` rounds of `tdpbf16ps` into six independent accumulator tiles (enough to cover its
+/// latency), for measuring the tiles' peak (`cargo xtask bench --peak`): the FLOPs done, or `None`
+/// without AMX.
+#[doc(hidden)]
+pub fn amx_dot_chains(iters: u64) -> Option<f64> {
+    amx::available().then(|| amx::dot_chains(iters))
+}
+
 /// Whether [`matmul_bf16`] runs on AMX tiles on this CPU (else the rounded f32 GEMM).
 pub fn amx_available() -> bool {
     amx::available()
@@ -99,45 +109,28 @@ impl CustomOp2 for Bf16Matmul {
 }
 
 /// Without AMX: the operands rounded to bf16, then the f32 GEMM.
-fn rounded_gemm(out: &mut [f32], (m, n, k): (usize, usize, usize), a: Strided, b: Strided) {
-    let round = |x: Strided, rows, cols| -> Vec<f32> {
-        (0..rows * cols).map(|i| f32::from_bits((bf16_bits(x.at(i / cols, i % cols)) as u32) << 16)).collect()
+fn rounded_gemm(out: &mut [f32], (m, n, k): (usize, usize, usize), a: Mat<f32>, b: Mat<f32>) {
+    let round = |x: Mat<f32>, rows, cols| -> Vec<f32> {
+        (0..rows * cols).map(|i| half::bf16::from_f32(at(x, i / cols, i % cols)).to_f32()).collect()
     };
     let (a, b) = (round(a, m, k), round(b, k, n));
     let par = Parallelism::Rayon(candle_core::utils::get_num_threads());
     super::gemm((out, n), (m, n, k), (&a, k, 1), (&b, n, 1), false, par);
 }
 
-fn view<'a>(s: &'a [f32], l: &Layout) -> Strided<'a> {
-    Strided { data: &s[l.start_offset()..], rs: l.stride()[0], cs: l.stride()[1] }
+/// A 2-D operand's storage as the ops' strided matrix (elements, row stride, column stride).
+fn view<'a>(s: &'a [f32], l: &Layout) -> Mat<'a, f32> {
+    (&s[l.start_offset()..], l.stride()[0], l.stride()[1])
 }
 
-/// A strided f32 matrix: element (r, c) is `data[r * rs + c * cs]`.
-#[derive(Clone, Copy)]
-struct Strided<'a> {
-    data: &'a [f32],
-    rs: usize,
-    cs: usize,
-}
-
-impl Strided<'_> {
-    fn at(&self, r: usize, c: usize) -> f32 {
-        self.data[r * self.rs + c * self.cs]
-    }
-}
-
-/// f32 to bf16 bits, rounding to nearest even (as PyTorch's conversion; NaN stays a quiet NaN).
-/// Branch-free integer arithmetic, so that the packing loops vectorise (a quarter of the GEMM's
-/// time went to `half`'s conversion).
 #[inline(always)]
+fn at((data, rs, cs): Mat<f32>, r: usize, c: usize) -> f32 {
+    data[r * rs + c * cs]
+}
+
+/// f32 to bf16 bits, rounding to nearest even (as PyTorch's conversion).
 fn bf16_bits(x: f32) -> u16 {
-    let bits = x.to_bits();
-    let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
-    if x.is_nan() {
-        ((bits >> 16) as u16) | 0x40
-    } else {
-        rounded
-    }
+    half::bf16::from_f32(x).to_bits()
 }
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
@@ -192,10 +185,11 @@ mod amx {
 
     /// `out (m, n) = a (m, k) x b (k, n)` with a and b rounded to bf16. Callers have checked
     /// [`available`].
-    pub(super) fn gemm(out: &mut [f32], (m, n, k): (usize, usize, usize), a: Strided, b: Strided) {
+    pub(super) fn gemm(out: &mut [f32], (m, n, k): (usize, usize, usize), a: Mat<f32>, b: Mat<f32>) {
         if m == 0 || n == 0 {
             return;
         }
+        let (a_data, a_rs, a_cs) = a;
         let kp = k.div_ceil(KT) * KT;
         let np = n.div_ceil(BLOCK) * BLOCK;
         let packed_b = pack_b(b, k, n, kp, np);
@@ -206,16 +200,16 @@ mod amx {
             let rows = out.len() / n;
             let mp = rows.div_ceil(BLOCK) * BLOCK;
             let mut packed_a = vec![0u16; mp * kp];
-            if a.cs == 1 {
+            if a_cs == 1 {
                 for r in 0..rows {
                     // SAFETY: `available` checked AVX512-BF16 and AVX512-BW.
-                    unsafe { pack_pairs(&mut packed_a[r * kp..][..kp], &a.data[(r0 + r) * a.rs..][..k], &[], false) };
+                    unsafe { pack_pairs(&mut packed_a[r * kp..][..kp], &a_data[(r0 + r) * a_rs..][..k], &[], false) };
                 }
-            } else if a.rs == 1 {
+            } else if a_rs == 1 {
                 // a is transposed (as x^T in a weight gradient): 32 rows of a column at a time.
                 let mut values = [0u16; 2 * T];
                 for c in 0..k {
-                    let column = &a.data[c * a.cs + r0..][..rows];
+                    let column = &a_data[c * a_cs + r0..][..rows];
                     for (i, chunk) in column.chunks(2 * T).enumerate() {
                         // SAFETY: `available` checked AVX512-BF16 and AVX512-BW.
                         unsafe { pack_pairs(&mut values, chunk, &[], false) };
@@ -227,7 +221,7 @@ mod amx {
             } else {
                 for r in 0..rows {
                     let row = packed_a[r * kp..][..k].iter_mut();
-                    row.enumerate().for_each(|(c, v)| *v = bf16_bits(a.at(r0 + r, c)));
+                    row.enumerate().for_each(|(c, v)| *v = bf16_bits(at(a, r0 + r, c)));
                 }
             }
             let mut block = [[0f32; BLOCK]; BLOCK];
@@ -292,10 +286,44 @@ mod amx {
         });
     }
 
+    /// See [`super::amx_dot_chains`]. Callers have checked [`available`].
+    pub(super) fn dot_chains(iters: u64) -> f64 {
+        let config = TileConfig::new();
+        let source = [0u8; T * 64];
+        let mut out = [0f32; T * T];
+        // SAFETY: the tile state is granted (`available`); loads read `source` (16 rows of 64
+        // bytes), the store writes `out` (16 rows of 64 bytes).
+        unsafe {
+            asm!(
+                "ldtilecfg [{cfg}]",
+                "tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", "tilezero tmm4", "tilezero tmm5",
+                "tileloadd tmm6, [{src} + {stride}*1]",
+                "tileloadd tmm7, [{src} + {stride}*1]",
+                cfg = in(reg) config.0.as_ptr(), src = in(reg) source.as_ptr(), stride = in(reg) 64usize,
+                options(nostack, readonly),
+            );
+            for _ in 0..std::hint::black_box(iters) {
+                asm!(
+                    "tdpbf16ps tmm0, tmm6, tmm7",
+                    "tdpbf16ps tmm1, tmm6, tmm7",
+                    "tdpbf16ps tmm2, tmm6, tmm7",
+                    "tdpbf16ps tmm3, tmm6, tmm7",
+                    "tdpbf16ps tmm4, tmm6, tmm7",
+                    "tdpbf16ps tmm5, tmm6, tmm7",
+                    options(nostack, nomem),
+                );
+            }
+            asm!("tilestored [{p} + {stride}*1], tmm0", "tilerelease", p = in(reg) out.as_mut_ptr(), stride = in(reg) 64usize, options(nostack));
+        }
+        std::hint::black_box(out);
+        (iters * 6 * (T * T * KT * 2) as u64) as f64
+    }
+
     /// `b (k, n)` as bf16 pairs of consecutive k, in panels of 16 columns: panel `p` holds
     /// `kp / 2` rows of 16 pairs, so one B tile is 16 consecutive rows of 64 bytes. Zero-padded
     /// to `kp` rows and `np` columns.
-    fn pack_b(b: Strided, k: usize, n: usize, kp: usize, np: usize) -> Vec<u16> {
+    fn pack_b(b: Mat<f32>, k: usize, n: usize, kp: usize, np: usize) -> Vec<u16> {
+        let (b_data, b_rs, b_cs) = b;
         let mut packed = vec![0u16; np * kp];
         // Row by row (b's rows are contiguous in a row-major b): 16 columns of row r go to the
         // even or odd slots of the panel's row r / 2.
@@ -304,12 +332,12 @@ mod amx {
             if cols == 0 {
                 return; // padding panel: zeros
             }
-            if b.rs == 1 && b.cs != 1 {
+            if b_rs == 1 && b_cs != 1 {
                 // Columns contiguous (b is a transposed matrix, as a Linear's W^T): a column's
                 // consecutive pairs are its entries in the panel's rows.
                 let mut pairs = [0u16; 2 * T];
                 for c in 0..cols {
-                    let column = &b.data[(c0 + c) * b.cs..][..k];
+                    let column = &b_data[(c0 + c) * b_cs..][..k];
                     for (i, chunk) in column.chunks(2 * T).enumerate() {
                         // SAFETY: `available` checked AVX512-BF16 and AVX512-BW.
                         unsafe { pack_pairs(&mut pairs, chunk, &[], false) };
@@ -322,11 +350,11 @@ mod amx {
             }
             for (rp, dst) in panel.chunks_exact_mut(2 * T).take(k.div_ceil(2)).enumerate() {
                 let r = 2 * rp;
-                let row = |r: usize| (0..cols).map(move |c| if r < k { bf16_bits(b.at(r, c0 + c)) } else { 0 });
-                match b.cs == 1 {
+                let row = |r: usize| (0..cols).map(move |c| if r < k { bf16_bits(at(b, r, c0 + c)) } else { 0 });
+                match b_cs == 1 {
                     true => {
-                        let x0 = &b.data[r * b.rs + c0..][..cols];
-                        let x1 = if r + 1 < k { &b.data[(r + 1) * b.rs + c0..][..cols] } else { &[] };
+                        let x0 = &b_data[r * b_rs + c0..][..cols];
+                        let x1 = if r + 1 < k { &b_data[(r + 1) * b_rs + c0..][..cols] } else { &[] };
                         // SAFETY: `available` checked AVX512-BF16 and AVX512-BW.
                         unsafe { pack_pairs(dst, x0, x1, true) };
                     }
@@ -388,14 +416,18 @@ fn pack_pairs(dst: &mut [u16], x0: &[f32], x1: &[f32], interleave: bool) {
 
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 mod amx {
-    use super::Strided;
+    use super::Mat;
 
     pub(super) fn available() -> bool {
         false
     }
 
-    pub(super) fn gemm(_: &mut [f32], _: (usize, usize, usize), _: Strided, _: Strided) {
+    pub(super) fn gemm(_: &mut [f32], _: (usize, usize, usize), _: Mat<f32>, _: Mat<f32>) {
         unreachable!("matmul_bf16 checks `available` first")
+    }
+
+    pub(super) fn dot_chains(_: u64) -> f64 {
+        unreachable!("amx_dot_chains checks `available` first")
     }
 }
 
@@ -468,15 +500,25 @@ mod tests {
     }
 
     #[test]
-    fn bf16_rounding_is_halfs_round_to_nearest_even() {
-        let special = [0.0, -0.0, 1.0, f32::MAX, f32::MIN_POSITIVE, 1e-40, f32::INFINITY, f32::NEG_INFINITY];
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    fn packing_rounds_as_half_does() {
+        if !amx::available() {
+            return; // the packing's AVX512-BF16 conversion runs only beside AMX
+        }
+        let special = [0.0, -0.0, 1.0, f32::MAX, f32::MIN_POSITIVE, f32::INFINITY, f32::NEG_INFINITY, f32::NAN];
         let ties = [0x3f80_8000u32, 0x3f81_8000, 0xbf80_8000].map(f32::from_bits);
         let sweep = (0..=u32::MAX).step_by(65_521).map(f32::from_bits);
-        for x in special.into_iter().chain(ties).chain(sweep) {
-            let want = half::bf16::from_f32(x);
-            match x.is_nan() {
-                true => assert!(half::bf16::from_bits(bf16_bits(x)).is_nan(), "{x:e}"),
-                false => assert_eq!(bf16_bits(x), want.to_bits(), "{x:e} ({:#x})", x.to_bits()),
+        let values: Vec<f32> = special.into_iter().chain(ties).chain(sweep).collect();
+        let mut packed = vec![0u16; values.len().div_ceil(32) * 32];
+        // SAFETY: `available` checked AVX512-BF16 and AVX512-BW.
+        unsafe { pack_pairs(&mut packed, &values, &[], false) };
+        for (&x, &bits) in values.iter().zip(&packed) {
+            let (got, want) = (half::bf16::from_bits(bits), half::bf16::from_f32(x));
+            match () {
+                _ if x.is_nan() => assert!(got.is_nan(), "{x:e}"),
+                // The instruction treats subnormal inputs as zero (the tiles do too).
+                _ if x.is_subnormal() => assert!(got.to_f32() == 0.0 || got == want, "{x:e}"),
+                _ => assert_eq!(got.to_bits(), want.to_bits(), "{x:e} ({:#x})", x.to_bits()),
             }
         }
     }

@@ -72,7 +72,7 @@ mod upsample;
 
 pub use activation::{gelu_erf, silu};
 pub use attention::attention;
-pub use bf16_matmul::{amx_available, autocast_bf16, autocast_bf16_active, matmul_bf16};
+pub use bf16_matmul::{amx_available, amx_dot_chains, autocast_bf16, autocast_bf16_active, matmul_bf16};
 pub use bias::bias_add;
 pub use conv::{conv2d, conv2d_inference, Conv2dParams};
 pub use norm::{group_norm, group_norm_silu, layer_norm};

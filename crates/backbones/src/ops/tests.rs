@@ -5,13 +5,18 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 
 use super::*;
 
-/// Largest |a - b| relative to the largest |b|.
+/// Largest |a - b| relative to the largest |b|, or to 1 where every |b| is smaller: the inputs are
+/// N(0, 1), so a result that cancels to near zero (a gradient of four probe values) is held to
+/// the inputs' scale rather than to its own.
 fn rel_err(a: &Tensor, b: &Tensor) -> Result<f64> {
-    let scale = b.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?.max(1e-30);
+    let scale = b.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?.max(1.0);
     Ok((a - b)?.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()? / scale)
 }
 
-/// Compares `fused(inputs)` with `reference(inputs)`, and the gradients of `sum(out * probe)`.
+/// Compares `fused(inputs)` in `dtype` with `reference(inputs)` evaluated in f64 on the same
+/// values, and the gradients of `sum(out * probe)`. The reference runs in f64 because candle's f32
+/// reductions (a bias gradient sums 18k terms here) are themselves off by ~1e-5: an f32 reference
+/// made the test fail on ~5% of random draws through the reference's rounding, not ours.
 fn check(
     shapes: &[&[usize]],
     dtype: DType,
@@ -20,19 +25,27 @@ fn check(
     reference: impl Fn(&[Tensor]) -> Result<Tensor>,
 ) -> Result<()> {
     let dev = Device::Cpu;
-    let vars = shapes
+    let values = shapes
         .iter()
-        .map(|s| Var::from_tensor(&Tensor::randn(0f64, 1.0, *s, &dev)?.to_dtype(dtype)?))
+        .map(|s| Tensor::randn(0f64, 1.0, *s, &dev)?.to_dtype(dtype))
         .collect::<Result<Vec<_>>>()?;
+    let vars = values.iter().map(Var::from_tensor).collect::<Result<Vec<_>>>()?;
+    let exact = values.iter().map(|v| Var::from_tensor(&v.to_dtype(DType::F64)?)).collect::<Result<Vec<_>>>()?;
     let inputs: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-    let (ours, want) = (fused(&inputs)?, reference(&inputs)?);
+    let exact_inputs: Vec<Tensor> = exact.iter().map(|v| v.as_tensor().clone()).collect();
+    let (ours, want) = (fused(&inputs)?, reference(&exact_inputs)?);
+    assert_eq!(ours.dtype(), dtype);
     assert_eq!(ours.dims(), want.dims());
-    assert!(rel_err(&ours, &want)? < tol, "output off by {}", rel_err(&ours, &want)?);
+    let err = rel_err(&ours.to_dtype(DType::F64)?, &want)?;
+    assert!(err < tol, "output off by {err}");
     let probe = Tensor::randn(0f64, 1.0, ours.shape(), &dev)?.to_dtype(dtype)?;
-    let (g_ours, g_want) = ((ours * &probe)?.sum_all()?.backward()?, (want * &probe)?.sum_all()?.backward()?);
-    for (i, v) in vars.iter().enumerate() {
-        let (a, b) = (g_ours.get(v).expect("fused op lost a gradient"), g_want.get(v).expect("no reference gradient"));
-        assert!(rel_err(a, b)? < tol, "gradient of input {i} off by {}", rel_err(a, b)?);
+    let g_ours = (ours * &probe)?.sum_all()?.backward()?;
+    let g_want = (want * probe.to_dtype(DType::F64)?)?.sum_all()?.backward()?;
+    for (i, (v, e)) in vars.iter().zip(&exact).enumerate() {
+        let (a, b) = (g_ours.get(v).expect("fused op lost a gradient"), g_want.get(e).expect("no reference gradient"));
+        assert_eq!(a.dtype(), dtype);
+        let err = rel_err(&a.to_dtype(DType::F64)?, b)?;
+        assert!(err < tol, "gradient of input {i} off by {err}");
     }
     Ok(())
 }
@@ -54,7 +67,10 @@ fn conv2d_matches_candle() -> Result<()> {
     ];
     for (x, w, padding, stride) in cases {
         let p = Conv2dParams { padding, stride };
-        for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+        // f32: the bias gradient of the last case sums 18k terms, and a draw whose sums cancel
+        // to a few percent of their usual size showed 1e-5 (1 in 500 runs); the f64 rows hold
+        // the arithmetic to 1e-12, the f32 rows catch what is wrong in f32 only.
+        for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-4)] {
             check(
                 &[x, w],
                 dtype,

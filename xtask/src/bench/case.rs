@@ -37,7 +37,7 @@ pub(super) struct Case {
     pub(super) warmup: usize,
     pub(super) repeats: usize,
     pub(super) device: String,
-    /// Ours under `autocast_bf16` (the Linear layers' GEMMs in bf16).
+    /// Ours under `autocast_bf16` (the GEMMs of Linear layers, convolutions and attention in bf16).
     #[serde(default)]
     pub(super) autocast: bool,
 }

@@ -95,8 +95,8 @@ pub struct BenchArgs {
     /// far ours is from PyTorch's fastest CPU training where the CPU has AMX or AVX512-BF16.
     #[arg(long)]
     reference_autocast: bool,
-    /// Time ours under `autocast_bf16`: the Linear layers' GEMMs with bf16 operands (on AMX where
-    /// the CPU has it), weights and AdamW f32. Convolutions and attention stay f32.
+    /// Time ours under `autocast_bf16`: the GEMMs of Linear layers, convolutions and attention with
+    /// bf16 operands (on AMX where the CPU has it), weights and AdamW f32.
     #[arg(long)]
     autocast: bool,
     /// Also time whole `scalelong train` runs of these recipes (TOML configs) against the same

@@ -6,7 +6,7 @@ use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, T
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{fused, gemm, softmax, sum_by, Float};
+use super::{autocast_bf16_active, fused, gemm, softmax, sum_by, Float};
 
 /// Attention over `q, k, v (B, L, heads * D)`, heads side by side in the last axis as
 /// `nn.MultiheadAttention` and U-ViT lay them out. Rows may be strided (narrow views of one
@@ -21,7 +21,8 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -
         return composed(q, k, v, heads, scale);
     }
     let rows = |t: &Tensor| if t.stride()[2] == 1 { Ok(t.clone()) } else { t.contiguous() };
-    rows(q)?.apply_op3(&rows(k)?, &rows(v)?, Attention { heads, scale })
+    let op = Attention { heads, scale, bf16: autocast_bf16_active() };
+    rows(q)?.apply_op3(&rows(k)?, &rows(v)?, op)
 }
 
 /// The same from candle's primitive ops (other devices and dtypes; the tests' reference).
@@ -61,7 +62,7 @@ impl<'a, T> Rows<'a, T> {
     }
 }
 
-/// Sizes of one call.
+/// Sizes of one call, and whether its GEMMs take bf16 operands (autocast; the softmax stays f32).
 #[derive(Clone, Copy)]
 struct Dims {
     b: usize,
@@ -69,12 +70,13 @@ struct Dims {
     c: usize,
     heads: usize,
     scale: f64,
+    bf16: bool,
 }
 
 impl Dims {
-    fn new(q: &Layout, heads: usize, scale: f64) -> Result<Self> {
+    fn new(q: &Layout, heads: usize, scale: f64, bf16: bool) -> Result<Self> {
         let (b, l, c) = q.shape().dims3()?;
-        Ok(Self { b, l, c, heads, scale })
+        Ok(Self { b, l, c, heads, scale, bf16 })
     }
 
     fn d(&self) -> usize {
@@ -94,16 +96,19 @@ impl Dims {
     #[inline(always)]
     fn probs<T: Float>(&self, q: Rows<T>, k: Rows<T>, b: usize, h: usize, probs: &mut [T]) {
         let (l, d) = (self.l, self.d());
-        gemm((probs, l), (l, l, d), q.head(b, h, d, false), k.head(b, h, d, true), false, self.parallelism());
+        let (q_h, k_t) = (q.head(b, h, d, false), k.head(b, h, d, true));
+        gemm((probs, l), (l, l, d), q_h, k_t, false, self.bf16, self.parallelism());
         let scale = T::from_f64(self.scale).unwrap();
         probs.iter_mut().for_each(|s| *s = *s * scale);
         softmax::rows_in_place(probs, l);
     }
 }
 
+/// The op; `bf16`: made inside autocast, so its GEMMs (and its backward's) take bf16 operands.
 struct Attention {
     heads: usize,
     scale: f64,
+    bf16: bool,
 }
 
 simd_fn! {
@@ -115,7 +120,7 @@ simd_fn! {
             for h in 0..dims.heads {
                 dims.probs(q, k, b, h, probs);
                 let v_h = v.head(b, h, d, false);
-                gemm((&mut out[h * d..], c), (l, d, l), (probs, l, 1), v_h, false, dims.parallelism());
+                gemm((&mut out[h * d..], c), (l, d, l), (probs, l, 1), v_h, false, dims.bf16, dims.parallelism());
             }
         });
         out
@@ -136,7 +141,7 @@ impl CustomOp3 for Attention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let dims = Dims::new(l1, self.heads, self.scale)?;
+        let dims = Dims::new(l1, self.heads, self.scale, self.bf16)?;
         let out = match (s1, s2, s3) {
             (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => {
                 CpuStorage::F32(attention_fwd(Rows::new(q, l1)?, Rows::new(k, l2)?, Rows::new(v, l3)?, dims))
@@ -157,7 +162,7 @@ impl CustomOp3 for Attention {
         _out: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let op = AttentionGrad { heads: self.heads, scale: self.scale, grad: grad.contiguous()? };
+        let op = AttentionGrad { heads: self.heads, scale: self.scale, bf16: self.bf16, grad: grad.contiguous()? };
         let all = q.apply_op3_no_bwd(k, v, &op)?;
         let n = q.elem_count();
         let part = |i: usize| all.narrow(0, i * n, n)?.reshape(q.shape());
@@ -169,12 +174,13 @@ impl CustomOp3 for Attention {
 struct AttentionGrad {
     heads: usize,
     scale: f64,
+    bf16: bool,
     grad: Tensor,
 }
 
 simd_fn! {
     fn attention_bwd<T: Float>(q: Rows<T>, k: Rows<T>, v: Rows<T>, grad: &[T], dims: Dims) -> Vec<T> {
-        let (l, c, d, par) = (dims.l, dims.c, dims.d(), dims.parallelism());
+        let (l, c, d, par, bf16) = (dims.l, dims.c, dims.d(), dims.parallelism(), dims.bf16);
         let n = dims.b * l * c;
         let mut out = vec![T::zero(); 3 * n];
         let (dq, rest) = out.split_at_mut(n);
@@ -190,16 +196,16 @@ simd_fn! {
                     dims.probs(q, k, b, h, probs);
                     let g_h = (&g[h * d..], c, 1);
                     // dv = P^T g; dP = g v^T; dS = P * (dP - rowsum(dP * P)) * scale.
-                    gemm((&mut dv[h * d..], c), (l, d, l), (probs, 1, l), g_h, false, par);
-                    gemm((dprobs, l), (l, l, d), g_h, v.head(b, h, d, true), false, par);
+                    gemm((&mut dv[h * d..], c), (l, d, l), (probs, 1, l), g_h, false, bf16, par);
+                    gemm((dprobs, l), (l, l, d), g_h, v.head(b, h, d, true), false, bf16, par);
                     let scale = T::from_f64(dims.scale).unwrap();
                     for (dp, p) in dprobs.chunks_mut(l).zip(probs.chunks(l)) {
                         let dot = sum_by(dp, p, |dp, p| dp * p);
                         dp.iter_mut().zip(p).for_each(|(dp, &p)| *dp = p * (*dp - dot) * scale);
                     }
                     // dq = dS k; dk = dS^T q.
-                    gemm((&mut dq[h * d..], c), (l, d, l), (dprobs, l, 1), k.head(b, h, d, false), false, par);
-                    gemm((&mut dk[h * d..], c), (l, d, l), (dprobs, 1, l), q.head(b, h, d, false), false, par);
+                    gemm((&mut dq[h * d..], c), (l, d, l), (dprobs, l, 1), k.head(b, h, d, false), false, bf16, par);
+                    gemm((&mut dk[h * d..], c), (l, d, l), (dprobs, 1, l), q.head(b, h, d, false), false, bf16, par);
                 }
             },
         );
@@ -221,7 +227,7 @@ impl CustomOp3 for AttentionGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let dims = Dims::new(l1, self.heads, self.scale)?;
+        let dims = Dims::new(l1, self.heads, self.scale, self.bf16)?;
         let (gs, gl) = self.grad.storage_and_layout();
         let Storage::Cpu(gs) = &*gs else { bail!("{}: gradient not on the CPU", self.name()) };
         let out = match (s1, s2, s3, gs) {

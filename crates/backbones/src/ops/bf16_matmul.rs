@@ -41,9 +41,11 @@ thread_local! {
     static AUTOCAST: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Runs `f` with the backbones' `Linear` layers computing [`matmul_bf16`] on this thread, as
-/// `torch.autocast("cpu", torch.bfloat16)` does for `nn.Linear` (weights and AdamW stay f32).
-/// Only the Linear layers so far: convolutions and attention stay f32.
+/// Runs `f` with the GEMMs of the backbones' `Linear` layers, convolutions and attention taking
+/// bf16 operands (as [`matmul_bf16`]) on this thread, as `torch.autocast("cpu", torch.bfloat16)`
+/// does for `nn.Linear`, `conv2d` and `matmul` (weights and AdamW stay f32). An op made inside
+/// the scope keeps bf16 GEMMs in its backward pass wherever that runs. Element-wise ops, norms
+/// and softmax stay f32.
 pub fn autocast_bf16<T>(f: impl FnOnce() -> T) -> T {
     struct Restore(bool);
     impl Drop for Restore {
@@ -87,13 +89,9 @@ impl CustomOp2 for Bf16Matmul {
         let (&[m, k], &[_, n]) = (l1.dims(), l2.dims()) else {
             bail!("matmul-bf16: expects two 2-D operands, got {:?} and {:?}", l1.dims(), l2.dims());
         };
-        let (a, b) = (view(a, l1), view(b, l2));
         let mut out = vec![0f32; m * n];
-        if amx::available() {
-            amx::gemm(&mut out, (m, n, k), a, b);
-        } else {
-            rounded_gemm(&mut out, (m, n, k), a, b);
-        }
+        let par = Parallelism::Rayon(candle_core::utils::get_num_threads());
+        gemm_bf16((&mut out, n), (m, n, k), view(a, l1), view(b, l2), false, par);
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 
@@ -108,14 +106,37 @@ impl CustomOp2 for Bf16Matmul {
     }
 }
 
+/// `dst (m, n; row stride) (+)= a (m, k) x b (k, n)` with a and b rounded to bf16 and f32 sums:
+/// on AMX tiles where the CPU has them, else the rounded f32 GEMM. The GEMMs of the fused
+/// kernels (convolution, attention) come here inside [`autocast_bf16`].
+pub(super) fn gemm_bf16(
+    dst: (&mut [f32], usize),
+    mnk: (usize, usize, usize),
+    a: Mat<f32>,
+    b: Mat<f32>,
+    add: bool,
+    par: Parallelism,
+) {
+    match amx::available() {
+        true => amx::gemm(dst, mnk, a, b, add, !matches!(par, Parallelism::None)),
+        false => rounded_gemm(dst, mnk, a, b, add, par),
+    }
+}
+
 /// Without AMX: the operands rounded to bf16, then the f32 GEMM.
-fn rounded_gemm(out: &mut [f32], (m, n, k): (usize, usize, usize), a: Mat<f32>, b: Mat<f32>) {
+fn rounded_gemm(
+    dst: (&mut [f32], usize),
+    (m, n, k): (usize, usize, usize),
+    a: Mat<f32>,
+    b: Mat<f32>,
+    add: bool,
+    par: Parallelism,
+) {
     let round = |x: Mat<f32>, rows, cols| -> Vec<f32> {
         (0..rows * cols).map(|i| half::bf16::from_f32(at(x, i / cols, i % cols)).to_f32()).collect()
     };
     let (a, b) = (round(a, m, k), round(b, k, n));
-    let par = Parallelism::Rayon(candle_core::utils::get_num_threads());
-    super::gemm((out, n), (m, n, k), (&a, k, 1), (&b, n, 1), false, par);
+    super::gemm(dst, (m, n, k), (&a, k, 1), (&b, n, 1), add, false, par);
 }
 
 /// A 2-D operand's storage as the ops' strided matrix (elements, row stride, column stride).
@@ -183,21 +204,32 @@ mod amx {
         }
     }
 
-    /// `out (m, n) = a (m, k) x b (k, n)` with a and b rounded to bf16. Callers have checked
-    /// [`available`].
-    pub(super) fn gemm(out: &mut [f32], (m, n, k): (usize, usize, usize), a: Mat<f32>, b: Mat<f32>) {
+    /// `out (m, n; row stride rs) (+)= a (m, k) x b (k, n)` with a and b rounded to bf16; the
+    /// row blocks in parallel if `parallel`. Callers have checked [`available`].
+    pub(super) fn gemm(
+        (out, rs): (&mut [f32], usize),
+        (m, n, k): (usize, usize, usize),
+        a: Mat<f32>,
+        b: Mat<f32>,
+        add: bool,
+        parallel: bool,
+    ) {
         if m == 0 || n == 0 {
             return;
         }
+        let rs = rs.max(n); // one row: its stride is never used
         let (a_data, a_rs, a_cs) = a;
         let kp = k.div_ceil(KT) * KT;
         let np = n.div_ceil(BLOCK) * BLOCK;
-        let packed_b = pack_b(b, k, n, kp, np);
-        // Row blocks in parallel, each packing its own rows of a.
+        let packed_b = pack_b(b, k, n, kp, np, parallel);
+        // Row blocks (in parallel), each packing its own rows of a.
         const ROWS: usize = 4 * BLOCK;
-        out.par_chunks_mut(ROWS * n).enumerate().for_each(|(i, out)| {
+        let row_block = |i: usize, out: &mut [f32]| {
             let r0 = i * ROWS;
-            let rows = out.len() / n;
+            let rows = ROWS.min(m.saturating_sub(r0));
+            if rows == 0 {
+                return; // `out` runs on past row m
+            }
             let mp = rows.div_ceil(BLOCK) * BLOCK;
             let mut packed_a = vec![0u16; mp * kp];
             if a_cs == 1 {
@@ -277,13 +309,21 @@ mod amx {
                         );
                         let cols = BLOCK.min(n - nb);
                         for (r, row) in block.iter().enumerate().take(rows - mb) {
-                            out[(mb + r) * n + nb..][..cols].copy_from_slice(&row[..cols]);
+                            let dst = &mut out[(mb + r) * rs + nb..][..cols];
+                            match add {
+                                true => dst.iter_mut().zip(row).for_each(|(d, v)| *d += v),
+                                false => dst.copy_from_slice(&row[..cols]),
+                            }
                         }
                     }
                 }
                 asm!("tilerelease", options(nostack, nomem));
             }
-        });
+        };
+        match parallel {
+            true => out.par_chunks_mut(ROWS * rs).enumerate().for_each(|(i, out)| row_block(i, out)),
+            false => out.chunks_mut(ROWS * rs).enumerate().for_each(|(i, out)| row_block(i, out)),
+        }
     }
 
     /// See [`super::amx_dot_chains`]. Callers have checked [`available`].
@@ -322,12 +362,12 @@ mod amx {
     /// `b (k, n)` as bf16 pairs of consecutive k, in panels of 16 columns: panel `p` holds
     /// `kp / 2` rows of 16 pairs, so one B tile is 16 consecutive rows of 64 bytes. Zero-padded
     /// to `kp` rows and `np` columns.
-    fn pack_b(b: Mat<f32>, k: usize, n: usize, kp: usize, np: usize) -> Vec<u16> {
+    fn pack_b(b: Mat<f32>, k: usize, n: usize, kp: usize, np: usize, parallel: bool) -> Vec<u16> {
         let (b_data, b_rs, b_cs) = b;
         let mut packed = vec![0u16; np * kp];
         // Row by row (b's rows are contiguous in a row-major b): 16 columns of row r go to the
         // even or odd slots of the panel's row r / 2.
-        packed.par_chunks_mut(T * kp).enumerate().for_each(|(p, panel)| {
+        let pack_panel = |p: usize, panel: &mut [u16]| {
             let (c0, cols) = (p * T, n.min((p + 1) * T).saturating_sub(p * T));
             if cols == 0 {
                 return; // padding panel: zeros
@@ -366,7 +406,11 @@ mod amx {
                     }
                 }
             }
-        });
+        };
+        match parallel {
+            true => packed.par_chunks_mut(T * kp).enumerate().for_each(|(p, panel)| pack_panel(p, panel)),
+            false => packed.chunks_mut(T * kp).enumerate().for_each(|(p, panel)| pack_panel(p, panel)),
+        }
         packed
     }
 }
@@ -422,8 +466,8 @@ mod amx {
         false
     }
 
-    pub(super) fn gemm(_: &mut [f32], _: (usize, usize, usize), _: Mat<f32>, _: Mat<f32>) {
-        unreachable!("matmul_bf16 checks `available` first")
+    pub(super) fn gemm(_: (&mut [f32], usize), _: (usize, usize, usize), _: Mat<f32>, _: Mat<f32>, _: bool, _: bool) {
+        unreachable!("gemm_bf16 checks `available` first")
     }
 
     pub(super) fn dot_chains(_: u64) -> f64 {
@@ -523,24 +567,38 @@ mod tests {
         }
     }
 
+    /// The kernels' entry (row stride, accumulation, one thread or all), on AMX where this CPU
+    /// has it and on the fallback, against the f64 product of the rounded operands.
     #[test]
-    fn the_fallback_without_amx_is_the_same_function() -> Result<()> {
+    fn strided_accumulating_gemm_on_both_paths() -> Result<()> {
         let dev = Device::Cpu;
-        let (m, n, k) = (19, 23, 45);
+        let (m, n, k, rs) = (140, 53, 45, 60);
         let a = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
         let b = Tensor::randn(0f32, 1.0, (n, k), &dev)?.t()?;
-        let want = rounded(&a)?.matmul(&rounded(&b)?)?;
-        let (sa, la) = a.storage_and_layout();
-        let (sb, lb) = b.storage_and_layout();
-        let (candle_core::Storage::Cpu(CpuStorage::F32(sa)), candle_core::Storage::Cpu(CpuStorage::F32(sb))) =
-            (&*sa, &*sb)
-        else {
-            unreachable!("f32 CPU tensors")
-        };
-        let mut out = vec![0f32; m * n];
-        rounded_gemm(&mut out, (m, n, k), view(sa, la), view(sb, lb));
-        let err = rel_err(&Tensor::from_vec(out, (m, n), &dev)?, &want)?;
-        assert!(err < 1e-5, "off by {err}");
+        let c0 = Tensor::randn(0f32, 1.0, (m, rs), &dev)?;
+        let product = rounded(&a)?.matmul(&rounded(&b)?)?;
+        let storage = |t: &Tensor| -> Vec<f32> { t.flatten_all().and_then(|t| t.to_vec1()).expect("f32") };
+        let (av, bv) = (storage(&a), storage(&b.t()?));
+        for add in [false, true] {
+            let want = (product.clone()
+                + if add { c0.narrow(1, 0, n)?.to_dtype(DType::F64)? } else { product.zeros_like()? })?;
+            for par in [Parallelism::None, Parallelism::Rayon(2)] {
+                let paths: &[bool] = if amx::available() { &[true, false] } else { &[false] };
+                for &on_amx in paths {
+                    let mut out = storage(&c0);
+                    let (a, b) = ((&av[..], k, 1), (&bv[..], 1, k));
+                    match on_amx {
+                        true => amx::gemm((&mut out, rs), (m, n, k), a, b, add, !matches!(par, Parallelism::None)),
+                        false => rounded_gemm((&mut out, rs), (m, n, k), a, b, add, par),
+                    }
+                    let got = Tensor::from_vec(out, (m, rs), &dev)?;
+                    let err = rel_err(&got.narrow(1, 0, n)?, &want)?;
+                    assert!(err < 1e-5, "amx {on_amx} add {add} {par:?}: off by {err}");
+                    let beyond = (got.narrow(1, n, rs - n)? - c0.narrow(1, n, rs - n)?)?.abs()?.max_all()?;
+                    assert_eq!(beyond.to_scalar::<f32>()?, 0.0, "amx {on_amx}: wrote past the rows' n columns");
+                }
+            }
+        }
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape,
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{fused, gemm, reduction_group, sum_by, sum_in_order, Float};
+use super::{autocast_bf16_active, fused, gemm, reduction_group, sum_by, sum_in_order, Float};
 
 /// Symmetric zero padding and stride of a convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +29,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams) ->
             Some(b) => b.flatten_all()?,
             None => Tensor::zeros(cout, x.dtype(), x.device())?,
         };
-        let conv = Conv { pad: (p.padding, p.padding), stride: p.stride, relu: false };
+        let conv = Conv { pad: (p.padding, p.padding), stride: p.stride, relu: false, bf16: autocast_bf16_active() };
         return x.contiguous()?.apply_op3(&w.contiguous()?, &bias, conv);
     }
     let y = x.conv2d(w, p.padding, p.stride, 1, 1)?;
@@ -55,7 +55,7 @@ pub fn conv2d_inference(
         bail!("conv2d: bias {:?} does not match the {cout} output channels of weight {:?}", bias.shape(), w.shape());
     }
     if fused(x) && x.dtype() == w.dtype() && bias.dtype() == x.dtype() {
-        let conv = Conv { pad, stride, relu };
+        let conv = Conv { pad, stride, relu, bf16: autocast_bf16_active() };
         return x.contiguous()?.apply_op3_no_bwd(&w.contiguous()?, &bias.flatten_all()?, &conv);
     }
     let x = x.pad_with_zeros(2, pad.0, pad.0)?.pad_with_zeros(3, pad.1, pad.1)?;
@@ -67,7 +67,7 @@ pub fn conv2d_inference(
     }
 }
 
-/// Sizes of one convolution.
+/// Sizes of one convolution, and whether its GEMMs take bf16 operands (autocast).
 #[derive(Debug, Clone, Copy)]
 struct Geom {
     b: usize,
@@ -82,6 +82,7 @@ struct Geom {
     /// Zero padding (rows, columns).
     pad: (usize, usize),
     stride: usize,
+    bf16: bool,
 }
 
 impl Geom {
@@ -92,7 +93,7 @@ impl Geom {
             bail!("conv2d: kernel {kh}x{kw} with padding {pad:?} and stride {stride} does not fit an input of {h}x{w}");
         }
         let (oh, ow) = ((h + 2 * pad.0 - kh) / stride + 1, (w + 2 * pad.1 - kw) / stride + 1);
-        Ok(Self { b, cin, h, w, cout, kh, kw, oh, ow, pad, stride })
+        Ok(Self { b, cin, h, w, cout, kh, kw, oh, ow, pad, stride, bf16: false })
     }
 
     fn from_weight(x: &[usize], wt: &[usize], pad: (usize, usize), stride: usize) -> Result<Self> {
@@ -101,6 +102,10 @@ impl Geom {
             bail!("conv2d: input {x:?} has not the weight's {cin} input channels");
         }
         Self::new(x, cout, (kh, kw), pad, stride)
+    }
+
+    fn autocast(self, bf16: bool) -> Self {
+        Self { bf16, ..self }
     }
 
     /// Rows of the im2col matrix (Cin * kh * kw) and its columns (output pixels).
@@ -300,11 +305,13 @@ simd_fn! {
     }
 }
 
-/// The forward op; `relu` (inference only) has no backward.
+/// The forward op; `relu` (inference only) has no backward. `bf16`: made inside autocast, so its
+/// GEMMs (and its backward's) take bf16 operands.
 struct Conv {
     pad: (usize, usize),
     stride: usize,
     relu: bool,
+    bf16: bool,
 }
 
 fn conv_fwd<T: Float>(x: &[T], wt: &[T], bias: &[T], g: Geom, relu: bool) -> Vec<T> {
@@ -353,12 +360,12 @@ simd_fn! {
         let col: &[T] = if direct { x } else { col };
         if n == 1 {
             // One image: the GEMM writes the output itself.
-            gemm((&mut *out, l), (g.cout, l, k), (wt, k, 1), (col, l, 1), false, inner.gemm());
+            gemm((&mut *out, l), (g.cout, l, k), (wt, k, 1), (col, l, 1), false, g.bf16, inner.gemm());
             inner.chunks(out, l, |co, dst| dst.iter_mut().for_each(|d| *d = finish(*d, co)));
             return;
         }
         rows.resize(g.cout * n * l, T::zero());
-        gemm((rows, n * l), (g.cout, n * l, k), (wt, k, 1), (col, n * l, 1), false, inner.gemm());
+        gemm((rows, n * l), (g.cout, n * l, k), (wt, k, 1), (col, n * l, 1), false, g.bf16, inner.gemm());
         inner.chunks(out, l, |bc, dst| {
             let (b, co) = (bc / g.cout, bc % g.cout);
             dst.iter_mut().zip(&rows[co * n * l + b * l..][..l]).for_each(|(d, &v)| *d = finish(v, co));
@@ -380,7 +387,8 @@ impl CustomOp3 for Conv {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (g, op) = (Geom::from_weight(l1.dims(), l2.dims(), self.pad, self.stride)?, self.name());
+        let g = Geom::from_weight(l1.dims(), l2.dims(), self.pad, self.stride)?.autocast(self.bf16);
+        let op = self.name();
         let out = float_op!(op, (s1, l1) => x, (s2, l2) => w, (s3, l3) => b; conv_fwd(x, w, b, g, self.relu));
         Ok((out, Shape::from((g.b, g.cout, g.oh, g.ow))))
     }
@@ -399,9 +407,9 @@ impl CustomOp3 for Conv {
         let grad = grad.contiguous()?;
         let x_dims: [usize; 4] = x.dims4()?.into();
         let (cout, cin, kh, kw) = w.dims4()?;
-        let (pad, stride) = (self.pad, self.stride);
-        let dx = grad.apply_op2_no_bwd(w, &InputGrad { pad, stride, x_dims })?;
-        let dwb = x.apply_op2_no_bwd(&grad, &WeightGrad { pad, stride, kernel: (kh, kw) })?;
+        let (pad, stride, bf16) = (self.pad, self.stride, self.bf16);
+        let dx = grad.apply_op2_no_bwd(w, &InputGrad { pad, stride, x_dims, bf16 })?;
+        let dwb = x.apply_op2_no_bwd(&grad, &WeightGrad { pad, stride, kernel: (kh, kw), bf16 })?;
         let dw = dwb.narrow(0, 0, cout * cin * kh * kw)?.reshape(w.shape())?;
         let db = dwb.narrow(0, cout * cin * kh * kw, cout)?.reshape(b.shape())?;
         Ok((Some(dx), Some(dw), Some(db)))
@@ -413,6 +421,7 @@ struct InputGrad {
     pad: (usize, usize),
     stride: usize,
     x_dims: [usize; 4],
+    bf16: bool,
 }
 
 simd_fn! {
@@ -433,7 +442,7 @@ simd_fn! {
                     rows
                 }
             };
-            gemm((col, n * l), (k, n * l, g.cout), (wt, 1, k), (rows, n * l, 1), false, inner.gemm());
+            gemm((col, n * l), (k, n * l, g.cout), (wt, 1, k), (rows, n * l, 1), false, g.bf16, inner.gemm());
             col2im(col, &g, n, dx, inner);
         };
         match inner.0 {
@@ -453,7 +462,7 @@ impl CustomOp2 for InputGrad {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = Geom::from_weight(&self.x_dims, l2.dims(), self.pad, self.stride)?;
+        let g = Geom::from_weight(&self.x_dims, l2.dims(), self.pad, self.stride)?.autocast(self.bf16);
         if l1.dims() != [g.b, g.cout, g.oh, g.ow] {
             bail!("{}: gradient {:?} does not match the output of {g:?}", self.name(), l1.dims());
         }
@@ -468,6 +477,7 @@ struct WeightGrad {
     pad: (usize, usize),
     stride: usize,
     kernel: (usize, usize),
+    bf16: bool,
 }
 
 simd_fn! {
@@ -494,7 +504,7 @@ simd_fn! {
                 let (dwt, db) = acc.split_at_mut(k * g.cout);
                 // dW^T (K, Cout) = col rows^T: the wide im2col matrix as the row-major operand ran
                 // faster here than rows col^T.
-                gemm((dwt, g.cout), (k, g.cout, n * l), (&col, n * l, 1), (rows, 1, n * l), true, inner.gemm());
+                gemm((dwt, g.cout), (k, g.cout, n * l), (&col, n * l, 1), (rows, 1, n * l), true, g.bf16, inner.gemm());
                 db.iter_mut().zip(rows.chunks(n * l)).for_each(|(db, row)| *db = *db + sum_by(row, row, |v, _| v));
             }
             acc
@@ -522,7 +532,7 @@ impl CustomOp2 for WeightGrad {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let cout = l2.dims().get(1).copied().unwrap_or(0);
-        let g = Geom::new(l1.dims(), cout, self.kernel, self.pad, self.stride)?;
+        let g = Geom::new(l1.dims(), cout, self.kernel, self.pad, self.stride)?.autocast(self.bf16);
         if l2.dims() != [g.b, g.cout, g.oh, g.ow] {
             bail!("{}: gradient {:?} does not match the output of {g:?}", self.name(), l2.dims());
         }

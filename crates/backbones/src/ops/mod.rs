@@ -124,9 +124,31 @@ trait Float: num_traits::Float + num_traits::FromPrimitive + Send + Sync + std::
     /// `e^x`, branch-free for f32 so that loops over it vectorise (libm's `expf` is one call per
     /// element; in SiLU and its gradient it was a quarter of a small UNet's CPU step).
     fn exp_vec(self) -> Self;
+    /// [`gemm`] with bf16 operands (autocast's), where this element type has it: false for f64,
+    /// which autocast leaves alone (as PyTorch's, which casts f32 only).
+    fn gemm_bf16(
+        dst: (&mut [Self], usize),
+        mnk: (usize, usize, usize),
+        a: Mat<Self>,
+        b: Mat<Self>,
+        add: bool,
+        par: Parallelism,
+    ) -> bool;
 }
 
 impl Float for f32 {
+    fn gemm_bf16(
+        dst: (&mut [f32], usize),
+        mnk: (usize, usize, usize),
+        a: Mat<f32>,
+        b: Mat<f32>,
+        add: bool,
+        par: Parallelism,
+    ) -> bool {
+        bf16_matmul::gemm_bf16(dst, mnk, a, b, add, par);
+        true
+    }
+
     /// Eigen's rational approximation on [-4, 4] (as PyTorch's CPU GELU): within 1e-6 of libm's
     /// erff, and branch-free, so that loops over it vectorise.
     fn erf(self) -> Self {
@@ -187,6 +209,17 @@ impl Float for f32 {
 }
 
 impl Float for f64 {
+    fn gemm_bf16(
+        _: (&mut [f64], usize),
+        _: (usize, usize, usize),
+        _: Mat<f64>,
+        _: Mat<f64>,
+        _: bool,
+        _: Parallelism,
+    ) -> bool {
+        false
+    }
+
     fn erf(self) -> Self {
         libm::erf(self)
     }
@@ -231,19 +264,25 @@ fn sum_in_order<T: Float>(partials: Vec<Vec<T>>, len: usize) -> Vec<T> {
 /// A matrix operand: elements, row stride, column stride.
 type Mat<'a, T> = (&'a [T], usize, usize);
 
-/// `dst (m, n; row stride rs) (+)= lhs (m, k) * rhs (k, n)`, on the gemm crate candle itself uses.
+/// `dst (m, n; row stride rs) (+)= lhs (m, k) * rhs (k, n)`, on the gemm crate candle itself uses,
+/// or with `bf16` (a kernel inside [`autocast_bf16`]) as [`matmul_bf16`] computes it.
+#[allow(clippy::too_many_arguments)]
 fn gemm<T: Float>(
     (dst, dst_rs): (&mut [T], usize),
     (m, n, k): (usize, usize, usize),
     lhs: Mat<T>,
     rhs: Mat<T>,
     add: bool,
+    bf16: bool,
     par: Parallelism,
 ) {
     let inside =
         |len: usize, rs: usize, cs: usize, r: usize, c: usize| r == 0 || c == 0 || (r - 1) * rs + (c - 1) * cs < len;
     assert!(inside(lhs.0.len(), lhs.1, lhs.2, m, k) && inside(rhs.0.len(), rhs.1, rhs.2, k, n));
     assert!(inside(dst.len(), dst_rs, 1, m, n) && (m < 2 || dst_rs >= n));
+    if bf16 && T::gemm_bf16((dst, dst_rs), (m, n, k), lhs, rhs, add, par) {
+        return;
+    }
     // SAFETY: the asserts keep every access of the three operands inside their slices, and the
     // destination's rows (stride >= n) do not overlap.
     unsafe {

@@ -1,7 +1,7 @@
 //! Each fused op against candle's composed ops (and candle's own conv2d): values and gradients,
 //! f64 and f32, over shapes that exercise padding, stride, 1x1 kernels and odd sizes.
 
-use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_core::{DType, Device, Result, Shape, Tensor, Var};
 
 use super::*;
 
@@ -25,10 +25,8 @@ fn check(
     reference: impl Fn(&[Tensor]) -> Result<Tensor>,
 ) -> Result<()> {
     let dev = Device::Cpu;
-    let values = shapes
-        .iter()
-        .map(|s| Tensor::randn(0f64, 1.0, *s, &dev)?.to_dtype(dtype))
-        .collect::<Result<Vec<_>>>()?;
+    let values =
+        shapes.iter().map(|s| Tensor::randn(0f64, 1.0, *s, &dev)?.to_dtype(dtype)).collect::<Result<Vec<_>>>()?;
     let vars = values.iter().map(Var::from_tensor).collect::<Result<Vec<_>>>()?;
     let exact = values.iter().map(|v| Var::from_tensor(&v.to_dtype(DType::F64)?)).collect::<Result<Vec<_>>>()?;
     let inputs: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
@@ -335,6 +333,115 @@ fn gradients_reproduce(x: &Tensor) -> Result<()> {
     let first = run()?;
     for _ in 0..4 {
         assert!(run()? == first, "gradients changed between identical runs");
+    }
+    Ok(())
+}
+
+/// `x` (f64) rounded to bf16 through f32: half 2.7's direct f64 -> bf16 conversion (candle's
+/// cast) drops the last 32 bits of the f64 before rounding, so f32 values just above a tie
+/// (low bits 0x8001..0x8007) round down: 8 in 100k normal draws.
+fn to_bf16(x: &Tensor) -> Result<Tensor> {
+    x.to_dtype(DType::F32)?.to_dtype(DType::BF16)?.to_dtype(x.dtype())
+}
+
+/// In the references of autocast: a GEMM operand rounded to bf16 going forward, its gradient
+/// passed through unchanged.
+fn bf16_operand(x: &Tensor) -> Result<Tensor> {
+    let rounded = to_bf16(x)?.detach();
+    rounded + (x - x.detach())?
+}
+
+/// The identity going forward whose backward rounds the gradient to bf16: autocast's GEMM
+/// backward reads its output gradient as a bf16 operand.
+fn bf16_output(y: &Tensor) -> Result<Tensor> {
+    struct RoundGrad;
+    impl candle_core::CustomOp1 for RoundGrad {
+        fn name(&self) -> &'static str {
+            "round-grad"
+        }
+        fn cpu_fwd(&self, s: &candle_core::CpuStorage, l: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
+            let candle_core::CpuStorage::F64(v) = s else { candle_core::bail!("round-grad: f64 only") };
+            Ok((candle_core::CpuStorage::F64(contiguous(v, l, self.name())?.to_vec()), l.shape().clone()))
+        }
+        fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+            Ok(Some(to_bf16(grad)?))
+        }
+    }
+    y.contiguous()?.apply_op1(RoundGrad)
+}
+
+/// Inside `autocast_bf16`, a convolution's three GEMMs take bf16 operands (the input, the weight
+/// and the output gradient rounded; f32 sums): values and gradients against candle's f64
+/// convolution of the rounded operands, over the shapes of `conv2d_matches_candle` (every GEMM
+/// layout: one image, image groups, the parallel loop over groups, strides and paddings).
+#[test]
+fn conv2d_inside_autocast_has_bf16_operands() -> Result<()> {
+    let cases: [(&[usize], &[usize], usize, usize); 5] = [
+        (&[2, 3, 8, 8], &[4, 3, 3, 3], 1, 1),
+        (&[3, 4, 9, 7], &[5, 4, 3, 3], 1, 2),
+        (&[2, 6, 5, 5], &[3, 6, 1, 1], 0, 1),
+        (&[12, 2, 46, 46], &[3, 2, 3, 3], 1, 1),
+        (&[2, 40, 24, 24], &[33, 40, 3, 3], 1, 1),
+    ];
+    for (x, w, padding, stride) in cases {
+        let p = Conv2dParams { padding, stride };
+        let reference =
+            |t: &[Tensor]| bf16_output(&bf16_operand(&t[0])?.conv2d(&bf16_operand(&t[1])?, padding, stride, 1, 1)?);
+        check(&[x, w], DType::F32, 1e-4, |t| autocast_bf16(|| conv2d(&t[0], &t[1], None, p)), reference)?;
+        // Outside autocast the same reference is off by bf16's rounding.
+        let dev = Device::Cpu;
+        let (xv, wv) = (Tensor::randn(0f32, 1.0, x, &dev)?, Tensor::randn(0f32, 1.0, w, &dev)?);
+        let want = reference(&[xv.to_dtype(DType::F64)?, wv.to_dtype(DType::F64)?])?;
+        let f32_err = rel_err(&conv2d(&xv, &wv, None, p)?.to_dtype(DType::F64)?, &want)?;
+        assert!(f32_err > 5e-4, "{x:?}: the f32 convolution is within {f32_err} of the bf16 one");
+    }
+    Ok(())
+}
+
+/// Root mean square of `a - b` over that of `b`: rare bf16 rounding flips between our f32
+/// intermediates and the reference's f64 ones (a probability on either side of a rounding
+/// boundary moves one product by 2^-8) barely move it, a missing rounding moves every element.
+fn rms_err(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let rms = |t: &Tensor| -> Result<f64> { t.sqr()?.mean_all()?.sqrt()?.to_scalar::<f64>() };
+    Ok(rms(&(a.to_dtype(DType::F64)? - b)?)? / rms(b)?)
+}
+
+/// Inside `autocast_bf16`, attention's four GEMMs (q k^T, p v and their gradients) take bf16
+/// operands; the scale, softmax and its gradient stay f32. Against a reference that rounds the
+/// same operands, output and gradients are five times closer than f32 attention is.
+#[test]
+fn attention_inside_autocast_has_bf16_operands() -> Result<()> {
+    let dev = Device::Cpu;
+    for (b, l, c, heads) in [(2, 5, 12, 3), (1, 40, 64, 2), (3, 17, 96, 3)] {
+        let scale = 1.0 / ((c / heads) as f64).sqrt();
+        let split = |t: &Tensor| t.reshape((b, l, heads, c / heads))?.transpose(1, 2)?.contiguous();
+        let vars = (0..3)
+            .map(|_| Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, l, c), &dev)?))
+            .collect::<Result<Vec<_>>>()?;
+        let exact = vars.iter().map(|v| Var::from_tensor(&v.to_dtype(DType::F64)?)).collect::<Result<Vec<_>>>()?;
+        let [q, k, v] = [0, 1, 2].map(|i| bf16_operand(&split(exact[i].as_tensor())?));
+        let scores = (bf16_output(&q?.matmul(&k?.t()?.contiguous()?)?)? * scale)?;
+        let probs = bf16_operand(&softmax::composed(&scores)?)?;
+        let want = bf16_output(&probs.matmul(&v?)?)?.transpose(1, 2)?.reshape((b, l, c))?;
+        let probe = Tensor::randn(0f32, 1.0, (b, l, c), &dev)?;
+        let want_grads = (&want * probe.to_dtype(DType::F64)?)?.sum_all()?.backward()?;
+        let run = |bf16: bool| -> Result<Vec<f64>> {
+            let f = || attention(vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor(), heads, scale);
+            let out = if bf16 { autocast_bf16(f)? } else { f()? };
+            let grads = (&out * &probe)?.sum_all()?.backward()?;
+            let mut errs = vec![rms_err(&out, &want)?];
+            for (v, e) in vars.iter().zip(&exact) {
+                errs.push(rms_err(grads.get(v).expect("gradient"), want_grads.get(e).expect("reference gradient"))?);
+            }
+            Ok(errs)
+        };
+        let (ours, f32_errs) = (run(true)?, run(false)?);
+        for (i, (e, f)) in ours.iter().zip(&f32_errs).enumerate() {
+            assert!(
+                *e < f / 5.0,
+                "{b}x{l}x{c} {heads} heads, output/gradient {i}: rms off by {e} (f32 attention: {f})"
+            );
+        }
     }
     Ok(())
 }

@@ -37,9 +37,9 @@ pub enum LrDecay {
 }
 
 /// Mixed precision of the training step, as `torch.autocast("cpu", torch.bfloat16)`: `off` (f32),
-/// or `bf16`: the Linear layers' GEMMs with bf16 operands and f32 sums (on AMX tiles where the CPU
-/// has them), forward and backward; weights, gradients and AdamW stay f32. Convolutions and
-/// attention stay f32 so far; evaluation and sampling run in f32.
+/// or `bf16`: the GEMMs of Linear layers, convolutions and attention with bf16 operands and f32
+/// sums (on AMX tiles where the CPU has them), forward and backward; weights, gradients, norms,
+/// element-wise ops and AdamW stay f32. Evaluation and sampling run in f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Autocast {

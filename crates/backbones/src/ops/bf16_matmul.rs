@@ -8,6 +8,8 @@
 //! without AMX round the operands and run the f32 GEMM (the same function; the f32 sums differ
 //! only in order); other devices cast to bf16 and run their own bf16 matmul.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 
@@ -89,9 +91,13 @@ impl CustomOp2 for Bf16Matmul {
         let (&[m, k], &[_, n]) = (l1.dims(), l2.dims()) else {
             bail!("matmul-bf16: expects two 2-D operands, got {:?} and {:?}", l1.dims(), l2.dims());
         };
-        let mut out = vec![0f32; m * n];
+        // Not zero-filled first: the GEMM writes every element (a memset of each output was a
+        // tenth of an autocast U-ViT step).
+        let mut out = Vec::with_capacity(m * n);
         let par = Parallelism::Rayon(candle_core::utils::get_num_threads());
-        gemm_bf16((&mut out, n), (m, n, k), view(a, l1), view(b, l2), false, par);
+        gemm_bf16_into((out.spare_capacity_mut(), n), (m, n, k), view(a, l1), view(b, l2), par);
+        // SAFETY: `gemm_bf16_into` initialised all m rows of n.
+        unsafe { out.set_len(m * n) };
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 
@@ -118,9 +124,36 @@ pub(super) fn gemm_bf16(
     par: Parallelism,
 ) {
     match amx::available() {
-        true => amx::gemm(dst, mnk, a, b, add, !matches!(par, Parallelism::None)),
+        // SAFETY: `dst` is initialised (a `&mut [f32]`), and viewed as possibly uninitialised
+        // memory the kernel only ever writes initialised values to it.
+        true => unsafe {
+            let (out, rs) = dst;
+            let out = &mut *(out as *mut [f32] as *mut [MaybeUninit<f32>]);
+            amx::gemm((out, rs), mnk, a, b, add, !matches!(par, Parallelism::None))
+        },
         false => rounded_gemm(dst, mnk, a, b, add, par),
     }
+}
+
+/// `dst (m, n; row stride) = a x b` as [`gemm_bf16`], into memory that need not be initialised:
+/// all m rows of n are written.
+fn gemm_bf16_into(
+    (dst, rs): (&mut [MaybeUninit<f32>], usize),
+    mnk: (usize, usize, usize),
+    a: Mat<f32>,
+    b: Mat<f32>,
+    par: Parallelism,
+) {
+    if amx::available() {
+        // SAFETY: without `add` the kernel reads nothing of `dst`.
+        return unsafe { amx::gemm((dst, rs), mnk, a, b, false, !matches!(par, Parallelism::None)) };
+    }
+    dst.iter_mut().for_each(|d| {
+        d.write(0.0);
+    });
+    // SAFETY: every element was initialised just above.
+    let dst = unsafe { &mut *(dst as *mut [MaybeUninit<f32>] as *mut [f32]) };
+    rounded_gemm((dst, rs), mnk, a, b, false, par);
 }
 
 /// Without AMX: the operands rounded to bf16, then the f32 GEMM.
@@ -205,9 +238,13 @@ mod amx {
     }
 
     /// `out (m, n; row stride rs) (+)= a (m, k) x b (k, n)` with a and b rounded to bf16; the
-    /// row blocks in parallel if `parallel`. Callers have checked [`available`].
-    pub(super) fn gemm(
-        (out, rs): (&mut [f32], usize),
+    /// row blocks in parallel if `parallel`. Callers have checked [`available`]. Writes every
+    /// element of the m rows of n.
+    ///
+    /// # Safety
+    /// With `add`, those elements of `out` must be initialised (they are read).
+    pub(super) unsafe fn gemm(
+        (out, rs): (&mut [MaybeUninit<f32>], usize),
         (m, n, k): (usize, usize, usize),
         a: Mat<f32>,
         b: Mat<f32>,
@@ -224,7 +261,7 @@ mod amx {
         let packed_b = pack_b(b, k, n, kp, np, parallel);
         // Row blocks (in parallel), each packing its own rows of a.
         const ROWS: usize = 4 * BLOCK;
-        let row_block = |i: usize, out: &mut [f32]| {
+        let row_block = |i: usize, out: &mut [MaybeUninit<f32>]| {
             let r0 = i * ROWS;
             let rows = ROWS.min(m.saturating_sub(r0));
             if rows == 0 {
@@ -311,8 +348,11 @@ mod amx {
                         for (r, row) in block.iter().enumerate().take(rows - mb) {
                             let dst = &mut out[(mb + r) * rs + nb..][..cols];
                             match add {
-                                true => dst.iter_mut().zip(row).for_each(|(d, v)| *d += v),
-                                false => dst.copy_from_slice(&row[..cols]),
+                                // SAFETY: with `add` the caller initialised `out`.
+                                true => dst.iter_mut().zip(row).for_each(|(d, v)| *d.assume_init_mut() += v),
+                                false => dst.iter_mut().zip(row).for_each(|(d, &v)| {
+                                    d.write(v);
+                                }),
                             }
                         }
                     }
@@ -466,7 +506,14 @@ mod amx {
         false
     }
 
-    pub(super) fn gemm(_: (&mut [f32], usize), _: (usize, usize, usize), _: Mat<f32>, _: Mat<f32>, _: bool, _: bool) {
+    pub(super) unsafe fn gemm(
+        _: (&mut [std::mem::MaybeUninit<f32>], usize),
+        _: (usize, usize, usize),
+        _: Mat<f32>,
+        _: Mat<f32>,
+        _: bool,
+        _: bool,
+    ) {
         unreachable!("gemm_bf16 checks `available` first")
     }
 
@@ -588,7 +635,7 @@ mod tests {
                     let mut out = storage(&c0);
                     let (a, b) = ((&av[..], k, 1), (&bv[..], 1, k));
                     match on_amx {
-                        true => amx::gemm((&mut out, rs), (m, n, k), a, b, add, !matches!(par, Parallelism::None)),
+                        true => gemm_bf16((&mut out, rs), (m, n, k), a, b, add, par),
                         false => rounded_gemm((&mut out, rs), (m, n, k), a, b, add, par),
                     }
                     let got = Tensor::from_vec(out, (m, rs), &dev)?;

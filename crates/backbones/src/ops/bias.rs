@@ -22,9 +22,18 @@ pub fn bias_add(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
 
 struct BiasAdd;
 
+/// `x + b` row by row, in one pass that writes `y` (a copy of `x` then an add in place read `x`'s
+/// size twice more).
 fn add_rows<T: Float>(x: &[T], b: &[T]) -> Vec<T> {
-    let mut y = x.to_vec();
-    y.par_chunks_mut(b.len().max(1)).for_each(|row| row.iter_mut().zip(b).for_each(|(y, &b)| *y = *y + b));
+    let n = b.len().max(1);
+    let mut y = Vec::with_capacity(x.len());
+    y.spare_capacity_mut().par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(out, row)| {
+        out.iter_mut().zip(row).zip(b).for_each(|((out, &x), &b)| {
+            out.write(x + b);
+        })
+    });
+    // SAFETY: the loop above wrote every one of the `x.len()` elements.
+    unsafe { y.set_len(x.len()) };
     y
 }
 

@@ -258,7 +258,9 @@ mod amx {
         let (a_data, a_rs, a_cs) = a;
         let kp = k.div_ceil(KT) * KT;
         let np = n.div_ceil(BLOCK) * BLOCK;
-        let packed_b = pack_b(b, k, n, kp, np, parallel);
+        let mut b_buffer = take_scratch(np * kp);
+        pack_b(&mut b_buffer[..np * kp], b, k, n, kp, parallel);
+        let packed_b = &b_buffer[..np * kp];
         // Row blocks (in parallel), each packing its own rows of a.
         const ROWS: usize = 4 * BLOCK;
         let row_block = |i: usize, out: &mut [MaybeUninit<f32>]| {
@@ -268,7 +270,14 @@ mod amx {
                 return; // `out` runs on past row m
             }
             let mp = rows.div_ceil(BLOCK) * BLOCK;
-            let mut packed_a = vec![0u16; mp * kp];
+            let mut scratch = take_scratch(mp * kp);
+            let packed_a = &mut scratch[..mp * kp];
+            // The padding rows are zero; the row-major packing writes whole rows (zero past k),
+            // the others fill in what they write.
+            match a_cs == 1 {
+                true => packed_a[rows * kp..].fill(0),
+                false => packed_a.fill(0),
+            }
             if a_cs == 1 {
                 for r in 0..rows {
                     // SAFETY: `available` checked AVX512-BF16 and AVX512-BW.
@@ -359,11 +368,33 @@ mod amx {
                 }
                 asm!("tilerelease", options(nostack, nomem));
             }
+            give_back_scratch(scratch);
         };
         match parallel {
             true => out.par_chunks_mut(ROWS * rs).enumerate().for_each(|(i, out)| row_block(i, out)),
             false => out.chunks_mut(ROWS * rs).enumerate().for_each(|(i, out)| row_block(i, out)),
         }
+        give_back_scratch(b_buffer);
+    }
+
+    thread_local! {
+        /// Packing buffers kept between GEMMs on this thread: a fresh zero-filled buffer per call
+        /// cost a memset of each packed operand (and page faults where it was large).
+        static SCRATCH: std::cell::RefCell<Vec<Vec<u16>>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// A buffer of at least `len` elements whose contents are left from earlier packings (a
+    /// GEMM nested in another's row block, through rayon's work stealing, gets a second one).
+    fn take_scratch(len: usize) -> Vec<u16> {
+        let mut buffer = SCRATCH.with_borrow_mut(|pool| pool.pop()).unwrap_or_default();
+        if buffer.len() < len {
+            buffer.resize(len, 0);
+        }
+        buffer
+    }
+
+    fn give_back_scratch(buffer: Vec<u16>) {
+        SCRATCH.with_borrow_mut(|pool| pool.push(buffer));
     }
 
     /// See [`super::amx_dot_chains`]. Callers have checked [`available`].
@@ -401,16 +432,19 @@ mod amx {
 
     /// `b (k, n)` as bf16 pairs of consecutive k, in panels of 16 columns: panel `p` holds
     /// `kp / 2` rows of 16 pairs, so one B tile is 16 consecutive rows of 64 bytes. Zero-padded
-    /// to `kp` rows and `np` columns.
-    fn pack_b(b: Mat<f32>, k: usize, n: usize, kp: usize, np: usize, parallel: bool) -> Vec<u16> {
+    /// to `kp` rows and as many columns as `packed` has panels (all of it is written).
+    fn pack_b(packed: &mut [u16], b: Mat<f32>, k: usize, n: usize, kp: usize, parallel: bool) {
         let (b_data, b_rs, b_cs) = b;
-        let mut packed = vec![0u16; np * kp];
-        // Row by row (b's rows are contiguous in a row-major b): 16 columns of row r go to the
-        // even or odd slots of the panel's row r / 2.
         let pack_panel = |p: usize, panel: &mut [u16]| {
             let (c0, cols) = (p * T, n.min((p + 1) * T).saturating_sub(p * T));
+            // Row by row from a row-major b writes whole pair rows (zero past n); the rest is
+            // zero, and the other layouts fill in what they write.
+            match cols > 0 && b_cs == 1 {
+                true => panel[k.div_ceil(2) * 2 * T..].fill(0),
+                false => panel.fill(0),
+            }
             if cols == 0 {
-                return; // padding panel: zeros
+                return; // padding panel
             }
             if b_rs == 1 && b_cs != 1 {
                 // Columns contiguous (b is a transposed matrix, as a Linear's W^T): a column's
@@ -447,11 +481,12 @@ mod amx {
                 }
             }
         };
+        // Row by row (b's rows are contiguous in a row-major b): 16 columns of row r go to the
+        // even or odd slots of the panel's row r / 2.
         match parallel {
             true => packed.par_chunks_mut(T * kp).enumerate().for_each(|(p, panel)| pack_panel(p, panel)),
             false => packed.chunks_mut(T * kp).enumerate().for_each(|(p, panel)| pack_panel(p, panel)),
         }
-        packed
     }
 }
 

@@ -447,37 +447,19 @@ mod amx {
                 return; // padding panel
             }
             if b_rs == 1 && b_cs != 1 {
-                // Columns contiguous (b is a transposed matrix, as a Linear's W^T): a column's
-                // consecutive pairs are its entries in the panel's rows.
-                let mut pairs = [0u16; 2 * T];
-                for c in 0..cols {
-                    let column = &b_data[(c0 + c) * b_cs..][..k];
-                    for (i, chunk) in column.chunks(2 * T).enumerate() {
-                        // SAFETY: `available` checked AVX512-BF16 and AVX512-BW.
-                        unsafe { pack_pairs(&mut pairs, chunk, &[], false) };
-                        for (j, pair) in pairs.chunks_exact(2).take(chunk.len().div_ceil(2)).enumerate() {
-                            panel[(i * T + j) * 2 * T + 2 * c..][..2].copy_from_slice(pair);
-                        }
-                    }
-                }
-                return;
+                // SAFETY: `available` checked AVX512-BF16 and AVX512-BW.
+                return unsafe { pack_panel_columns(panel, b_data, b_cs, c0, cols, k) };
+            }
+            if b_cs == 1 {
+                // SAFETY: `available` checked AVX512-BF16 and AVX512-BW.
+                return unsafe { pack_panel_rows(panel, b_data, b_rs, c0, cols, k) };
             }
             for (rp, dst) in panel.chunks_exact_mut(2 * T).take(k.div_ceil(2)).enumerate() {
                 let r = 2 * rp;
                 let row = |r: usize| (0..cols).map(move |c| if r < k { bf16_bits(at(b, r, c0 + c)) } else { 0 });
-                match b_cs == 1 {
-                    true => {
-                        let x0 = &b_data[r * b_rs + c0..][..cols];
-                        let x1 = if r + 1 < k { &b_data[(r + 1) * b_rs + c0..][..cols] } else { &[] };
-                        // SAFETY: `available` checked AVX512-BF16 and AVX512-BW.
-                        unsafe { pack_pairs(dst, x0, x1, true) };
-                    }
-                    false => {
-                        for ((d, x0), x1) in dst.chunks_exact_mut(2).zip(row(r)).zip(row(r + 1)) {
-                            d[0] = x0;
-                            d[1] = x1;
-                        }
-                    }
+                for ((d, x0), x1) in dst.chunks_exact_mut(2).zip(row(r)).zip(row(r + 1)) {
+                    d[0] = x0;
+                    d[1] = x1;
                 }
             }
         };
@@ -498,6 +480,7 @@ use std::arch::x86_64::*;
 /// or, with `interleave` false and `x1` empty, 32 consecutive values of `x0` (an A tile row).
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+#[inline]
 fn pack_pairs(dst: &mut [u16], x0: &[f32], x1: &[f32], interleave: bool) {
     const INTERLEAVE: [u16; 32] = {
         let mut idx = [0u16; 32];
@@ -530,6 +513,39 @@ fn pack_pairs(dst: &mut [u16], x0: &[f32], x1: &[f32], interleave: bool) {
         }
         // SAFETY: the assert keeps the 64-byte store inside `dst`.
         unsafe { _mm512_storeu_si512(dst.as_mut_ptr().add(32 * step) as *mut _, v) };
+    }
+}
+
+/// The pair rows of one B panel from a row-major `b` (rows `b_rs` apart; the panel's `cols`
+/// columns from `c0`): pair row `rp` interleaves rows `2 rp` and `2 rp + 1` (zero past k). The
+/// whole panel in one call, so the conversions run in one loop of AVX-512 code (a call per pair
+/// row had its own prologue and checks per 32 values).
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+fn pack_panel_rows(panel: &mut [u16], b: &[f32], b_rs: usize, c0: usize, cols: usize, k: usize) {
+    for (rp, dst) in panel.chunks_exact_mut(32).take(k.div_ceil(2)).enumerate() {
+        let r = 2 * rp;
+        let x0 = &b[r * b_rs + c0..][..cols];
+        let x1 = if r + 1 < k { &b[(r + 1) * b_rs + c0..][..cols] } else { &[] };
+        pack_pairs(dst, x0, x1, true);
+    }
+}
+
+/// One B panel from a `b` whose columns are contiguous (`b_cs` apart; a transposed matrix, as a
+/// Linear's W^T): a column's consecutive pairs are its entries in the panel's pair rows. Writes
+/// the pairs inside k only.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+fn pack_panel_columns(panel: &mut [u16], b: &[f32], b_cs: usize, c0: usize, cols: usize, k: usize) {
+    let mut pairs = [0u16; 32];
+    for c in 0..cols {
+        let column = &b[(c0 + c) * b_cs..][..k];
+        for (i, chunk) in column.chunks(32).enumerate() {
+            pack_pairs(&mut pairs, chunk, &[], false);
+            for (j, pair) in pairs.chunks_exact(2).take(chunk.len().div_ceil(2)).enumerate() {
+                panel[(i * 16 + j) * 32 + 2 * c..][..2].copy_from_slice(pair);
+            }
+        }
     }
 }
 

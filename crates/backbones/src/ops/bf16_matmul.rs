@@ -284,18 +284,9 @@ mod amx {
                     unsafe { pack_pairs(&mut packed_a[r * kp..][..kp], &a_data[(r0 + r) * a_rs..][..k], &[], false) };
                 }
             } else if a_rs == 1 {
-                // a is transposed (as x^T in a weight gradient): 32 rows of a column at a time.
-                let mut values = [0u16; 2 * T];
-                for c in 0..k {
-                    let column = &a_data[c * a_cs + r0..][..rows];
-                    for (i, chunk) in column.chunks(2 * T).enumerate() {
-                        // SAFETY: `available` checked AVX512-BF16 and AVX512-BW.
-                        unsafe { pack_pairs(&mut values, chunk, &[], false) };
-                        for (j, &v) in values.iter().take(chunk.len()).enumerate() {
-                            packed_a[(i * 2 * T + j) * kp + c] = v;
-                        }
-                    }
-                }
+                // a is transposed (as x^T in a weight gradient).
+                // SAFETY: `available` checked AVX512-BF16 and AVX512-BW.
+                unsafe { pack_a_transposed(packed_a, &a_data[r0..], a_cs, rows, k, kp) };
             } else {
                 for r in 0..rows {
                     let row = packed_a[r * kp..][..k].iter_mut();
@@ -482,6 +473,38 @@ use std::arch::x86_64::*;
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 #[inline]
 fn pack_pairs(dst: &mut [u16], x0: &[f32], x1: &[f32], interleave: bool) {
+    let steps = if interleave { 1 } else { x0.len().div_ceil(32) };
+    assert!(dst.len() >= 32 * steps && (!interleave || (x0.len() <= 16 && x1.len() <= 16)));
+    for step in 0..steps {
+        let v = match interleave {
+            true => pairs(x0, x1),
+            false => {
+                let (lo, hi) = (load16(x0, 32 * step), load16(x0, 32 * step + 16));
+                // Low half from `lo`, high half from `hi`. SAFETY: same size.
+                unsafe { std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo)) }
+            }
+        };
+        // SAFETY: the assert keeps the 64-byte store inside `dst`.
+        unsafe { _mm512_storeu_si512(dst.as_mut_ptr().add(32 * step) as *mut _, v) };
+    }
+}
+
+/// The (up to) 16 f32 of `x` from `from`; lanes past its end read no memory and are zero.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn load16(x: &[f32], from: usize) -> __m512 {
+    let n = x.len().saturating_sub(from).min(16);
+    // SAFETY: the mask covers only the `n` elements inside `x`.
+    unsafe { _mm512_maskz_loadu_ps(((1u32 << n) - 1) as u16, x.as_ptr().wrapping_add(from)) }
+}
+
+/// `x0[i]` and `x1[i]` (16 each at most, zero past their ends) rounded to bf16, as the pair of
+/// lane i (x0 in its low half).
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+#[inline]
+fn pairs(x0: &[f32], x1: &[f32]) -> __m512i {
     const INTERLEAVE: [u16; 32] = {
         let mut idx = [0u16; 32];
         let mut i = 0;
@@ -492,28 +515,68 @@ fn pack_pairs(dst: &mut [u16], x0: &[f32], x1: &[f32], interleave: bool) {
         }
         idx
     };
-    // Loads of `n` lanes from `p`: the others read no memory and are zero.
-    let load = |x: &[f32], from: usize| {
-        let n = x.len().saturating_sub(from).min(16);
-        // SAFETY: the mask covers only the `n` elements inside `x`.
-        unsafe { _mm512_maskz_loadu_ps(((1u32 << n) - 1) as u16, x.as_ptr().wrapping_add(from)) }
-    };
-    let steps = if interleave { 1 } else { x0.len().div_ceil(32) };
-    assert!(dst.len() >= 32 * steps && (!interleave || (x0.len() <= 16 && x1.len() <= 16)));
-    for step in 0..steps {
-        let (lo, hi) = match interleave {
-            true => (load(x0, 0), load(x1, 0)),
-            false => (load(x0, 32 * step), load(x0, 32 * step + 16)),
-        };
-        // Low half from `lo`, high half from `hi`.
-        let mut v: __m512i = unsafe { std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo)) };
-        if interleave {
-            // SAFETY: INTERLEAVE holds 32 u16.
-            v = _mm512_permutexvar_epi16(unsafe { _mm512_loadu_si512(INTERLEAVE.as_ptr() as *const _) }, v);
+    // SAFETY: same size.
+    let v = unsafe { std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(load16(x1, 0), load16(x0, 0))) };
+    // SAFETY: INTERLEAVE holds 32 u16.
+    _mm512_permutexvar_epi16(unsafe { _mm512_loadu_si512(INTERLEAVE.as_ptr() as *const _) }, v)
+}
+
+/// Rows `0..rows` of a transposed `a` (row r, column c at `a[c * a_cs + r]`) packed as A tile rows
+/// (`kp` bf16 per row, zero past k): 16 rows by 32 columns at a time, columns c and c + 1 of the
+/// 16 rows converted into 16 pairs, and those 16 vectors of pairs transposed so that each row's
+/// pairs lie together. (Scattering one bf16 per store cost a store per element.)
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+fn pack_a_transposed(packed: &mut [u16], a: &[f32], a_cs: usize, rows: usize, k: usize, kp: usize) {
+    assert!(packed.len() >= rows * kp && kp >= k.div_ceil(32) * 32);
+    for rb in (0..rows).step_by(16) {
+        let nr = (rows - rb).min(16);
+        for cb in (0..k).step_by(32) {
+            let mut v = [_mm512_setzero_si512(); 16];
+            for (p, v) in v.iter_mut().enumerate().take((k - cb).div_ceil(2)) {
+                let c = cb + 2 * p;
+                let x0 = &a[c * a_cs + rb..][..nr];
+                let x1 = if c + 1 < k { &a[(c + 1) * a_cs + rb..][..nr] } else { &[] };
+                *v = pairs(x0, x1);
+            }
+            for (r, row) in transpose_16x16(v).iter().take(nr).enumerate() {
+                let dst = &mut packed[(rb + r) * kp + cb..][..32];
+                // SAFETY: `dst` holds 32 u16, the 64 bytes stored.
+                unsafe { _mm512_storeu_si512(dst.as_mut_ptr() as *mut _, *row) };
+            }
         }
-        // SAFETY: the assert keeps the 64-byte store inside `dst`.
-        unsafe { _mm512_storeu_si512(dst.as_mut_ptr().add(32 * step) as *mut _, v) };
     }
+}
+
+/// The 16 x 16 matrix of 32-bit lanes `r` transposed (lane j of row i to lane i of row j).
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn transpose_16x16(r: [__m512i; 16]) -> [__m512i; 16] {
+    // Within each 128-bit lane L (columns 4L..4L+3): rows 4i..4i+3 of column 4L + j into
+    // u[4i + j]'s lane L, then the four lanes L of u[j], u[4 + j], u[8 + j], u[12 + j] together.
+    let mut u = [_mm512_setzero_si512(); 16];
+    for i in 0..4 {
+        let [a, b, c, d] = [r[4 * i], r[4 * i + 1], r[4 * i + 2], r[4 * i + 3]];
+        let (ab_lo, ab_hi) = (_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+        let (cd_lo, cd_hi) = (_mm512_unpacklo_epi32(c, d), _mm512_unpackhi_epi32(c, d));
+        u[4 * i] = _mm512_unpacklo_epi64(ab_lo, cd_lo);
+        u[4 * i + 1] = _mm512_unpackhi_epi64(ab_lo, cd_lo);
+        u[4 * i + 2] = _mm512_unpacklo_epi64(ab_hi, cd_hi);
+        u[4 * i + 3] = _mm512_unpackhi_epi64(ab_hi, cd_hi);
+    }
+    let mut out = [_mm512_setzero_si512(); 16];
+    for j in 0..4 {
+        let x0 = _mm512_shuffle_i32x4::<0x44>(u[j], u[4 + j]);
+        let x1 = _mm512_shuffle_i32x4::<0xEE>(u[j], u[4 + j]);
+        let y0 = _mm512_shuffle_i32x4::<0x44>(u[8 + j], u[12 + j]);
+        let y1 = _mm512_shuffle_i32x4::<0xEE>(u[8 + j], u[12 + j]);
+        out[j] = _mm512_shuffle_i32x4::<0x88>(x0, y0);
+        out[4 + j] = _mm512_shuffle_i32x4::<0xDD>(x0, y0);
+        out[8 + j] = _mm512_shuffle_i32x4::<0x88>(x1, y1);
+        out[12 + j] = _mm512_shuffle_i32x4::<0xDD>(x1, y1);
+    }
+    out
 }
 
 /// The pair rows of one B panel from a row-major `b` (rows `b_rs` apart; the panel's `cols`

@@ -4,7 +4,7 @@ use anyhow::Result;
 use candle_core::{DType, Device};
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use scalelong_diffusion::SamplerKind;
-use scalelong_train::config::NoiseSchedule;
+use scalelong_train::config::{Autocast, NoiseSchedule};
 
 /// `--device` and `--cpu`, as every command that computes takes them.
 #[derive(Debug, Clone, Copy, clap::Args)]
@@ -129,6 +129,12 @@ impl DtypeArg {
 pub fn sampler_parser() -> impl TypedValueParser<Value = SamplerKind> {
     let values = SamplerKind::ALL.map(|k| PossibleValue::new(k.name()).aliases(k.aliases().iter().copied()));
     PossibleValuesParser::new(values).map(|s| s.parse::<SamplerKind>().expect("a listed name"))
+}
+
+/// `--autocast`: `off` (f32) or `bf16` (the network's GEMMs with bf16 operands, as
+/// `torch.autocast`; on AMX tiles where the CPU has them).
+pub fn autocast_parser() -> impl TypedValueParser<Value = Autocast> {
+    PossibleValuesParser::new(["off", "bf16"]).map(|s| if s == "bf16" { Autocast::Bf16 } else { Autocast::Off })
 }
 
 /// `--schedule`: the VP-SDE schedules by name.

@@ -12,7 +12,7 @@ use scalelong_data::DataSpec;
 use scalelong_diffusion::{SamplerKind, Schedule};
 use scalelong_eval::{frechet_distance, images, kid, weights, FidInception, Stats};
 use scalelong_train::checkpoint::{self, Group};
-use scalelong_train::config::NoiseSchedule;
+use scalelong_train::config::{Autocast, NoiseSchedule};
 use scalelong_train::evaluation::{self, Labels, SampleSpec};
 
 use crate::device::DeviceOpts;
@@ -41,6 +41,9 @@ pub struct SourceArgs {
     /// Seed of the sampling noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// `bf16`: the sampled network's GEMMs with bf16 operands (the Inception network stays f32).
+    #[arg(long, value_parser = crate::device::autocast_parser(), default_value = "off")]
+    autocast: Autocast,
     /// Images per sampling and Inception batch.
     #[arg(long, default_value_t = 50)]
     batch_size: usize,
@@ -230,6 +233,7 @@ fn sample_checkpoint(path: &Path, net: &mut LazyInception) -> Result<Tensor> {
         guidance: None,
         clip_x0: args.clip_x0.then(|| schedule.clone()),
         init_noise: None,
+        autocast: args.autocast,
     };
     let progress = bar(spec.n, &format!("samples of {}", path.display()));
     let f = evaluation::sample_features(&model, sampler.as_ref(), net.get()?, spec, &device, &mut |done| {

@@ -8,7 +8,7 @@ use clap::Args;
 use scalelong_backbones::{weights, Architecture, Backbone, UNet2DConfig};
 use scalelong_diffusion::{SamplerKind, Schedule, SchedulerConfig};
 use scalelong_train::checkpoint::{self, Group};
-use scalelong_train::config::NoiseSchedule;
+use scalelong_train::config::{Autocast, NoiseSchedule};
 use scalelong_train::evaluation::{self, Labels, SampleSpec};
 
 use crate::device::{DeviceOpts, DtypeArg};
@@ -90,6 +90,10 @@ pub struct SampleArgs {
     /// The network's weights and activations (the sampler's state stays f32).
     #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
     dtype: DtypeArg,
+    /// `bf16`: the network's GEMMs with bf16 operands and f32 sums, weights and activations f32
+    /// (as `torch.autocast`; on AMX tiles where the CPU has them, else slower than `off`).
+    #[arg(long, value_parser = crate::device::autocast_parser(), default_value = "off")]
+    autocast: Autocast,
 }
 
 struct Loaded {
@@ -257,6 +261,7 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         guidance,
         clip_x0: args.clip_x0.then_some(schedule.clone()),
         init_noise,
+        autocast: args.autocast,
     };
     let started = std::time::Instant::now();
     let bar = ProgressBar::new(n as u64).with_style(

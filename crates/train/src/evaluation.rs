@@ -9,6 +9,7 @@ use scalelong_data::ImageDataset;
 use scalelong_diffusion::{noise, Sampler, Schedule};
 use scalelong_eval::{frechet_distance, kid, FidInception, Kid, Stats, SUBSETS, SUBSET_SIZE};
 
+use crate::config::Autocast;
 use crate::sampling::{self, Conditioning};
 
 /// What samples are compared with: statistics, and the features themselves where known (KID
@@ -71,6 +72,9 @@ pub struct SampleSpec {
     pub clip_x0: Option<Schedule>,
     /// Start from this noise, (N, C, H, W) with N = `n`, instead of drawing it.
     pub init_noise: Option<Tensor>,
+    /// The network's GEMMs in bf16 (inside `autocast_bf16`) while sampling; what `each` does with
+    /// the images (the Inception network) stays outside.
+    pub autocast: Autocast,
 }
 
 /// Samples `spec.n` images of `model` batch by batch, handing each batch in [-1, 1] and the images
@@ -99,7 +103,12 @@ pub fn sample_batches(
             Labels::Fixed(c) => Some(Tensor::full(c, len, device)?),
         };
         let cond = Conditioning { labels, guidance: spec.guidance, clip_x0: spec.clip_x0.clone() };
-        each(sampling::sample(model, sampler, &x, &cond, &mut rng)?, start + len)?;
+        let mut sample = || sampling::sample(model, sampler, &x, &cond, &mut rng);
+        let images = match spec.autocast {
+            Autocast::Bf16 => scalelong_backbones::ops::autocast_bf16(sample)?,
+            Autocast::Off => sample()?,
+        };
+        each(images, start + len)?;
     }
     Ok(())
 }

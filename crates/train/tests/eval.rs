@@ -78,6 +78,14 @@ fn fid_and_kid_are_measured_on_the_eval_steps_and_survive_resume() {
     // The same EMA weights and noise give the same FID.
     let again = t.evaluate().unwrap();
     assert!((again.fid - evaluated[1].1).abs() < 1e-6 * evaluated[1].1, "{again:?} vs {evaluated:?}");
+    // eval.autocast = "bf16": the same weights and noise sampled with bf16 GEMM operands give a
+    // nearby FID that is not the f32 one (the samples moved by bf16's rounding, the Inception
+    // network, which stays f32, did not add to it).
+    let mut cfg = tiny(4, weights.to_str().unwrap());
+    cfg.set("eval.autocast", "bf16").unwrap();
+    let bf16 = Trainer::new(cfg, dir.path(), &Device::Cpu, DType::F32, true).unwrap().evaluate().unwrap();
+    let rel = (bf16.fid - again.fid).abs() / again.fid;
+    assert!(rel > 0.0 && rel < 0.05, "bf16 sampling FID {} against f32 {}", bf16.fid, again.fid);
 }
 
 #[test]

@@ -39,7 +39,8 @@ pub enum LrDecay {
 /// Mixed precision of the training step, as `torch.autocast("cpu", torch.bfloat16)`: `off` (f32),
 /// or `bf16`: the GEMMs of Linear layers, convolutions and attention with bf16 operands and f32
 /// sums (on AMX tiles where the CPU has them), forward and backward; weights, gradients, norms,
-/// element-wise ops and AdamW stay f32. Evaluation and sampling run in f32.
+/// element-wise ops and AdamW stay f32. In `[eval]` and `scalelong sample --autocast`: the
+/// network's GEMMs while sampling (the sampler's state and the FID Inception network stay f32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Autocast {
@@ -249,6 +250,9 @@ pub struct EvalConfig {
     /// Clip each predicted clean image to [-1, 1] while sampling (not in the official eval; keeps
     /// the ODE samplers' samples of briefly trained models from saturating).
     pub clip_x0: bool,
+    /// The network's GEMMs while sampling: `off` (f32) or `bf16` (as `train.autocast`; faster
+    /// where the CPU has AMX; FIDs then are of bf16 sampling).
+    pub autocast: Autocast,
 }
 
 impl Default for EvalConfig {
@@ -263,6 +267,7 @@ impl Default for EvalConfig {
             reference_images: 10_000,
             inception: String::new(),
             clip_x0: false,
+            autocast: Autocast::Off,
         }
     }
 }

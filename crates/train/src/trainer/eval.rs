@@ -31,7 +31,8 @@ impl Trainer {
         let ev = self.evaluator.as_ref().expect("loaded above");
         let e = &self.config.eval;
         let model = self.ema_model()?;
-        let (sampler, spec) = self.sample_setup(e.num_samples, e.batch_size, 2, (e.sampler, e.steps, e.clip_x0))?;
+        let (sampler, mut spec) = self.sample_setup(e.num_samples, e.batch_size, 2, (e.sampler, e.steps, e.clip_x0))?;
+        spec.autocast = e.autocast;
         let started = std::time::Instant::now();
         let features = evaluation::sample_features(&model, sampler.as_ref(), &ev.net, spec, &self.device, &mut |_| {})?;
         let q = evaluation::quality(&features, &ev.reference)?;

@@ -14,6 +14,7 @@ use scalelong_diffusion::{Sampler, SamplerKind, Schedule};
 
 use super::Trainer;
 use crate::checkpoint::{self, Group, FORMAT, FORMAT_KEY};
+use crate::config::Autocast;
 use crate::evaluation::{self, Labels, SampleSpec};
 
 impl Trainer {
@@ -190,6 +191,7 @@ impl Trainer {
             guidance: None,
             clip_x0: clip_x0.then(|| schedule.clone()),
             init_noise: None,
+            autocast: Autocast::Off,
         };
         Ok((sampler.build(steps, &schedule)?, spec))
     }

@@ -281,7 +281,7 @@ mod amx {
             if a_cs == 1 {
                 for r in 0..rows {
                     // SAFETY: `available` checked AVX512-BF16 and AVX512-BW.
-                    unsafe { pack_pairs(&mut packed_a[r * kp..][..kp], &a_data[(r0 + r) * a_rs..][..k], &[], false) };
+                    unsafe { pack_bf16(&mut packed_a[r * kp..][..kp], &a_data[(r0 + r) * a_rs..][..k]) };
                 }
             } else if a_rs == 1 {
                 // a is transposed (as x^T in a weight gradient).
@@ -454,8 +454,6 @@ mod amx {
                 }
             }
         };
-        // Row by row (b's rows are contiguous in a row-major b): 16 columns of row r go to the
-        // even or odd slots of the panel's row r / 2.
         match parallel {
             true => packed.par_chunks_mut(T * kp).enumerate().for_each(|(p, panel)| pack_panel(p, panel)),
             false => packed.chunks_mut(T * kp).enumerate().for_each(|(p, panel)| pack_panel(p, panel)),
@@ -466,24 +464,18 @@ mod amx {
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 use std::arch::x86_64::*;
 
-/// bf16 of `x0` and `x1` (16 f32 each at most; missing ones are zero), rounded to nearest even,
-/// into the 32 slots of `dst` per step: interleaved (`x0[0], x1[0], x0[1], ...`, a B tile row)
-/// or, with `interleave` false and `x1` empty, 32 consecutive values of `x0` (an A tile row).
+/// `x` rounded to bf16 (to nearest even) into `dst`, 32 values per step, zero past the end of
+/// `x` up to the next multiple of 32 (an A tile row).
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 #[inline]
-fn pack_pairs(dst: &mut [u16], x0: &[f32], x1: &[f32], interleave: bool) {
-    let steps = if interleave { 1 } else { x0.len().div_ceil(32) };
-    assert!(dst.len() >= 32 * steps && (!interleave || (x0.len() <= 16 && x1.len() <= 16)));
+fn pack_bf16(dst: &mut [u16], x: &[f32]) {
+    let steps = x.len().div_ceil(32);
+    assert!(dst.len() >= 32 * steps);
     for step in 0..steps {
-        let v = match interleave {
-            true => pairs(x0, x1),
-            false => {
-                let (lo, hi) = (load16(x0, 32 * step), load16(x0, 32 * step + 16));
-                // Low half from `lo`, high half from `hi`. SAFETY: same size.
-                unsafe { std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo)) }
-            }
-        };
+        let (lo, hi) = (load16(x, 32 * step), load16(x, 32 * step + 16));
+        // Low half from `lo`, high half from `hi`. SAFETY: same size.
+        let v = unsafe { std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo)) };
         // SAFETY: the assert keeps the 64-byte store inside `dst`.
         unsafe { _mm512_storeu_si512(dst.as_mut_ptr().add(32 * step) as *mut _, v) };
     }
@@ -590,7 +582,8 @@ fn pack_panel_rows(panel: &mut [u16], b: &[f32], b_rs: usize, c0: usize, cols: u
         let r = 2 * rp;
         let x0 = &b[r * b_rs + c0..][..cols];
         let x1 = if r + 1 < k { &b[(r + 1) * b_rs + c0..][..cols] } else { &[] };
-        pack_pairs(dst, x0, x1, true);
+        // SAFETY: `dst` holds 32 u16, the 64 bytes stored.
+        unsafe { _mm512_storeu_si512(dst.as_mut_ptr() as *mut _, pairs(x0, x1)) };
     }
 }
 
@@ -600,12 +593,12 @@ fn pack_panel_rows(panel: &mut [u16], b: &[f32], b_rs: usize, c0: usize, cols: u
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 fn pack_panel_columns(panel: &mut [u16], b: &[f32], b_cs: usize, c0: usize, cols: usize, k: usize) {
-    let mut pairs = [0u16; 32];
+    let mut values = [0u16; 32];
     for c in 0..cols {
         let column = &b[(c0 + c) * b_cs..][..k];
         for (i, chunk) in column.chunks(32).enumerate() {
-            pack_pairs(&mut pairs, chunk, &[], false);
-            for (j, pair) in pairs.chunks_exact(2).take(chunk.len().div_ceil(2)).enumerate() {
+            pack_bf16(&mut values, chunk);
+            for (j, pair) in values.chunks_exact(2).take(chunk.len().div_ceil(2)).enumerate() {
                 panel[(i * 16 + j) * 32 + 2 * c..][..2].copy_from_slice(pair);
             }
         }
@@ -716,7 +709,7 @@ mod tests {
         let values: Vec<f32> = special.into_iter().chain(ties).chain(sweep).collect();
         let mut packed = vec![0u16; values.len().div_ceil(32) * 32];
         // SAFETY: `available` checked AVX512-BF16 and AVX512-BW.
-        unsafe { pack_pairs(&mut packed, &values, &[], false) };
+        unsafe { pack_bf16(&mut packed, &values) };
         for (&x, &bits) in values.iter().zip(&packed) {
             let (got, want) = (half::bf16::from_bits(bits), half::bf16::from_f32(x));
             match () {

@@ -124,16 +124,18 @@ trait Float: num_traits::Float + num_traits::FromPrimitive + Send + Sync + std::
     /// `e^x`, branch-free for f32 so that loops over it vectorise (libm's `expf` is one call per
     /// element; in SiLU and its gradient it was a quarter of a small UNet's CPU step).
     fn exp_vec(self) -> Self;
-    /// [`gemm`] with bf16 operands (autocast's), where this element type has it: false for f64,
-    /// which autocast leaves alone (as PyTorch's, which casts f32 only).
+    /// [`gemm`] with bf16 operands (autocast's), where this element type has it (f32); false
+    /// where not: f64, which autocast leaves alone (as PyTorch's, which casts f32 only).
     fn gemm_bf16(
-        dst: (&mut [Self], usize),
-        mnk: (usize, usize, usize),
-        a: Mat<Self>,
-        b: Mat<Self>,
-        add: bool,
-        par: Parallelism,
-    ) -> bool;
+        _dst: (&mut [Self], usize),
+        _mnk: (usize, usize, usize),
+        _a: Mat<Self>,
+        _b: Mat<Self>,
+        _add: bool,
+        _par: Parallelism,
+    ) -> bool {
+        false
+    }
 }
 
 impl Float for f32 {
@@ -209,17 +211,6 @@ impl Float for f32 {
 }
 
 impl Float for f64 {
-    fn gemm_bf16(
-        _: (&mut [f64], usize),
-        _: (usize, usize, usize),
-        _: Mat<f64>,
-        _: Mat<f64>,
-        _: bool,
-        _: Parallelism,
-    ) -> bool {
-        false
-    }
-
     fn erf(self) -> Self {
         libm::erf(self)
     }

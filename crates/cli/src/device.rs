@@ -134,7 +134,9 @@ pub fn sampler_parser() -> impl TypedValueParser<Value = SamplerKind> {
 /// `--autocast`: `off` (f32) or `bf16` (the network's GEMMs with bf16 operands, as
 /// `torch.autocast`; on AMX tiles where the CPU has them).
 pub fn autocast_parser() -> impl TypedValueParser<Value = Autocast> {
-    PossibleValuesParser::new(["off", "bf16"]).map(|s| if s == "bf16" { Autocast::Bf16 } else { Autocast::Off })
+    // The config's own names (`train.autocast`), read by its deserializer.
+    PossibleValuesParser::new(["off", "bf16"])
+        .map(|s| serde_json::from_value(serde_json::Value::String(s)).expect("a name of Autocast"))
 }
 
 /// `--schedule`: the VP-SDE schedules by name.

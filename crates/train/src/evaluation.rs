@@ -103,11 +103,7 @@ pub fn sample_batches(
             Labels::Fixed(c) => Some(Tensor::full(c, len, device)?),
         };
         let cond = Conditioning { labels, guidance: spec.guidance, clip_x0: spec.clip_x0.clone() };
-        let mut sample = || sampling::sample(model, sampler, &x, &cond, &mut rng);
-        let images = match spec.autocast {
-            Autocast::Bf16 => scalelong_backbones::ops::autocast_bf16(sample)?,
-            Autocast::Off => sample()?,
-        };
+        let images = spec.autocast.run(|| sampling::sample(model, sampler, &x, &cond, &mut rng))?;
         each(images, start + len)?;
     }
     Ok(())

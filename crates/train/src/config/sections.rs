@@ -49,6 +49,16 @@ pub enum Autocast {
     Bf16,
 }
 
+impl Autocast {
+    /// Runs `f` in this precision: inside `autocast_bf16` for `bf16`, as it is for `off`.
+    pub fn run<T>(self, f: impl FnOnce() -> T) -> T {
+        match self {
+            Self::Bf16 => scalelong_backbones::ops::autocast_bf16(f),
+            Self::Off => f(),
+        }
+    }
+}
+
 /// The noise schedule a model is trained with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -11,7 +11,6 @@ use scalelong_diffusion::drop_labels;
 
 use super::setup::loader_config;
 use super::{StepReport, Trainer};
-use crate::config::Autocast;
 use crate::diagnostics::{self, Diagnostics};
 
 impl Trainer {
@@ -66,14 +65,10 @@ impl Trainer {
                 }
             };
             // Taps of the first micro-batch only: the diagnostics describe one forward pass.
-            let mut forward = || match taps.as_mut().filter(|t| t.blocks.is_empty()) {
+            let out = t.autocast.run(|| match taps.as_mut().filter(|t| t.blocks.is_empty()) {
                 Some(taps) => compute.forward_with_taps(&nb.x_t, &nb.t_input, labels.as_ref(), taps),
                 None => compute.forward(&nb.x_t, &nb.t_input, labels.as_ref()),
-            };
-            let out = match t.autocast {
-                Autocast::Bf16 => scalelong_backbones::ops::autocast_bf16(forward)?,
-                Autocast::Off => forward()?,
-            };
+            })?;
             let loss = self.objective.loss(&out.to_dtype(DType::F32)?, &nb.target.to_dtype(DType::F32)?)?;
             let loss = (loss / t.grad_accum as f64)?;
             loss_sum += loss.to_scalar::<f32>()? as f64;

@@ -13,6 +13,7 @@ use std::mem::MaybeUninit;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 
+use super::implicit_im2col::Im2col;
 use super::Mat;
 
 /// `lhs (..., m, k) x rhs (k, n)` as above, f32 in and out, with gradients (themselves bf16
@@ -129,10 +130,46 @@ pub(super) fn gemm_bf16(
         true => unsafe {
             let (out, rs) = dst;
             let out = &mut *(out as *mut [f32] as *mut [MaybeUninit<f32>]);
-            amx::gemm((out, rs), mnk, a, b, add, !matches!(par, Parallelism::None))
+            amx::gemm((out, rs), mnk, Operand::Matrix(a), Operand::Matrix(b), add, !matches!(par, Parallelism::None))
         },
         false => rounded_gemm(dst, mnk, a, b, add, par),
     }
+}
+
+/// An operand of the AMX GEMM: a strided f32 matrix, or a convolution's im2col matrix, packed
+/// straight from its images.
+#[derive(Clone, Copy)]
+pub(super) enum Operand<'a> {
+    Matrix(Mat<'a, f32>),
+    Im2col(&'a Im2col<'a>),
+}
+
+/// [`gemm_bf16`] with operands that may be im2col matrices, on AMX tiles. False (and nothing
+/// done) without AMX: callers then write the im2col matrix out and call [`gemm_bf16`].
+pub(super) fn gemm_bf16_operands(
+    (dst, rs): (&mut [f32], usize),
+    (m, n, k): (usize, usize, usize),
+    a: Operand,
+    b: Operand,
+    add: bool,
+    par: Parallelism,
+) -> bool {
+    if !amx::available() {
+        return false;
+    }
+    if let Operand::Im2col(im) = a {
+        assert!(im.rows() == m && im.cols() == k, "im2col ({}, {}) is not A ({m}, {k})", im.rows(), im.cols());
+    }
+    if let Operand::Im2col(im) = b {
+        assert!(im.rows() == k && im.cols() == n, "im2col ({}, {}) is not B ({k}, {n})", im.rows(), im.cols());
+    }
+    // SAFETY: `dst` is initialised (a `&mut [f32]`), and viewed as possibly uninitialised memory
+    // the kernel only ever writes initialised values to it.
+    unsafe {
+        let dst = &mut *(dst as *mut [f32] as *mut [MaybeUninit<f32>]);
+        amx::gemm((dst, rs), (m, n, k), a, b, add, !matches!(par, Parallelism::None));
+    }
+    true
 }
 
 /// `dst (m, n; row stride) = a x b` as [`gemm_bf16`], into memory that need not be initialised:
@@ -146,7 +183,9 @@ fn gemm_bf16_into(
 ) {
     if amx::available() {
         // SAFETY: without `add` the kernel reads nothing of `dst`.
-        return unsafe { amx::gemm((dst, rs), mnk, a, b, false, !matches!(par, Parallelism::None)) };
+        return unsafe {
+            amx::gemm((dst, rs), mnk, Operand::Matrix(a), Operand::Matrix(b), false, !matches!(par, Parallelism::None))
+        };
     }
     dst.iter_mut().for_each(|d| {
         d.write(0.0);
@@ -246,8 +285,8 @@ mod amx {
     pub(super) unsafe fn gemm(
         (out, rs): (&mut [MaybeUninit<f32>], usize),
         (m, n, k): (usize, usize, usize),
-        a: Mat<f32>,
-        b: Mat<f32>,
+        a: Operand,
+        b: Operand,
         add: bool,
         parallel: bool,
     ) {
@@ -255,7 +294,6 @@ mod amx {
             return;
         }
         let rs = rs.max(n); // one row: its stride is never used
-        let (a_data, a_rs, a_cs) = a;
         let kp = k.div_ceil(KT) * KT;
         let np = n.div_ceil(BLOCK) * BLOCK;
         let mut b_buffer = take_scratch(np * kp);
@@ -272,27 +310,7 @@ mod amx {
             let mp = rows.div_ceil(BLOCK) * BLOCK;
             let mut scratch = take_scratch(mp * kp);
             let packed_a = &mut scratch[..mp * kp];
-            // The padding rows are zero; the row-major packing writes whole rows (zero past k),
-            // the others fill in what they write.
-            match a_cs == 1 {
-                true => packed_a[rows * kp..].fill(0),
-                false => packed_a.fill(0),
-            }
-            if a_cs == 1 {
-                for r in 0..rows {
-                    // SAFETY: `available` checked AVX512-BF16 and AVX512-BW.
-                    unsafe { pack_bf16(&mut packed_a[r * kp..][..kp], &a_data[(r0 + r) * a_rs..][..k]) };
-                }
-            } else if a_rs == 1 {
-                // a is transposed (as x^T in a weight gradient).
-                // SAFETY: `available` checked AVX512-BF16 and AVX512-BW.
-                unsafe { pack_a_transposed(packed_a, &a_data[r0..], a_cs, rows, k, kp) };
-            } else {
-                for r in 0..rows {
-                    let row = packed_a[r * kp..][..k].iter_mut();
-                    row.enumerate().for_each(|(c, v)| *v = bf16_bits(at(a, r0 + r, c)));
-                }
-            }
+            pack_a(packed_a, a, r0, rows, k, kp);
             let mut block = [[0f32; BLOCK]; BLOCK];
             let config = TileConfig::new();
             // SAFETY: `available` was checked by the caller (the OS granted the tile state);
@@ -368,6 +386,39 @@ mod amx {
         give_back_scratch(b_buffer);
     }
 
+    /// Rows `r0..r0 + rows` of `a` as A tile rows of `kp` bf16 (zero past k), and zero rows to
+    /// the end of `packed`.
+    fn pack_a(packed: &mut [u16], a: Operand, r0: usize, rows: usize, k: usize, kp: usize) {
+        let (a_data, a_rs, a_cs) = match a {
+            Operand::Matrix(a) => a,
+            Operand::Im2col(im) => {
+                packed[rows * kp..].fill(0);
+                // SAFETY: `available` checked AVX512-BF16 and AVX512-BW.
+                return unsafe { im.pack_rows(packed, r0, rows, kp) };
+            }
+        };
+        if a_cs == 1 {
+            // Whole rows, zero past k.
+            packed[rows * kp..].fill(0);
+            for r in 0..rows {
+                // SAFETY: `available` checked AVX512-BF16 and AVX512-BW.
+                unsafe { pack_bf16(&mut packed[r * kp..][..kp], &a_data[(r0 + r) * a_rs..][..k]) };
+            }
+            return;
+        }
+        packed.fill(0);
+        if a_rs == 1 {
+            // a is transposed (as x^T in a weight gradient).
+            // SAFETY: `available` checked AVX512-BF16 and AVX512-BW.
+            unsafe { pack_a_transposed(packed, &a_data[r0..], a_cs, rows, k, kp) };
+        } else {
+            for r in 0..rows {
+                let row = packed[r * kp..][..k].iter_mut();
+                row.enumerate().for_each(|(c, v)| *v = bf16_bits(at((a_data, a_rs, a_cs), r0 + r, c)));
+            }
+        }
+    }
+
     thread_local! {
         /// Packing buffers kept between GEMMs on this thread: a fresh zero-filled buffer per call
         /// cost a memset of each packed operand (and page faults where it was large).
@@ -424,7 +475,18 @@ mod amx {
     /// `b (k, n)` as bf16 pairs of consecutive k, in panels of 16 columns: panel `p` holds
     /// `kp / 2` rows of 16 pairs, so one B tile is 16 consecutive rows of 64 bytes. Zero-padded
     /// to `kp` rows and as many columns as `packed` has panels (all of it is written).
-    fn pack_b(packed: &mut [u16], b: Mat<f32>, k: usize, n: usize, kp: usize, parallel: bool) {
+    fn pack_b(packed: &mut [u16], b: Operand, k: usize, n: usize, kp: usize, parallel: bool) {
+        let b = match b {
+            Operand::Matrix(b) => b,
+            Operand::Im2col(im) => {
+                // SAFETY: `available` checked AVX512-BF16 and AVX512-BW.
+                let pack_panel = |p: usize, panel: &mut [u16]| unsafe { im.pack_panel(panel, p) };
+                return match parallel {
+                    true => packed.par_chunks_mut(T * kp).enumerate().for_each(|(p, panel)| pack_panel(p, panel)),
+                    false => packed.chunks_mut(T * kp).enumerate().for_each(|(p, panel)| pack_panel(p, panel)),
+                };
+            }
+        };
         let (b_data, b_rs, b_cs) = b;
         let pack_panel = |p: usize, panel: &mut [u16]| {
             let (c0, cols) = (p * T, n.min((p + 1) * T).saturating_sub(p * T));
@@ -497,6 +559,15 @@ fn load16(x: &[f32], from: usize) -> __m512 {
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 #[inline]
 fn pairs(x0: &[f32], x1: &[f32]) -> __m512i {
+    interleave(load16(x0, 0), load16(x1, 0))
+}
+
+/// Lane i of `x0` and of `x1` rounded to bf16, as the pair of lane i (x0 in its low half): one
+/// pair row of a B panel.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+#[inline]
+pub(super) fn interleave(x0: __m512, x1: __m512) -> __m512i {
     const INTERLEAVE: [u16; 32] = {
         let mut idx = [0u16; 32];
         let mut i = 0;
@@ -508,7 +579,7 @@ fn pairs(x0: &[f32], x1: &[f32]) -> __m512i {
         idx
     };
     // SAFETY: same size.
-    let v = unsafe { std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(load16(x1, 0), load16(x0, 0))) };
+    let v = unsafe { std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(x1, x0)) };
     // SAFETY: INTERLEAVE holds 32 u16.
     _mm512_permutexvar_epi16(unsafe { _mm512_loadu_si512(INTERLEAVE.as_ptr() as *const _) }, v)
 }
@@ -607,8 +678,6 @@ fn pack_panel_columns(panel: &mut [u16], b: &[f32], b_cs: usize, c0: usize, cols
 
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 mod amx {
-    use super::Mat;
-
     pub(super) fn available() -> bool {
         false
     }
@@ -616,8 +685,8 @@ mod amx {
     pub(super) unsafe fn gemm(
         _: (&mut [std::mem::MaybeUninit<f32>], usize),
         _: (usize, usize, usize),
-        _: Mat<f32>,
-        _: Mat<f32>,
+        _: super::Operand,
+        _: super::Operand,
         _: bool,
         _: bool,
     ) {

@@ -9,7 +9,11 @@ use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape,
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{autocast_bf16_active, fused, gemm, reduction_group, sum_by, sum_in_order, Float};
+use super::bf16_matmul::{gemm_bf16_operands, Operand};
+use super::implicit_im2col::Im2col;
+use super::{
+    amx_available, as_f32, as_f32_mut, autocast_bf16_active, fused, gemm, reduction_group, sum_by, sum_in_order, Float,
+};
 
 /// Symmetric zero padding and stride of a convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +151,25 @@ impl Geom {
 
     fn image(&self) -> usize {
         self.cin * self.h * self.w
+    }
+
+    /// The im2col matrix of the `n` images `x` (as [`im2col`] writes it), for the AMX GEMM to
+    /// read in place.
+    fn im2col_operand<'a>(&self, x: &'a [f32], n: usize) -> Im2col<'a> {
+        let l = self.l();
+        Im2col::new(x, (self.cin, self.h * self.w), (self.kh * self.kw, n * l), |t, col| {
+            let (b, p) = (col / l, col % l);
+            let (i, j) = (t / self.kw, t % self.kw);
+            let iy = self.input_row(p / self.ow, i)?;
+            let ix = ((p % self.ow) * self.stride + j).checked_sub(self.pad.1).filter(|&ix| ix < self.w)?;
+            Some(b * self.image() + iy * self.w + ix)
+        })
+    }
+
+    /// Whether this convolution's GEMMs read the im2col matrix in place: autocast on AMX (the
+    /// f32 GEMM packs its operands itself, from a written-out matrix).
+    fn implicit(&self) -> bool {
+        self.bf16 && amx_available()
     }
 
     /// Channel, kernel row and kernel column of im2col row `r`.
@@ -351,21 +374,32 @@ simd_fn! {
             true => (v + bias[co]).max(T::zero()),
             false => v + bias[co],
         };
-        // A 1x1 stride-1 convolution of one image reads the image itself as its im2col matrix.
-        let direct = n == 1 && g.kh * g.kw == 1 && g.stride == 1;
-        if !direct {
-            col.resize(k * n * l, T::zero());
-            im2col(x, g, n, col, inner);
-        }
-        let col: &[T] = if direct { x } else { col };
+        let mut gemm_into = |dst: &mut [T], rs: usize| {
+            if g.implicit() {
+                if let (Some(x), Some(wt), Some(dst)) = (as_f32(x), as_f32(wt), as_f32_mut(dst)) {
+                    let (w, im) = (Operand::Matrix((wt, k, 1)), g.im2col_operand(x, n));
+                    if gemm_bf16_operands((dst, rs), (g.cout, n * l, k), w, Operand::Im2col(&im), false, inner.gemm()) {
+                        return;
+                    }
+                }
+            }
+            // A 1x1 stride-1 convolution of one image reads the image itself as its im2col matrix.
+            let direct = n == 1 && g.kh * g.kw == 1 && g.stride == 1;
+            if !direct {
+                col.resize(k * n * l, T::zero());
+                im2col(x, g, n, col, inner);
+            }
+            let col: &[T] = if direct { x } else { col };
+            gemm((dst, rs), (g.cout, n * l, k), (wt, k, 1), (col, n * l, 1), false, g.bf16, inner.gemm());
+        };
         if n == 1 {
             // One image: the GEMM writes the output itself.
-            gemm((&mut *out, l), (g.cout, l, k), (wt, k, 1), (col, l, 1), false, g.bf16, inner.gemm());
+            gemm_into(out, l);
             inner.chunks(out, l, |co, dst| dst.iter_mut().for_each(|d| *d = finish(*d, co)));
             return;
         }
         rows.resize(g.cout * n * l, T::zero());
-        gemm((rows, n * l), (g.cout, n * l, k), (wt, k, 1), (col, n * l, 1), false, g.bf16, inner.gemm());
+        gemm_into(rows, n * l);
         inner.chunks(out, l, |bc, dst| {
             let (b, co) = (bc / g.cout, bc % g.cout);
             dst.iter_mut().zip(&rows[co * n * l + b * l..][..l]).for_each(|(d, &v)| *d = finish(v, co));
@@ -491,8 +525,6 @@ simd_fn! {
             let (mut col, mut rows) = (Vec::new(), Vec::new());
             for &(x, grad) in groups {
                 let n = x.len() / g.image();
-                col.resize(k * n * l, T::zero());
-                im2col(x, &g, n, &mut col, inner);
                 let rows: &[T] = match n {
                     1 => grad,
                     _ => {
@@ -504,7 +536,20 @@ simd_fn! {
                 let (dwt, db) = acc.split_at_mut(k * g.cout);
                 // dW^T (K, Cout) = col rows^T: the wide im2col matrix as the row-major operand ran
                 // faster here than rows col^T.
-                gemm((dwt, g.cout), (k, g.cout, n * l), (&col, n * l, 1), (rows, 1, n * l), true, g.bf16, inner.gemm());
+                let mnk = (k, g.cout, n * l);
+                let implicit = g.implicit()
+                    && match (as_f32(x), as_f32(rows), as_f32_mut(dwt)) {
+                        (Some(x), Some(rows), Some(dwt)) => {
+                            let (im, rows) = (g.im2col_operand(x, n), Operand::Matrix((rows, 1, n * l)));
+                            gemm_bf16_operands((dwt, g.cout), mnk, Operand::Im2col(&im), rows, true, inner.gemm())
+                        }
+                        _ => false,
+                    };
+                if !implicit {
+                    col.resize(k * n * l, T::zero());
+                    im2col(x, &g, n, &mut col, inner);
+                    gemm((dwt, g.cout), mnk, (&col, n * l, 1), (rows, 1, n * l), true, g.bf16, inner.gemm());
+                }
                 db.iter_mut().zip(rows.chunks(n * l)).for_each(|(db, row)| *db = *db + sum_by(row, row, |v, _| v));
             }
             acc
@@ -538,5 +583,32 @@ impl CustomOp2 for WeightGrad {
         }
         let dw = float_op!(self.name(), (s1, l1) => x, (s2, l2) => d; weight_grad(x, d, g));
         Ok((dw, Shape::from(g.cout * (g.k() + 1))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The im2col matrix read in place holds what `im2col` writes, for every layout of columns:
+    /// image groups (column blocks across images), strides, one-sided padding, 1x1 kernels.
+    #[test]
+    fn im2col_operand_is_im2col() -> Result<()> {
+        let cases = [
+            ([2, 3, 8, 8], (3, 3), (1, 1), 1),
+            ([3, 4, 9, 7], (3, 3), (1, 1), 2),
+            ([2, 6, 5, 5], (1, 1), (0, 0), 1),
+            ([1, 2, 46, 46], (3, 3), (1, 1), 1),
+            ([2, 3, 17, 17], (1, 7), (0, 3), 1),
+            ([3, 3, 17, 13], (7, 1), (3, 0), 2),
+        ];
+        for (x, kernel, pad, stride) in cases {
+            let g = Geom::new(&x, 2, kernel, pad, stride)?;
+            let images: Vec<f32> = (0..x.iter().product::<usize>()).map(|i| i as f32 + 1.0).collect();
+            let mut col = vec![0f32; g.k() * g.b * g.l()];
+            im2col(&images, &g, g.b, &mut col, Inner(false));
+            assert_eq!(g.im2col_operand(&images, g.b).to_matrix(), col, "{x:?} {kernel:?} {pad:?} {stride}");
+        }
+        Ok(())
     }
 }

@@ -64,6 +64,7 @@ mod attention;
 mod bf16_matmul;
 mod bias;
 mod conv;
+mod implicit_im2col;
 mod norm;
 mod softmax;
 #[cfg(test)]
@@ -250,6 +251,20 @@ fn sum_in_order<T: Float>(partials: Vec<Vec<T>>, len: usize) -> Vec<T> {
         acc.iter_mut().zip(p).for_each(|(a, p)| *a = *a + p);
         acc
     })
+}
+
+/// `x` as f32 elements, if that is what `T` is (the bf16 paths are f32 only).
+fn as_f32<T: Float>(x: &[T]) -> Option<&[f32]> {
+    // SAFETY: T is f32 (same type, so same layout).
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        .then(|| unsafe { &*(x as *const [T] as *const [f32]) })
+}
+
+/// As [`as_f32`], mutable.
+fn as_f32_mut<T: Float>(x: &mut [T]) -> Option<&mut [f32]> {
+    // SAFETY: as in `as_f32`.
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        .then(|| unsafe { &mut *(x as *mut [T] as *mut [f32]) })
 }
 
 /// A matrix operand: elements, row stride, column stride.

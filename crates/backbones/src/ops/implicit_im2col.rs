@@ -75,14 +75,11 @@ impl<'a> Im2col<'a> {
         self.cols
     }
 
-    /// The 16 values of row `r` in column block `block` (zero past the last column).
+    /// The 16 values that `lanes` reads in the channel starting at `channel`.
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     #[target_feature(enable = "avx512f")]
     #[inline]
-    fn load(&self, r: usize, block: usize) -> __m512 {
-        let (c, t) = (r / self.taps, r % self.taps);
-        let Some(l) = self.lanes.get(block * self.taps + t) else { return _mm512_setzero_ps() };
-        let channel = self.x.as_ptr().wrapping_add(c * self.channel_len);
+    fn load(l: &Lanes, channel: *const f32) -> __m512 {
         // SAFETY: `new` checked that every lane of the mask reads inside `x` in every channel;
         // masked-off lanes read no memory.
         unsafe {
@@ -96,20 +93,41 @@ impl<'a> Im2col<'a> {
         }
     }
 
+    fn channel(&self, c: usize) -> *const f32 {
+        self.x.as_ptr().wrapping_add(c * self.channel_len)
+    }
+
     /// Column block `block` (16 columns) as one B panel of the AMX GEMM: pair row `p` holds rows
     /// `2p` and `2p + 1` interleaved, zero past the last row and to the end of `panel`.
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub(super) fn pack_panel(&self, panel: &mut [u16], block: usize) {
-        let k = self.rows();
-        let pair_rows = k.div_ceil(2);
-        for (p, dst) in panel.chunks_exact_mut(32).take(pair_rows).enumerate() {
-            let x0 = self.load(2 * p, block);
-            let x1 = if 2 * p + 1 < k { self.load(2 * p + 1, block) } else { _mm512_setzero_ps() };
+        let Some(taps) = self.lanes.get(block * self.taps..(block + 1) * self.taps) else {
+            return panel.fill(0); // past the last column (the GEMM pads to 32)
+        };
+        let mut pair_rows = panel.chunks_exact_mut(32);
+        let mut store = |x0, x1| {
+            let dst = pair_rows.next().expect("a panel holds every pair row");
             // SAFETY: `dst` holds 32 u16, the 64 bytes stored.
             unsafe { _mm512_storeu_si512(dst.as_mut_ptr() as *mut _, super::bf16_matmul::interleave(x0, x1)) };
+        };
+        // Rows in order (channel by channel, tap by tap), paired as they come: with an odd number
+        // of taps a pair spans two channels.
+        let mut pending = None;
+        for c in 0..self.channels {
+            let channel = self.channel(c);
+            for l in taps {
+                let v = Self::load(l, channel);
+                match pending.take() {
+                    None => pending = Some(v),
+                    Some(x0) => store(x0, v),
+                }
+            }
         }
-        panel[32 * pair_rows..].fill(0);
+        if let Some(x0) = pending {
+            store(x0, _mm512_setzero_ps());
+        }
+        panel[32 * self.rows().div_ceil(2)..].fill(0);
     }
 
     /// Rows `r0..r0 + rows` as A tile rows of `kp` bf16 each (zero past the last column).
@@ -118,8 +136,13 @@ impl<'a> Im2col<'a> {
     pub(super) fn pack_rows(&self, packed: &mut [u16], r0: usize, rows: usize, kp: usize) {
         assert!(packed.len() >= rows * kp && kp % 32 == 0);
         for (r, row) in packed.chunks_exact_mut(kp).take(rows).enumerate() {
+            let (c, t) = ((r0 + r) / self.taps, (r0 + r) % self.taps);
+            let channel = self.channel(c);
+            // The row's lanes in each column block (zero past the last).
+            let zero = Lanes { offsets: [0; 16], mask: 0, contiguous: None };
+            let lanes = |block: usize| self.lanes.get(block * self.taps + t).unwrap_or(&zero);
             for (b, dst) in row.chunks_exact_mut(32).enumerate() {
-                let (lo, hi) = (self.load(r0 + r, 2 * b), self.load(r0 + r, 2 * b + 1));
+                let (lo, hi) = (Self::load(lanes(2 * b), channel), Self::load(lanes(2 * b + 1), channel));
                 // Low half from `lo`. SAFETY: same size; `dst` holds 32 u16.
                 unsafe {
                     let v = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));

@@ -321,13 +321,38 @@ mod amx {
                 // Two B panels (64 kp bytes) stay in L2 while the block's rows pass over them.
                 for nb in (0..n).step_by(BLOCK) {
                     for mb in (0..rows).step_by(BLOCK) {
-                        asm!(
-                            "tilezero tmm0",
-                            "tilezero tmm1",
-                            "tilezero tmm2",
-                            "tilezero tmm3",
-                            options(nostack, nomem)
-                        );
+                        // A whole 32 x 32 block of `out` is accumulated in place (loaded first with
+                        // `add`); a block on the edge goes through `block` and only its part inside
+                        // `out` is copied.
+                        let cols = BLOCK.min(n - nb);
+                        let direct = mb + BLOCK <= rows && cols == BLOCK;
+                        let (c, cs) = match direct {
+                            // The slice checks that the block's last row lies inside `out`.
+                            true => {
+                                (out[(mb + BLOCK - 1) * rs + nb..][..BLOCK].as_mut_ptr().sub((BLOCK - 1) * rs), 4 * rs)
+                            }
+                            false => (block.as_mut_ptr() as *mut MaybeUninit<f32>, 4 * BLOCK),
+                        };
+                        let c_low = c.add(T * cs / 4);
+                        match direct && add {
+                            true => asm!(
+                                "tileloadd tmm0, [{p} + {s}*1]",
+                                "tileloadd tmm1, [{p} + {s}*1 + 64]",
+                                "tileloadd tmm2, [{q} + {s}*1]",
+                                "tileloadd tmm3, [{q} + {s}*1 + 64]",
+                                p = in(reg) c,
+                                q = in(reg) c_low,
+                                s = in(reg) cs,
+                                options(nostack, readonly),
+                            ),
+                            false => asm!(
+                                "tilezero tmm0",
+                                "tilezero tmm1",
+                                "tilezero tmm2",
+                                "tilezero tmm3",
+                                options(nostack, nomem)
+                            ),
+                        }
                         let a0 = packed_a.as_ptr().add(mb * kp);
                         let a1 = a0.add(T * kp);
                         let b0 = packed_b.as_ptr().add(nb * kp);
@@ -351,18 +376,19 @@ mod amx {
                                 options(nostack, readonly),
                             );
                         }
-                        // The four tiles into one 32 x 32 block (rows of 128 bytes), then its part
-                        // inside `out`.
                         asm!(
                             "tilestored [{p} + {s}*1], tmm0",
                             "tilestored [{p} + {s}*1 + 64], tmm1",
-                            "tilestored [{p} + {s}*1 + 2048], tmm2",
-                            "tilestored [{p} + {s}*1 + 2112], tmm3",
-                            p = in(reg) block.as_mut_ptr(),
-                            s = in(reg) 4 * BLOCK,
+                            "tilestored [{q} + {s}*1], tmm2",
+                            "tilestored [{q} + {s}*1 + 64], tmm3",
+                            p = in(reg) c,
+                            q = in(reg) c_low,
+                            s = in(reg) cs,
                             options(nostack),
                         );
-                        let cols = BLOCK.min(n - nb);
+                        if direct {
+                            continue;
+                        }
                         for (r, row) in block.iter().enumerate().take(rows - mb) {
                             let dst = &mut out[(mb + r) * rs + nb..][..cols];
                             match add {

@@ -148,7 +148,7 @@ pub(super) enum Operand<'a> {
 /// done) without AMX: callers then write the im2col matrix out and call [`gemm_bf16`].
 pub(super) fn gemm_bf16_operands(
     (dst, rs): (&mut [f32], usize),
-    (m, n, k): (usize, usize, usize),
+    mnk: (usize, usize, usize),
     a: Operand,
     b: Operand,
     add: bool,
@@ -157,19 +157,42 @@ pub(super) fn gemm_bf16_operands(
     if !amx::available() {
         return false;
     }
+    check_operands(mnk, a, b);
+    // SAFETY: `dst` is initialised (a `&mut [f32]`), and viewed as possibly uninitialised memory
+    // the kernel only ever writes initialised values to it.
+    unsafe {
+        let dst = &mut *(dst as *mut [f32] as *mut [MaybeUninit<f32>]);
+        amx::gemm((dst, rs), mnk, a, b, add, !matches!(par, Parallelism::None));
+    }
+    true
+}
+
+/// `dst = a x b` as [`gemm_bf16_operands`], into memory that need not be initialised: where it
+/// returns true, all m rows of n were written.
+pub(super) fn gemm_bf16_operands_into(
+    (dst, rs): (&mut [MaybeUninit<f32>], usize),
+    mnk: (usize, usize, usize),
+    a: Operand,
+    b: Operand,
+    par: Parallelism,
+) -> bool {
+    if !amx::available() {
+        return false;
+    }
+    check_operands(mnk, a, b);
+    // SAFETY: without `add` the kernel reads nothing of `dst`.
+    unsafe { amx::gemm((dst, rs), mnk, a, b, false, !matches!(par, Parallelism::None)) };
+    true
+}
+
+/// An im2col operand has the GEMM's shape.
+fn check_operands((m, n, k): (usize, usize, usize), a: Operand, b: Operand) {
     if let Operand::Im2col(im) = a {
         assert!(im.rows() == m && im.cols() == k, "im2col ({}, {}) is not A ({m}, {k})", im.rows(), im.cols());
     }
     if let Operand::Im2col(im) = b {
         assert!(im.rows() == k && im.cols() == n, "im2col ({}, {}) is not B ({k}, {n})", im.rows(), im.cols());
     }
-    // SAFETY: `dst` is initialised (a `&mut [f32]`), and viewed as possibly uninitialised memory
-    // the kernel only ever writes initialised values to it.
-    unsafe {
-        let dst = &mut *(dst as *mut [f32] as *mut [MaybeUninit<f32>]);
-        amx::gemm((dst, rs), (m, n, k), a, b, add, !matches!(par, Parallelism::None));
-    }
-    true
 }
 
 /// `dst (m, n; row stride) = a x b` as [`gemm_bf16`], into memory that need not be initialised:

@@ -5,14 +5,17 @@
 //! convolution with the whole gradient map as its kernel for the weight gradient; here all
 //! three are one GEMM per image on an im2col buffer that lives only inside the call.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::bf16_matmul::{gemm_bf16_operands, Operand};
+use super::bf16_matmul::{gemm_bf16_operands, gemm_bf16_operands_into, Operand};
 use super::implicit_im2col::Im2col;
 use super::{
-    amx_available, as_f32, as_f32_mut, autocast_bf16_active, fused, gemm, reduction_group, sum_by, sum_in_order, Float,
+    amx_available, as_f32, as_f32_mut, as_f32_uninit, assume_init, autocast_bf16_active, fused, gemm, init_zero,
+    reduction_group, sum_by, sum_in_order, Float,
 };
 
 /// Symmetric zero padding and stride of a convolution.
@@ -339,11 +342,14 @@ struct Conv {
 
 fn conv_fwd<T: Float>(x: &[T], wt: &[T], bias: &[T], g: Geom, relu: bool) -> Vec<T> {
     let (l, group) = (g.l(), g.group());
-    let mut out = vec![T::zero(); g.b * g.cout * l];
-    let pairs = x.chunks(group * g.image()).zip(out.chunks_mut(group * g.cout * l));
+    let len = g.b * g.cout * l;
+    // Not zero-filled: each group writes all of its part.
+    let mut out = Vec::with_capacity(len);
+    let pairs = x.chunks(group * g.image()).zip(out.spare_capacity_mut()[..len].chunks_mut(group * g.cout * l));
     let inner = Inner::of(g.b.div_ceil(group));
-    let run =
-        |(x, out): (&[T], &mut [T]), bufs: &mut (Vec<T>, Vec<T>)| conv_group(x, wt, bias, &g, relu, out, bufs, inner);
+    let run = |(x, out): (&[T], &mut [MaybeUninit<T>]), bufs: &mut (Vec<T>, Vec<T>)| {
+        conv_group(x, wt, bias, &g, relu, out, bufs, inner)
+    };
     match inner.0 {
         true => {
             let mut bufs = Default::default();
@@ -351,11 +357,14 @@ fn conv_fwd<T: Float>(x: &[T], wt: &[T], bias: &[T], g: Geom, relu: bool) -> Vec
         }
         false => pairs.collect::<Vec<_>>().into_par_iter().for_each_init(Default::default, |bufs, p| run(p, bufs)),
     }
+    // SAFETY: the groups wrote every element (`conv_group` writes all of its `out`).
+    unsafe { out.set_len(len) };
     out
 }
 
 simd_fn! {
-    /// The output of one group of images; `bufs` are scratch (im2col matrix, output rows).
+    /// The output of one group of images, every element of `out` written; `bufs` are scratch
+    /// (im2col matrix, output rows).
     #[allow(clippy::too_many_arguments)]
     fn conv_group<T: Float>(
         x: &[T],
@@ -363,7 +372,7 @@ simd_fn! {
         bias: &[T],
         g: &Geom,
         relu: bool,
-        out: &mut [T],
+        out: &mut [MaybeUninit<T>],
         bufs: &mut (Vec<T>, Vec<T>),
         inner: Inner,
     ) {
@@ -393,8 +402,24 @@ simd_fn! {
             gemm((dst, rs), (g.cout, n * l, k), (wt, k, 1), (col, n * l, 1), false, g.bf16, inner.gemm());
         };
         if n == 1 {
-            // One image: the GEMM writes the output itself.
-            gemm_into(out, l);
+            // One image: the GEMM writes the output itself (on AMX into the uninitialised output).
+            let on_amx = g.implicit()
+                && match (as_f32(x), as_f32(wt), as_f32_uninit(out)) {
+                    (Some(x), Some(wt), Some(dst)) => {
+                        let (w, im) = (Operand::Matrix((wt, k, 1)), g.im2col_operand(x, n));
+                        gemm_bf16_operands_into((dst, l), (g.cout, l, k), w, Operand::Im2col(&im), inner.gemm())
+                    }
+                    _ => false,
+                };
+            let out = match on_amx {
+                // SAFETY: the GEMM wrote all Cout rows of l.
+                true => unsafe { assume_init(out) },
+                false => {
+                    let out = init_zero(out);
+                    gemm_into(out, l);
+                    out
+                }
+            };
             inner.chunks(out, l, |co, dst| dst.iter_mut().for_each(|d| *d = finish(*d, co)));
             return;
         }
@@ -402,7 +427,9 @@ simd_fn! {
         gemm_into(rows, n * l);
         inner.chunks(out, l, |bc, dst| {
             let (b, co) = (bc / g.cout, bc % g.cout);
-            dst.iter_mut().zip(&rows[co * n * l + b * l..][..l]).for_each(|(d, &v)| *d = finish(v, co));
+            dst.iter_mut().zip(&rows[co * n * l + b * l..][..l]).for_each(|(d, &v)| {
+                d.write(finish(v, co));
+            });
         });
     }
 }

@@ -80,6 +80,8 @@ pub use norm::{group_norm, group_norm_silu, layer_norm};
 pub use softmax::softmax_last_dim;
 pub use upsample::upsample_nearest2x;
 
+use std::mem::MaybeUninit;
+
 use candle_core::{bail, DType, Layout, Result, Tensor};
 use gemm::Parallelism;
 
@@ -265,6 +267,31 @@ fn as_f32_mut<T: Float>(x: &mut [T]) -> Option<&mut [f32]> {
     // SAFETY: as in `as_f32`.
     (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
         .then(|| unsafe { &mut *(x as *mut [T] as *mut [f32]) })
+}
+
+/// As [`as_f32`], for memory still to be written.
+fn as_f32_uninit<T: Float>(x: &mut [MaybeUninit<T>]) -> Option<&mut [MaybeUninit<f32>]> {
+    // SAFETY: as in `as_f32`.
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        .then(|| unsafe { &mut *(x as *mut [MaybeUninit<T>] as *mut [MaybeUninit<f32>]) })
+}
+
+/// `x` filled with zeros.
+fn init_zero<T: Float>(x: &mut [MaybeUninit<T>]) -> &mut [T] {
+    x.iter_mut().for_each(|v| {
+        v.write(T::zero());
+    });
+    // SAFETY: every element was written just above.
+    unsafe { assume_init(x) }
+}
+
+/// `x` as initialised elements.
+///
+/// # Safety
+/// Every element of `x` must have been written.
+unsafe fn assume_init<T>(x: &mut [MaybeUninit<T>]) -> &mut [T] {
+    // SAFETY: the caller's promise; MaybeUninit<T> has T's layout.
+    unsafe { &mut *(x as *mut [MaybeUninit<T>] as *mut [T]) }
 }
 
 /// A matrix operand: elements, row stride, column stride.

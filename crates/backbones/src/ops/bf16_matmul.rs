@@ -318,9 +318,33 @@ mod amx {
         }
         let rs = rs.max(n); // one row: its stride is never used
         let kp = k.div_ceil(KT) * KT;
+        let config = TileConfig::new();
+        if !parallel && m <= n {
+            // All of a packed first, then each pair of B panels packed just before the tiles
+            // use it (for all m rows), so that it is still in L1/L2: a whole packed B (a
+            // convolution's im2col matrix, megabytes) had gone to L3 and back. (Where a is the
+            // larger, as the im2col matrix of a weight gradient, row blocks of it are.)
+            let mut a_buffer = take_scratch(m.div_ceil(BLOCK) * BLOCK * kp);
+            let packed_a = &mut a_buffer[..m.div_ceil(BLOCK) * BLOCK * kp];
+            pack_a(packed_a, a, 0, m, k, kp);
+            let mut b_buffer = take_scratch(BLOCK * kp);
+            let pair = &mut b_buffer[..BLOCK * kp];
+            // SAFETY: `available` was checked by the caller (the OS granted the tile state).
+            unsafe { asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly)) };
+            for nb in (0..n).step_by(BLOCK) {
+                pack_b(pair, b, (nb / T, k, n, kp), false);
+                // SAFETY: tiles configured above; `packed_a` holds m rows (padded to 32) of kp,
+                // `pair` two panels of kp; with `add` the caller initialised `out`.
+                unsafe { strip(out, rs, (m, n, kp), packed_a, pair, nb, add) };
+            }
+            // SAFETY: as above.
+            unsafe { asm!("tilerelease", options(nostack, nomem)) };
+            give_back_scratch(a_buffer);
+            return give_back_scratch(b_buffer);
+        }
         let np = n.div_ceil(BLOCK) * BLOCK;
         let mut b_buffer = take_scratch(np * kp);
-        pack_b(&mut b_buffer[..np * kp], b, k, n, kp, parallel);
+        pack_b(&mut b_buffer[..np * kp], b, (0, k, n, kp), parallel);
         let packed_b = &b_buffer[..np * kp];
         // Row blocks (in parallel), each packing its own rows of a.
         const ROWS: usize = 4 * BLOCK;
@@ -334,95 +358,14 @@ mod amx {
             let mut scratch = take_scratch(mp * kp);
             let packed_a = &mut scratch[..mp * kp];
             pack_a(packed_a, a, r0, rows, k, kp);
-            let mut block = [[0f32; BLOCK]; BLOCK];
-            let config = TileConfig::new();
             // SAFETY: `available` was checked by the caller (the OS granted the tile state);
-            // every tile load stays inside `packed_a` (mp x kp) or `packed_b` (np/T panels of
-            // kp/2 x T pairs), and every store goes to `block` (32 x 32 f32).
+            // `packed_a` holds the block's rows (padded to 32), `packed_b` every panel; with
+            // `add` the caller initialised `out`.
             unsafe {
                 asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly));
                 // Two B panels (64 kp bytes) stay in L2 while the block's rows pass over them.
                 for nb in (0..n).step_by(BLOCK) {
-                    for mb in (0..rows).step_by(BLOCK) {
-                        // A whole 32 x 32 block of `out` is accumulated in place (loaded first with
-                        // `add`); a block on the edge goes through `block` and only its part inside
-                        // `out` is copied.
-                        let cols = BLOCK.min(n - nb);
-                        let direct = mb + BLOCK <= rows && cols == BLOCK;
-                        let (c, cs) = match direct {
-                            // The slice checks that the block's last row lies inside `out`.
-                            true => {
-                                (out[(mb + BLOCK - 1) * rs + nb..][..BLOCK].as_mut_ptr().sub((BLOCK - 1) * rs), 4 * rs)
-                            }
-                            false => (block.as_mut_ptr() as *mut MaybeUninit<f32>, 4 * BLOCK),
-                        };
-                        let c_low = c.add(T * cs / 4);
-                        match direct && add {
-                            true => asm!(
-                                "tileloadd tmm0, [{p} + {s}*1]",
-                                "tileloadd tmm1, [{p} + {s}*1 + 64]",
-                                "tileloadd tmm2, [{q} + {s}*1]",
-                                "tileloadd tmm3, [{q} + {s}*1 + 64]",
-                                p = in(reg) c,
-                                q = in(reg) c_low,
-                                s = in(reg) cs,
-                                options(nostack, readonly),
-                            ),
-                            false => asm!(
-                                "tilezero tmm0",
-                                "tilezero tmm1",
-                                "tilezero tmm2",
-                                "tilezero tmm3",
-                                options(nostack, nomem)
-                            ),
-                        }
-                        let a0 = packed_a.as_ptr().add(mb * kp);
-                        let a1 = a0.add(T * kp);
-                        let b0 = packed_b.as_ptr().add(nb * kp);
-                        let b1 = b0.add(T * kp);
-                        for kb in (0..kp).step_by(KT) {
-                            asm!(
-                                "tileloadd tmm4, [{a0} + {lda}*1]",
-                                "tileloadd tmm6, [{b0} + {ldb}*1]",
-                                "tdpbf16ps tmm0, tmm4, tmm6",
-                                "tileloadd tmm7, [{b1} + {ldb}*1]",
-                                "tdpbf16ps tmm1, tmm4, tmm7",
-                                "tileloadd tmm5, [{a1} + {lda}*1]",
-                                "tdpbf16ps tmm2, tmm5, tmm6",
-                                "tdpbf16ps tmm3, tmm5, tmm7",
-                                a0 = in(reg) a0.add(kb),
-                                a1 = in(reg) a1.add(kb),
-                                b0 = in(reg) b0.add(kb * T),
-                                b1 = in(reg) b1.add(kb * T),
-                                lda = in(reg) kp * 2,
-                                ldb = in(reg) 4 * T,
-                                options(nostack, readonly),
-                            );
-                        }
-                        asm!(
-                            "tilestored [{p} + {s}*1], tmm0",
-                            "tilestored [{p} + {s}*1 + 64], tmm1",
-                            "tilestored [{q} + {s}*1], tmm2",
-                            "tilestored [{q} + {s}*1 + 64], tmm3",
-                            p = in(reg) c,
-                            q = in(reg) c_low,
-                            s = in(reg) cs,
-                            options(nostack),
-                        );
-                        if direct {
-                            continue;
-                        }
-                        for (r, row) in block.iter().enumerate().take(rows - mb) {
-                            let dst = &mut out[(mb + r) * rs + nb..][..cols];
-                            match add {
-                                // SAFETY: with `add` the caller initialised `out`.
-                                true => dst.iter_mut().zip(row).for_each(|(d, v)| *d.assume_init_mut() += v),
-                                false => dst.iter_mut().zip(row).for_each(|(d, &v)| {
-                                    d.write(v);
-                                }),
-                            }
-                        }
-                    }
+                    strip(out, rs, (rows, n, kp), packed_a, &packed_b[nb * kp..][..BLOCK * kp], nb, add);
                 }
                 asm!("tilerelease", options(nostack, nomem));
             }
@@ -433,6 +376,110 @@ mod amx {
             false => out.chunks_mut(ROWS * rs).enumerate().for_each(|(i, out)| row_block(i, out)),
         }
         give_back_scratch(b_buffer);
+    }
+
+    /// Columns `nb..nb + 32` of `rows` rows of `out (row stride rs)` (+)= the packed rows of A
+    /// times one pair of B panels (`pair`, 32 columns of kp).
+    ///
+    /// # Safety
+    /// The tiles are configured (`ldtilecfg` of [`TileConfig`]) on this thread; `packed_a` holds
+    /// `rows` rows padded to a multiple of 32, of kp each; with `add`, those elements of `out`
+    /// are initialised.
+    unsafe fn strip(
+        out: &mut [MaybeUninit<f32>],
+        rs: usize,
+        (rows, n, kp): (usize, usize, usize),
+        packed_a: &[u16],
+        pair: &[u16],
+        nb: usize,
+        add: bool,
+    ) {
+        assert!(packed_a.len() >= rows.div_ceil(BLOCK) * BLOCK * kp && pair.len() >= BLOCK * kp);
+        let mut block = [[0f32; BLOCK]; BLOCK];
+        let cols = BLOCK.min(n - nb);
+        for mb in (0..rows).step_by(BLOCK) {
+            // A whole 32 x 32 block of `out` is accumulated in place (loaded first with `add`);
+            // a block on the edge goes through `block` and only its part inside `out` is copied.
+            let direct = mb + BLOCK <= rows && cols == BLOCK;
+            let (c, cs) = match direct {
+                // The slice checks that the block's last row lies inside `out`.
+                true => {
+                    (out[(mb + BLOCK - 1) * rs + nb..][..BLOCK].as_mut_ptr().wrapping_sub((BLOCK - 1) * rs), 4 * rs)
+                }
+                false => (block.as_mut_ptr() as *mut MaybeUninit<f32>, 4 * BLOCK),
+            };
+            let c_low = c.wrapping_add(T * cs / 4);
+            // SAFETY: every tile load stays inside `packed_a` (checked above) or `pair`, every
+            // store inside `block` or the whole block of `out` checked above; tiles configured
+            // by the caller.
+            unsafe {
+                match direct && add {
+                    true => asm!(
+                        "tileloadd tmm0, [{p} + {s}*1]",
+                        "tileloadd tmm1, [{p} + {s}*1 + 64]",
+                        "tileloadd tmm2, [{q} + {s}*1]",
+                        "tileloadd tmm3, [{q} + {s}*1 + 64]",
+                        p = in(reg) c,
+                        q = in(reg) c_low,
+                        s = in(reg) cs,
+                        options(nostack, readonly),
+                    ),
+                    false => asm!(
+                        "tilezero tmm0",
+                        "tilezero tmm1",
+                        "tilezero tmm2",
+                        "tilezero tmm3",
+                        options(nostack, nomem)
+                    ),
+                }
+                let a0 = packed_a.as_ptr().add(mb * kp);
+                let a1 = a0.add(T * kp);
+                let b0 = pair.as_ptr();
+                let b1 = b0.add(T * kp);
+                for kb in (0..kp).step_by(KT) {
+                    asm!(
+                        "tileloadd tmm4, [{a0} + {lda}*1]",
+                        "tileloadd tmm6, [{b0} + {ldb}*1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tileloadd tmm7, [{b1} + {ldb}*1]",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        "tileloadd tmm5, [{a1} + {lda}*1]",
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        "tdpbf16ps tmm3, tmm5, tmm7",
+                        a0 = in(reg) a0.add(kb),
+                        a1 = in(reg) a1.add(kb),
+                        b0 = in(reg) b0.add(kb * T),
+                        b1 = in(reg) b1.add(kb * T),
+                        lda = in(reg) kp * 2,
+                        ldb = in(reg) 4 * T,
+                        options(nostack, readonly),
+                    );
+                }
+                asm!(
+                    "tilestored [{p} + {s}*1], tmm0",
+                    "tilestored [{p} + {s}*1 + 64], tmm1",
+                    "tilestored [{q} + {s}*1], tmm2",
+                    "tilestored [{q} + {s}*1 + 64], tmm3",
+                    p = in(reg) c,
+                    q = in(reg) c_low,
+                    s = in(reg) cs,
+                    options(nostack),
+                );
+            }
+            if direct {
+                continue;
+            }
+            for (r, row) in block.iter().enumerate().take(rows - mb) {
+                let dst = &mut out[(mb + r) * rs + nb..][..cols];
+                match add {
+                    // SAFETY: with `add` the caller initialised `out`.
+                    true => dst.iter_mut().zip(row).for_each(|(d, v)| unsafe { *d.assume_init_mut() += v }),
+                    false => dst.iter_mut().zip(row).for_each(|(d, &v)| {
+                        d.write(v);
+                    }),
+                }
+            }
+        }
     }
 
     /// Rows `r0..r0 + rows` of `a` as A tile rows of `kp` bf16 (zero past k), and zero rows to
@@ -521,18 +568,21 @@ mod amx {
         (iters * 6 * (T * T * KT * 2) as u64) as f64
     }
 
-    /// `b (k, n)` as bf16 pairs of consecutive k, in panels of 16 columns: panel `p` holds
+    /// `b (k, n)` as bf16 pairs of consecutive k, in panels of 16 columns from panel `first` on
+    /// (as many as `packed` holds): panel `p` holds
     /// `kp / 2` rows of 16 pairs, so one B tile is 16 consecutive rows of 64 bytes. Zero-padded
     /// to `kp` rows and as many columns as `packed` has panels (all of it is written).
-    fn pack_b(packed: &mut [u16], b: Operand, k: usize, n: usize, kp: usize, parallel: bool) {
+    fn pack_b(packed: &mut [u16], b: Operand, (first, k, n, kp): (usize, usize, usize, usize), parallel: bool) {
         let b = match b {
             Operand::Matrix(b) => b,
             Operand::Im2col(im) => {
                 // SAFETY: `available` checked AVX512-BF16 and AVX512-BW.
                 let pack_panel = |p: usize, panel: &mut [u16]| unsafe { im.pack_panel(panel, p) };
                 return match parallel {
-                    true => packed.par_chunks_mut(T * kp).enumerate().for_each(|(p, panel)| pack_panel(p, panel)),
-                    false => packed.chunks_mut(T * kp).enumerate().for_each(|(p, panel)| pack_panel(p, panel)),
+                    true => {
+                        packed.par_chunks_mut(T * kp).enumerate().for_each(|(p, panel)| pack_panel(first + p, panel))
+                    }
+                    false => packed.chunks_mut(T * kp).enumerate().for_each(|(p, panel)| pack_panel(first + p, panel)),
                 };
             }
         };
@@ -566,8 +616,8 @@ mod amx {
             }
         };
         match parallel {
-            true => packed.par_chunks_mut(T * kp).enumerate().for_each(|(p, panel)| pack_panel(p, panel)),
-            false => packed.chunks_mut(T * kp).enumerate().for_each(|(p, panel)| pack_panel(p, panel)),
+            true => packed.par_chunks_mut(T * kp).enumerate().for_each(|(p, panel)| pack_panel(first + p, panel)),
+            false => packed.chunks_mut(T * kp).enumerate().for_each(|(p, panel)| pack_panel(first + p, panel)),
         }
     }
 }

@@ -134,7 +134,7 @@ impl<'a> Im2col<'a> {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub(super) fn pack_rows(&self, packed: &mut [u16], r0: usize, rows: usize, kp: usize) {
-        assert!(packed.len() >= rows * kp && kp % 32 == 0);
+        assert!(packed.len() >= rows * kp && kp.is_multiple_of(32));
         for (r, row) in packed.chunks_exact_mut(kp).take(rows).enumerate() {
             let (c, t) = ((r0 + r) / self.taps, (r0 + r) % self.taps);
             let channel = self.channel(c);

@@ -3,7 +3,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{fused, Float};
+use super::{fused, written_vec, Float};
 
 /// Elements per parallel task: large enough that scheduling costs nothing beside the work.
 const GRAIN: usize = 1 << 14;
@@ -58,22 +58,33 @@ impl Activation {
 simd_fn! {
     /// `f(x)` element by element.
     fn forward<T: Float>(act: Activation, x: &[T]) -> Vec<T> {
-        let mut y = vec![T::zero(); x.len()];
-        y.par_chunks_mut(GRAIN).zip(x.par_chunks(GRAIN)).for_each(|(y, x)| {
-            y.iter_mut().zip(x).for_each(|(y, &x)| *y = act.eval(x, false));
-        });
-        y
+        // SAFETY: the chunks of y pair with those of x (one length) and write each element.
+        unsafe {
+            written_vec(x.len(), |y| {
+                y.par_chunks_mut(GRAIN).zip(x.par_chunks(GRAIN)).for_each(|(y, x)| {
+                    y.iter_mut().zip(x).for_each(|(y, &x)| {
+                        y.write(act.eval(x, false));
+                    });
+                })
+            })
+        }
     }
 }
 
 simd_fn! {
     /// `g f'(x)` element by element.
     fn backward<T: Float>(act: Activation, x: &[T], g: &[T]) -> Vec<T> {
-        let mut dx = vec![T::zero(); x.len()];
-        dx.par_chunks_mut(GRAIN).zip(x.par_chunks(GRAIN)).zip(g.par_chunks(GRAIN)).for_each(|((dx, x), g)| {
-            dx.iter_mut().zip(x).zip(g).for_each(|((dx, &x), &g)| *dx = g * act.eval(x, true));
-        });
-        dx
+        assert_eq!(x.len(), g.len(), "activation gradient: input and gradient differ in length");
+        // SAFETY: the chunks of dx pair with those of x and g (one length) and write each element.
+        unsafe {
+            written_vec(x.len(), |dx| {
+                dx.par_chunks_mut(GRAIN).zip(x.par_chunks(GRAIN)).zip(g.par_chunks(GRAIN)).for_each(|((dx, x), g)| {
+                    dx.iter_mut().zip(x).zip(g).for_each(|((dx, &x), &g)| {
+                        dx.write(g * act.eval(x, true));
+                    });
+                })
+            })
+        }
     }
 }
 

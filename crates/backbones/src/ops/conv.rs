@@ -15,7 +15,7 @@ use super::bf16_matmul::{gemm_bf16_operands, gemm_bf16_operands_into, Operand};
 use super::implicit_im2col::Im2col;
 use super::{
     amx_available, as_f32, as_f32_mut, as_f32_uninit, assume_init, autocast_bf16_active, fused, gemm, init_zero,
-    reduction_group, sum_by, sum_in_order, Float,
+    reduction_group, sum_by, sum_in_order, written_vec, Float,
 };
 
 /// Symmetric zero padding and stride of a convolution.
@@ -342,24 +342,22 @@ struct Conv {
 
 fn conv_fwd<T: Float>(x: &[T], wt: &[T], bias: &[T], g: Geom, relu: bool) -> Vec<T> {
     let (l, group) = (g.l(), g.group());
-    let len = g.b * g.cout * l;
-    // Not zero-filled: each group writes all of its part.
-    let mut out = Vec::with_capacity(len);
-    let pairs = x.chunks(group * g.image()).zip(out.spare_capacity_mut()[..len].chunks_mut(group * g.cout * l));
     let inner = Inner::of(g.b.div_ceil(group));
     let run = |(x, out): (&[T], &mut [MaybeUninit<T>]), bufs: &mut (Vec<T>, Vec<T>)| {
         conv_group(x, wt, bias, &g, relu, out, bufs, inner)
     };
-    match inner.0 {
-        true => {
-            let mut bufs = Default::default();
-            pairs.for_each(|p| run(p, &mut bufs))
+    let write = |out: &mut [MaybeUninit<T>]| {
+        let pairs = x.chunks(group * g.image()).zip(out.chunks_mut(group * g.cout * l));
+        match inner.0 {
+            true => {
+                let mut bufs = Default::default();
+                pairs.for_each(|p| run(p, &mut bufs))
+            }
+            false => pairs.collect::<Vec<_>>().into_par_iter().for_each_init(Default::default, |bufs, p| run(p, bufs)),
         }
-        false => pairs.collect::<Vec<_>>().into_par_iter().for_each_init(Default::default, |bufs, p| run(p, bufs)),
-    }
-    // SAFETY: the groups wrote every element (`conv_group` writes all of its `out`).
-    unsafe { out.set_len(len) };
-    out
+    };
+    // SAFETY: the groups cover the output (x holds b images) and `conv_group` writes all of its part.
+    unsafe { written_vec(g.b * g.cout * l, write) }
 }
 
 simd_fn! {

@@ -4,11 +4,13 @@
 //! channels and pixels, contiguous in NCHW) and scale each channel, whose elements come in runs
 //! of `inner` (1 for LayerNorm, the pixels of a channel for GroupNorm).
 
+use std::mem::MaybeUninit;
+
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use super::activation::Activation;
-use super::{assume_init, fused, reduction_group, sum_by, sum_in_order, Float};
+use super::{assume_init, fused, reduction_group, sum_by, sum_in_order, written_vec, Float};
 
 /// `nn.LayerNorm` over the last axis: `(x - mean) / sqrt(var + eps) * weight + bias`.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
@@ -161,35 +163,34 @@ impl AffineNorm {
 simd_fn! {
     /// The normalised, affine (and SiLU'd) output.
     fn norm_fwd<T: Float>(norm: &AffineNorm, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
-        // Not zero-filled first: every chunk writes all of its elements (a row of the last axis
-        // zips with weight and bias, which must cover it).
+        // Every chunk writes all of its elements (a row of the last axis zips with weight and
+        // bias, which must cover it).
         assert!(norm.inner != 1 || (w.len() >= norm.chunk && b.len() >= norm.chunk), "norm: weight shorter than a row");
-        let mut out = Vec::with_capacity(x.len());
-        let y = &mut out.spare_capacity_mut()[..x.len()];
-        y.par_chunks_mut(norm.chunk).zip(x.par_chunks(norm.chunk)).enumerate().for_each(|(ci, (y, x))| {
-            let (mean, rstd) = moments(x, norm.eps);
-            if norm.inner == 1 {
-                for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
-                    y.write((x - mean) * rstd * w + b);
+        let write = |y: &mut [MaybeUninit<T>]| {
+            y.par_chunks_mut(norm.chunk).zip(x.par_chunks(norm.chunk)).enumerate().for_each(|(ci, (y, x))| {
+                let (mean, rstd) = moments(x, norm.eps);
+                if norm.inner == 1 {
+                    for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
+                        y.write((x - mean) * rstd * w + b);
+                    }
+                } else {
+                    for (r, (y, x)) in y.chunks_mut(norm.inner).zip(x.chunks(norm.inner)).enumerate() {
+                        let c = norm.channel(ci, r);
+                        let (scale, shift) = (rstd * w[c], b[c] - mean * rstd * w[c]);
+                        y.iter_mut().zip(x).for_each(|(y, &x)| {
+                            y.write(x * scale + shift);
+                        });
+                    }
                 }
-            } else {
-                for (r, (y, x)) in y.chunks_mut(norm.inner).zip(x.chunks(norm.inner)).enumerate() {
-                    let c = norm.channel(ci, r);
-                    let (scale, shift) = (rstd * w[c], b[c] - mean * rstd * w[c]);
-                    y.iter_mut().zip(x).for_each(|(y, &x)| {
-                        y.write(x * scale + shift);
-                    });
+                if norm.silu {
+                    // SAFETY: the chunk's elements were all written above (y and x have one length).
+                    let y = unsafe { assume_init(y) };
+                    y.iter_mut().for_each(|y| *y = Activation::Silu.eval(*y, false));
                 }
-            }
-            if norm.silu {
-                // SAFETY: the chunk's elements were all written above (y and x have one length).
-                let y = unsafe { assume_init(y) };
-                y.iter_mut().for_each(|y| *y = Activation::Silu.eval(*y, false));
-            }
-        });
-        // SAFETY: the chunks cover all of `y`, and each wrote all of its elements.
-        unsafe { out.set_len(x.len()) };
-        out
+            })
+        };
+        // SAFETY: the chunks cover all of `y`, and each writes all of its elements.
+        unsafe { written_vec(x.len(), write) }
     }
 }
 

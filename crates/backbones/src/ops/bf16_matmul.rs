@@ -317,6 +317,20 @@ mod amx {
             return;
         }
         let rs = rs.max(n); // one row: its stride is never used
+                            // A long k (a weight gradient sums over all B L tokens) in slices, each added to the
+                            // last: the packed operands of a whole k (megabytes) went to L3 and back.
+        const K_SLICE: usize = 1024;
+        if let (Operand::Matrix((a_data, a_rs, a_cs)), Operand::Matrix((b_data, b_rs, b_cs)), true) =
+            (a, b, k > 2 * K_SLICE)
+        {
+            for k0 in (0..k).step_by(K_SLICE) {
+                let (a, b) = ((&a_data[k0 * a_cs..], a_rs, a_cs), (&b_data[k0 * b_rs..], b_rs, b_cs));
+                let slice = (m, n, K_SLICE.min(k - k0));
+                // SAFETY: after the first slice `out` is initialised; the caller's promise before.
+                unsafe { gemm((out, rs), slice, Operand::Matrix(a), Operand::Matrix(b), add || k0 > 0, parallel) };
+            }
+            return;
+        }
         let kp = k.div_ceil(KT) * KT;
         let config = TileConfig::new();
         if !parallel && m <= n {
@@ -898,8 +912,15 @@ mod tests {
     /// has it and on the fallback, against the f64 product of the rounded operands.
     #[test]
     fn strided_accumulating_gemm_on_both_paths() -> Result<()> {
+        // The second k is summed in slices.
+        for (m, n, k, rs) in [(140, 53, 45, 60), (40, 37, 2125, 41)] {
+            strided_accumulating_gemm(m, n, k, rs)?;
+        }
+        Ok(())
+    }
+
+    fn strided_accumulating_gemm(m: usize, n: usize, k: usize, rs: usize) -> Result<()> {
         let dev = Device::Cpu;
-        let (m, n, k, rs) = (140, 53, 45, 60);
         let a = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
         let b = Tensor::randn(0f32, 1.0, (n, k), &dev)?.t()?;
         let c0 = Tensor::randn(0f32, 1.0, (m, rs), &dev)?;

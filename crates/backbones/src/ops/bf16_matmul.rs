@@ -185,6 +185,53 @@ pub(super) fn gemm_bf16_operands_into(
     true
 }
 
+/// Images in the layout the AMX tiles read as a convolution's B operand in place: zero-padded
+/// planes of bf16 channel pairs (a pair of channels at one position is a 4-byte pair, as a B
+/// tile row holds them), image after image along the positions of each plane.
+pub(super) struct PairPlanes {
+    data: Vec<u32>,
+    /// Positions per plane (a channel pair).
+    plane: usize,
+}
+
+impl PairPlanes {
+    /// `n` images `x (n, channels, h, w)` padded by `pad` (rows, columns) on each side, each
+    /// plane `plane` positions long (the images' padded positions and slack after them, zero).
+    /// `None` without AMX.
+    pub(super) fn new(
+        x: &[f32],
+        (n, channels, h, w): (usize, usize, usize, usize),
+        pad: (usize, usize),
+        plane: usize,
+    ) -> Option<Self> {
+        amx::available().then(|| amx::pair_planes(x, (n, channels, h, w), pad, plane))
+    }
+}
+
+/// `out (m, positions; row stride positions) = sum over taps t and channels c of
+/// w[co, t, c] planes[c, q + shifts[t]]`: a stride-1 convolution at output positions q of the
+/// padded images, its A the weight with k in (tap, channel) order, its B tiles read straight
+/// from the planes at each tap's shift (no im2col matrix, written or packed). False without AMX.
+pub(super) fn conv_taps_bf16(
+    out: &mut [MaybeUninit<f32>],
+    (m, positions): (usize, usize),
+    w: &[f32],
+    planes: &PairPlanes,
+    shifts: &[usize],
+) -> bool {
+    if !amx::available() {
+        return false;
+    }
+    let channels = w.len() / (m * shifts.len()).max(1);
+    assert!(channels.is_multiple_of(32) && w.len() == m * shifts.len() * channels && positions.is_multiple_of(32));
+    assert!(planes.data.len() >= channels / 2 * planes.plane && out.len() >= m * positions);
+    assert!(shifts.iter().all(|&s| s + positions <= planes.plane), "a tap reads past its plane");
+    // SAFETY: checked above: every B tile (16 pair rows of 16 positions from a shift) lies
+    // inside the planes.
+    unsafe { amx::conv_taps(out, (m, positions, channels), w, planes, shifts) };
+    true
+}
+
 /// An im2col operand has the GEMM's shape.
 fn check_operands((m, n, k): (usize, usize, usize), a: Operand, b: Operand) {
     if let Operand::Im2col(im) = a {
@@ -349,7 +396,7 @@ mod amx {
                 pack_b(pair, b, (nb / T, k, n, kp), false);
                 // SAFETY: tiles configured above; `packed_a` holds m rows (padded to 32) of kp,
                 // `pair` two panels of kp; with `add` the caller initialised `out`.
-                unsafe { strip(out, rs, (m, n, kp), packed_a, pair, nb, add) };
+                unsafe { strip(out, rs, (m, n, kp), packed_a, pair_tiles(pair, kp), nb, add) };
             }
             // SAFETY: as above.
             unsafe { asm!("tilerelease", options(nostack, nomem)) };
@@ -379,7 +426,8 @@ mod amx {
                 asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly));
                 // Two B panels (64 kp bytes) stay in L2 while the block's rows pass over them.
                 for nb in (0..n).step_by(BLOCK) {
-                    strip(out, rs, (rows, n, kp), packed_a, &packed_b[nb * kp..][..BLOCK * kp], nb, add);
+                    let pair = pair_tiles(&packed_b[nb * kp..][..BLOCK * kp], kp);
+                    strip(out, rs, (rows, n, kp), packed_a, pair, nb, add);
                 }
                 asm!("tilerelease", options(nostack, nomem));
             }
@@ -392,23 +440,33 @@ mod amx {
         give_back_scratch(b_buffer);
     }
 
+    /// The B tiles of one pair of packed panels (`pair`: 32 columns of kp), as [`strip`] reads
+    /// them: the two tiles of k-step `kb`, and the row stride in bytes.
+    fn pair_tiles(pair: &[u16], kp: usize) -> (impl Fn(usize) -> (*const u16, *const u16), usize) {
+        assert!(pair.len() >= BLOCK * kp);
+        let b0 = pair.as_ptr();
+        (move |kb| (b0.wrapping_add(kb * T), b0.wrapping_add(T * kp + kb * T)), 4 * T)
+    }
+
     /// Columns `nb..nb + 32` of `rows` rows of `out (row stride rs)` (+)= the packed rows of A
-    /// times one pair of B panels (`pair`, 32 columns of kp).
+    /// times 32 columns of B, whose two tiles of k-step `kb` (`kb` in `0..kp` by 32) lie at
+    /// `b_tiles(kb)`, rows `ldb` bytes apart.
     ///
     /// # Safety
     /// The tiles are configured (`ldtilecfg` of [`TileConfig`]) on this thread; `packed_a` holds
-    /// `rows` rows padded to a multiple of 32, of kp each; with `add`, those elements of `out`
-    /// are initialised.
+    /// `rows` rows padded to a multiple of 32, of kp each; every B tile (16 rows of 64 bytes)
+    /// lies in memory that may be read; with `add`, those elements of `out` are initialised.
+    #[allow(clippy::too_many_arguments)]
     unsafe fn strip(
         out: &mut [MaybeUninit<f32>],
         rs: usize,
         (rows, n, kp): (usize, usize, usize),
         packed_a: &[u16],
-        pair: &[u16],
+        (b_tiles, ldb): (impl Fn(usize) -> (*const u16, *const u16), usize),
         nb: usize,
         add: bool,
     ) {
-        assert!(packed_a.len() >= rows.div_ceil(BLOCK) * BLOCK * kp && pair.len() >= BLOCK * kp);
+        assert!(packed_a.len() >= rows.div_ceil(BLOCK) * BLOCK * kp);
         let mut block = [[0f32; BLOCK]; BLOCK];
         let cols = BLOCK.min(n - nb);
         for mb in (0..rows).step_by(BLOCK) {
@@ -448,9 +506,8 @@ mod amx {
                 }
                 let a0 = packed_a.as_ptr().add(mb * kp);
                 let a1 = a0.add(T * kp);
-                let b0 = pair.as_ptr();
-                let b1 = b0.add(T * kp);
                 for kb in (0..kp).step_by(KT) {
+                    let (b0, b1) = b_tiles(kb);
                     asm!(
                         "tileloadd tmm4, [{a0} + {lda}*1]",
                         "tileloadd tmm6, [{b0} + {ldb}*1]",
@@ -462,10 +519,10 @@ mod amx {
                         "tdpbf16ps tmm3, tmm5, tmm7",
                         a0 = in(reg) a0.add(kb),
                         a1 = in(reg) a1.add(kb),
-                        b0 = in(reg) b0.add(kb * T),
-                        b1 = in(reg) b1.add(kb * T),
+                        b0 = in(reg) b0,
+                        b1 = in(reg) b1,
                         lda = in(reg) kp * 2,
-                        ldb = in(reg) 4 * T,
+                        ldb = in(reg) ldb,
                         options(nostack, readonly),
                     );
                 }
@@ -494,6 +551,65 @@ mod amx {
                 }
             }
         }
+    }
+
+    /// See [`super::PairPlanes::new`]. Callers have checked [`available`].
+    pub(super) fn pair_planes(
+        x: &[f32],
+        (n, channels, h, w): (usize, usize, usize, usize),
+        (ph, pw): (usize, usize),
+        plane: usize,
+    ) -> PairPlanes {
+        let (hp, wp) = (h + 2 * ph, w + 2 * pw);
+        assert!(n * hp * wp <= plane && x.len() >= n * channels * h * w && channels.is_multiple_of(2));
+        let mut data = vec![0u32; channels / 2 * plane];
+        data.par_chunks_mut(plane).enumerate().for_each(|(cp, dst)| {
+            for b in 0..n {
+                for y in 0..h {
+                    let row = |c: usize| &x[((b * channels + c) * h + y) * w..][..w];
+                    let start = b * hp * wp + (y + ph) * wp + pw;
+                    // SAFETY: `available` checked AVX512-BF16 and AVX512-BW.
+                    unsafe { pair_row(&mut dst[start..start + w], row(2 * cp), row(2 * cp + 1)) };
+                }
+            }
+        });
+        PairPlanes { data, plane }
+    }
+
+    /// See [`super::conv_taps_bf16`].
+    ///
+    /// # Safety
+    /// `available` was checked; every tile read lies inside `planes` (as that function checks).
+    pub(super) unsafe fn conv_taps(
+        out: &mut [MaybeUninit<f32>],
+        (m, positions, channels): (usize, usize, usize),
+        w: &[f32],
+        planes: &PairPlanes,
+        shifts: &[usize],
+    ) {
+        let kp = shifts.len() * channels; // a multiple of 32
+        let mut a_buffer = take_scratch(m.div_ceil(BLOCK) * BLOCK * kp);
+        let packed_a = &mut a_buffer[..m.div_ceil(BLOCK) * BLOCK * kp];
+        pack_a(packed_a, Operand::Matrix((w, kp, 1)), 0, m, kp, kp);
+        let config = TileConfig::new();
+        let base = planes.data.as_ptr();
+        // SAFETY: `available` was checked by the caller; the tile reads stay inside the planes
+        // (the caller's promise); `out` holds m rows of `positions`.
+        unsafe {
+            asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly));
+            for nb in (0..positions).step_by(BLOCK) {
+                // K-step kb: 32 channels from c0 at tap t, 16 pair rows of the planes from
+                // c0 / 2, 16 positions each from nb + shift (and 16 more for the second tile).
+                let tiles = |kb: usize| {
+                    let (t, c0) = (kb / channels, kb % channels);
+                    let b0 = base.wrapping_add(c0 / 2 * planes.plane + nb + shifts[t]) as *const u16;
+                    (b0, b0.wrapping_add(2 * T))
+                };
+                strip(out, positions, (m, positions, kp), packed_a, (tiles, 4 * planes.plane), nb, false);
+            }
+            asm!("tilerelease", options(nostack, nomem));
+        }
+        give_back_scratch(a_buffer);
     }
 
     /// Rows `r0..r0 + rows` of `a` as A tile rows of `kp` bf16 (zero past k), and zero rows to
@@ -675,6 +791,19 @@ fn pairs(x0: &[f32], x1: &[f32]) -> __m512i {
     interleave(load16(x0, 0), load16(x1, 0))
 }
 
+/// `dst[i]` = the bf16 pair (x0[i], x1[i]) as 4 bytes (x0 in the low half), 16 at a time.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+fn pair_row(dst: &mut [u32], x0: &[f32], x1: &[f32]) {
+    assert!(x0.len() == dst.len() && x1.len() == dst.len());
+    for i in (0..dst.len()).step_by(16) {
+        let len = (dst.len() - i).min(16);
+        let v = pairs(&x0[i..i + len], &x1[i..i + len]);
+        // SAFETY: the mask covers the `len` elements of `dst` from i.
+        unsafe { _mm512_mask_storeu_epi32(dst.as_mut_ptr().add(i) as *mut _, ((1u32 << len) - 1) as u16, v) };
+    }
+}
+
 /// Lane i of `x0` and of `x1` rounded to bf16, as the pair of lane i (x0 in its low half): one
 /// pair row of a B panel.
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
@@ -813,6 +942,25 @@ mod amx {
 
     pub(super) fn dot_chains(_: u64) -> f64 {
         unreachable!("amx_dot_chains checks `available` first")
+    }
+
+    pub(super) fn pair_planes(
+        _: &[f32],
+        _: (usize, usize, usize, usize),
+        _: (usize, usize),
+        _: usize,
+    ) -> super::PairPlanes {
+        unreachable!("PairPlanes::new checks `available` first")
+    }
+
+    pub(super) unsafe fn conv_taps(
+        _: &mut [std::mem::MaybeUninit<f32>],
+        _: (usize, usize, usize),
+        _: &[f32],
+        _: &super::PairPlanes,
+        _: &[usize],
+    ) {
+        unreachable!("conv_taps_bf16 checks `available` first")
     }
 }
 

@@ -11,7 +11,7 @@ use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape,
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::bf16_matmul::{gemm_bf16_operands, gemm_bf16_operands_into, Operand};
+use super::bf16_matmul::{conv_taps_bf16, gemm_bf16_operands, gemm_bf16_operands_into, Operand, PairPlanes};
 use super::implicit_im2col::Im2col;
 use super::{
     amx_available, as_f32, as_f32_mut, as_f32_uninit, assume_init, autocast_bf16_active, fused, gemm, init_zero,
@@ -173,6 +173,34 @@ impl Geom {
     /// f32 GEMM packs its operands itself, from a written-out matrix).
     fn implicit(&self) -> bool {
         self.bf16 && amx_available()
+    }
+
+    /// The weight `(Cout, Cin, kh, kw)` as `(Cout, kh kw, Cin)` (k in tap, channel order), where
+    /// [`conv_taps_group`] computes this convolution: autocast on AMX, stride 1, channels a
+    /// multiple of 32 (one k-step of the tiles is 32 channels at one tap), f32.
+    fn by_taps<T: Float>(&self, wt: &[T]) -> Option<Vec<f32>> {
+        let n = self.group().min(self.b);
+        // Positions in the padding cost as much as real ones: at most an eighth more (a 32x32
+        // image's two padding columns; at 16x16 in groups it was a quarter, and slower).
+        let few_padded = self.tap_positions(n).2 * 8 <= n * self.l() * 9;
+        let wt =
+            as_f32(wt).filter(|_| self.implicit() && self.stride == 1 && self.cin.is_multiple_of(32) && few_padded)?;
+        let (taps, cin) = (self.kh * self.kw, self.cin);
+        let mut w = vec![0f32; wt.len()];
+        for (dst, src) in w.chunks_mut(taps * cin).zip(wt.chunks(taps * cin)) {
+            for (c, taps_of_c) in src.chunks(taps).enumerate() {
+                taps_of_c.iter().enumerate().for_each(|(t, &v)| dst[t * cin + c] = v);
+            }
+        }
+        Some(w)
+    }
+
+    /// Padded height and width of an image, and the output positions [`conv_taps_group`]
+    /// computes for `n` images: whole padded rows, image after image (the last one's padding
+    /// rows left out), to a multiple of 32.
+    fn tap_positions(&self, n: usize) -> (usize, usize, usize) {
+        let (hp, wp) = (self.h + 2 * self.pad.0, self.w + 2 * self.pad.1);
+        (hp, wp, ((n - 1) * hp * wp + self.oh * wp).div_ceil(32) * 32)
     }
 
     /// Channel, kernel row and kernel column of im2col row `r`.
@@ -343,7 +371,13 @@ struct Conv {
 fn conv_fwd<T: Float>(x: &[T], wt: &[T], bias: &[T], g: Geom, relu: bool) -> Vec<T> {
     let (l, group) = (g.l(), g.group());
     let inner = Inner::of(g.b.div_ceil(group));
+    let by_taps = g.by_taps(wt);
     let run = |(x, out): (&[T], &mut [MaybeUninit<T>]), bufs: &mut (Vec<T>, Vec<T>)| {
+        if let Some(w) = &by_taps {
+            if let (Some(x), Some(out), Some(bias)) = (as_f32(x), as_f32_uninit(out), as_f32(bias)) {
+                return conv_taps_group(x, w, bias, &g, relu, out, inner);
+            }
+        }
         conv_group(x, wt, bias, &g, relu, out, bufs, inner)
     };
     let write = |out: &mut [MaybeUninit<T>]| {
@@ -358,6 +392,40 @@ fn conv_fwd<T: Float>(x: &[T], wt: &[T], bias: &[T], g: Geom, relu: bool) -> Vec
     };
     // SAFETY: the groups cover the output (x holds b images) and `conv_group` writes all of its part.
     unsafe { written_vec(g.b * g.cout * l, write) }
+}
+
+/// The output of one group of images on AMX without any im2col: the tiles read the images
+/// themselves, zero-padded, in bf16 channel pairs, at each tap's shift. Output positions run over
+/// whole padded rows (the columns past `ow` are computed and dropped), then the bias (and ReLU)
+/// are added while the output is written.
+fn conv_taps_group(
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    g: &Geom,
+    relu: bool,
+    out: &mut [MaybeUninit<f32>],
+    inner: Inner,
+) {
+    let n = x.len() / g.image();
+    let (hp, wp, positions) = g.tap_positions(n);
+    let shifts: Vec<usize> = (0..g.kh * g.kw).map(|t| t / g.kw * wp + t % g.kw).collect();
+    let plane = positions + shifts.last().copied().unwrap_or(0);
+    let planes = PairPlanes::new(x, (n, g.cin, g.h, g.w), g.pad, plane).expect("`by_taps` checked AMX");
+    let write = |tmp: &mut [MaybeUninit<f32>]| {
+        assert!(conv_taps_bf16(tmp, (g.cout, positions), w, &planes, &shifts), "`by_taps` checked AMX");
+    };
+    // SAFETY: `conv_taps_bf16` wrote all Cout rows of `positions` (it returned true).
+    let rows = unsafe { written_vec(g.cout * positions, write) };
+    inner.chunks(out, g.l(), |bc, dst| {
+        let (b, co) = (bc / g.cout, bc % g.cout);
+        for (oy, dst) in dst.chunks_mut(g.ow).enumerate() {
+            let src = &rows[co * positions + b * hp * wp + oy * wp..][..g.ow];
+            dst.iter_mut().zip(src).for_each(|(d, &v)| {
+                d.write(if relu { (v + bias[co]).max(0.0) } else { v + bias[co] });
+            });
+        }
+    });
 }
 
 simd_fn! {

@@ -376,12 +376,18 @@ fn bf16_output(y: &Tensor) -> Result<Tensor> {
 /// layout: one image, image groups, the parallel loop over groups, strides and paddings).
 #[test]
 fn conv2d_inside_autocast_has_bf16_operands() -> Result<()> {
-    let cases: [(&[usize], &[usize], usize, usize); 5] = [
+    // The last three (channels a multiple of 32, stride 1, few padded positions) run on AMX with
+    // the tiles reading the padded images in place: one image per group (an odd width, a
+    // partial row block), a 1x1 kernel over a group of three images.
+    let cases: [(&[usize], &[usize], usize, usize); 8] = [
         (&[2, 3, 8, 8], &[4, 3, 3, 3], 1, 1),
         (&[3, 4, 9, 7], &[5, 4, 3, 3], 1, 2),
         (&[2, 6, 5, 5], &[3, 6, 1, 1], 0, 1),
         (&[12, 2, 46, 46], &[3, 2, 3, 3], 1, 1),
         (&[2, 40, 24, 24], &[33, 40, 3, 3], 1, 1),
+        (&[1, 64, 24, 24], &[40, 64, 3, 3], 1, 1),
+        (&[1, 32, 23, 29], &[5, 32, 3, 3], 1, 1),
+        (&[3, 32, 12, 20], &[8, 32, 1, 1], 0, 1),
     ];
     for (x, w, padding, stride) in cases {
         let p = Conv2dParams { padding, stride };

@@ -553,6 +553,9 @@ struct InputGrad {
 
 simd_fn! {
     fn input_grad<T: Float>(grad: &[T], wt: &[T], g: Geom) -> Vec<T> {
+        if let Some(dx) = input_grad_as_conv(grad, wt, &g) {
+            return dx;
+        }
         let (k, l, group) = (g.k(), g.l(), g.group());
         let mut dx = vec![T::zero(); g.b * g.image()];
         let pairs = grad.chunks(group * g.cout * l).zip(dx.chunks_mut(group * g.image()));
@@ -581,6 +584,30 @@ simd_fn! {
         }
         dx
     }
+}
+
+/// Under autocast on AMX, dx of a stride-1 convolution as the forward convolution of the output
+/// gradient with the kernel flipped and transposed (padding `k - 1 - pad`): it then runs on the
+/// forward's paths (images read in place), not as a GEMM into a nine-times-larger matrix and a
+/// col2im pass over it.
+fn input_grad_as_conv<T: Float>(grad: &[T], wt: &[T], g: &Geom) -> Option<Vec<T>> {
+    if !g.implicit() || g.stride != 1 || g.pad.0 >= g.kh || g.pad.1 >= g.kw {
+        return None;
+    }
+    let pad = (g.kh - 1 - g.pad.0, g.kw - 1 - g.pad.1);
+    let gt = Geom::new(&[g.b, g.cout, g.oh, g.ow], g.cin, (g.kh, g.kw), pad, 1).ok()?.autocast(true);
+    if (gt.oh, gt.ow) != (g.h, g.w) {
+        return None;
+    }
+    // flipped[ci, co, kh - 1 - i, kw - 1 - j] = w[co, ci, i, j]
+    let (taps, mut flipped) = (g.kh * g.kw, vec![T::zero(); wt.len()]);
+    for (co, w_co) in wt.chunks(g.cin * taps).enumerate() {
+        for (ci, w) in w_co.chunks(taps).enumerate() {
+            let dst = &mut flipped[(ci * g.cout + co) * taps..][..taps];
+            dst.iter_mut().zip(w.iter().rev()).for_each(|(d, &v)| *d = v);
+        }
+    }
+    Some(conv_fwd(grad, &flipped, &vec![T::zero(); g.cin], gt, false))
 }
 
 impl CustomOp2 for InputGrad {

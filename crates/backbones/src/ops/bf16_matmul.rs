@@ -124,15 +124,9 @@ pub(super) fn gemm_bf16(
     add: bool,
     par: Parallelism,
 ) {
-    match amx::available() {
-        // SAFETY: `dst` is initialised (a `&mut [f32]`), and viewed as possibly uninitialised
-        // memory the kernel only ever writes initialised values to it.
-        true => unsafe {
-            let (out, rs) = dst;
-            let out = &mut *(out as *mut [f32] as *mut [MaybeUninit<f32>]);
-            amx::gemm((out, rs), mnk, Operand::Matrix(a), Operand::Matrix(b), add, !matches!(par, Parallelism::None))
-        },
-        false => rounded_gemm(dst, mnk, a, b, add, par),
+    let (out, rs) = dst;
+    if !gemm_bf16_operands((&mut *out, rs), mnk, Operand::Matrix(a), Operand::Matrix(b), add, par) {
+        rounded_gemm((out, rs), mnk, a, b, add, par);
     }
 }
 
@@ -251,18 +245,10 @@ fn gemm_bf16_into(
     b: Mat<f32>,
     par: Parallelism,
 ) {
-    if amx::available() {
-        // SAFETY: without `add` the kernel reads nothing of `dst`.
-        return unsafe {
-            amx::gemm((dst, rs), mnk, Operand::Matrix(a), Operand::Matrix(b), false, !matches!(par, Parallelism::None))
-        };
+    if gemm_bf16_operands_into((&mut *dst, rs), mnk, Operand::Matrix(a), Operand::Matrix(b), par) {
+        return;
     }
-    dst.iter_mut().for_each(|d| {
-        d.write(0.0);
-    });
-    // SAFETY: every element was initialised just above.
-    let dst = unsafe { &mut *(dst as *mut [MaybeUninit<f32>] as *mut [f32]) };
-    rounded_gemm((dst, rs), mnk, a, b, false, par);
+    rounded_gemm((super::init_zero(dst), rs), mnk, a, b, false, par);
 }
 
 /// Without AMX: the operands rounded to bf16, then the f32 GEMM.

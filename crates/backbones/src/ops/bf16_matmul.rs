@@ -148,34 +148,42 @@ pub(super) fn gemm_bf16_operands(
     add: bool,
     par: Parallelism,
 ) -> bool {
-    if !amx::available() {
-        return false;
-    }
-    check_operands(mnk, a, b);
     // SAFETY: `dst` is initialised (a `&mut [f32]`), and viewed as possibly uninitialised memory
     // the kernel only ever writes initialised values to it.
-    unsafe {
-        let dst = &mut *(dst as *mut [f32] as *mut [MaybeUninit<f32>]);
-        amx::gemm((dst, rs), mnk, a, b, add, !matches!(par, Parallelism::None));
-    }
-    true
+    unsafe { on_amx((&mut *(dst as *mut [f32] as *mut [MaybeUninit<f32>]), rs), mnk, a, b, add, par) }
 }
 
 /// `dst = a x b` as [`gemm_bf16_operands`], into memory that need not be initialised: where it
 /// returns true, all m rows of n were written.
 pub(super) fn gemm_bf16_operands_into(
-    (dst, rs): (&mut [MaybeUninit<f32>], usize),
+    dst: (&mut [MaybeUninit<f32>], usize),
     mnk: (usize, usize, usize),
     a: Operand,
     b: Operand,
+    par: Parallelism,
+) -> bool {
+    // SAFETY: without `add` the kernel reads nothing of `dst`.
+    unsafe { on_amx(dst, mnk, a, b, false, par) }
+}
+
+/// The AMX GEMM after checking the operands' shapes; false without AMX.
+///
+/// # Safety
+/// With `add`, the m rows of n of `dst` must be initialised.
+unsafe fn on_amx(
+    dst: (&mut [MaybeUninit<f32>], usize),
+    mnk: (usize, usize, usize),
+    a: Operand,
+    b: Operand,
+    add: bool,
     par: Parallelism,
 ) -> bool {
     if !amx::available() {
         return false;
     }
     check_operands(mnk, a, b);
-    // SAFETY: without `add` the kernel reads nothing of `dst`.
-    unsafe { amx::gemm((dst, rs), mnk, a, b, false, !matches!(par, Parallelism::None)) };
+    // SAFETY: the caller's promise for `add`.
+    unsafe { amx::gemm(dst, mnk, a, b, add, !matches!(par, Parallelism::None)) };
     true
 }
 

@@ -449,15 +449,18 @@ simd_fn! {
             true => (v + bias[co]).max(T::zero()),
             false => v + bias[co],
         };
-        let mut gemm_into = |dst: &mut [T], rs: usize| {
+        // `dst (Cout, n L) = W col`, every element written: on AMX with the im2col matrix read in
+        // place (into the uninitialised `dst`), else im2col and the GEMM into zeroed memory.
+        let mut gemm_into = |dst: &mut [MaybeUninit<T>]| {
             if g.implicit() {
-                if let (Some(x), Some(wt), Some(dst)) = (as_f32(x), as_f32(wt), as_f32_mut(dst)) {
+                if let (Some(x), Some(wt), Some(dst)) = (as_f32(x), as_f32(wt), as_f32_uninit(dst)) {
                     let (w, im) = (Operand::Matrix((wt, k, 1)), g.im2col_operand(x, n));
-                    if gemm_bf16_operands((dst, rs), (g.cout, n * l, k), w, Operand::Im2col(&im), false, inner.gemm()) {
+                    if gemm_bf16_operands_into((dst, n * l), (g.cout, n * l, k), w, Operand::Im2col(&im), inner.gemm()) {
                         return;
                     }
                 }
             }
+            let dst = init_zero(dst);
             // A 1x1 stride-1 convolution of one image reads the image itself as its im2col matrix.
             let direct = n == 1 && g.kh * g.kw == 1 && g.stride == 1;
             if !direct {
@@ -465,32 +468,21 @@ simd_fn! {
                 im2col(x, g, n, col, inner);
             }
             let col: &[T] = if direct { x } else { col };
-            gemm((dst, rs), (g.cout, n * l, k), (wt, k, 1), (col, n * l, 1), false, g.bf16, inner.gemm());
+            gemm((dst, n * l), (g.cout, n * l, k), (wt, k, 1), (col, n * l, 1), false, g.bf16, inner.gemm());
         };
         if n == 1 {
-            // One image: the GEMM writes the output itself (on AMX into the uninitialised output).
-            let on_amx = g.implicit()
-                && match (as_f32(x), as_f32(wt), as_f32_uninit(out)) {
-                    (Some(x), Some(wt), Some(dst)) => {
-                        let (w, im) = (Operand::Matrix((wt, k, 1)), g.im2col_operand(x, n));
-                        gemm_bf16_operands_into((dst, l), (g.cout, l, k), w, Operand::Im2col(&im), inner.gemm())
-                    }
-                    _ => false,
-                };
-            let out = match on_amx {
-                // SAFETY: the GEMM wrote all Cout rows of l.
-                true => unsafe { assume_init(out) },
-                false => {
-                    let out = init_zero(out);
-                    gemm_into(out, l);
-                    out
-                }
-            };
+            // One image: the GEMM writes the output itself.
+            gemm_into(&mut *out);
+            // SAFETY: `gemm_into` wrote every element.
+            let out = unsafe { assume_init(out) };
             inner.chunks(out, l, |co, dst| dst.iter_mut().for_each(|d| *d = finish(*d, co)));
             return;
         }
-        rows.resize(g.cout * n * l, T::zero());
-        gemm_into(rows, n * l);
+        rows.clear();
+        rows.reserve(g.cout * n * l);
+        gemm_into(&mut rows.spare_capacity_mut()[..g.cout * n * l]);
+        // SAFETY: `gemm_into` wrote every element.
+        unsafe { rows.set_len(g.cout * n * l) };
         inner.chunks(out, l, |bc, dst| {
             let (b, co) = (bc / g.cout, bc % g.cout);
             dst.iter_mut().zip(&rows[co * n * l + b * l..][..l]).for_each(|(d, &v)| {

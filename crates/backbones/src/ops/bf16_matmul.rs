@@ -324,6 +324,33 @@ mod amx {
         })
     }
 
+    /// A row-major f32 destination (rows `rs` apart) that parallel tasks write in disjoint
+    /// blocks: tasks splitting the columns of one row block share its rows, which `&mut` slices
+    /// cannot express.
+    #[derive(Clone, Copy)]
+    struct Dst {
+        ptr: *mut MaybeUninit<f32>,
+        len: usize,
+        rs: usize,
+    }
+
+    // SAFETY: a `Dst` is made from a `&mut` slice that outlives the tasks holding it, and the
+    // tasks write disjoint elements (each user's promise).
+    unsafe impl Send for Dst {}
+    unsafe impl Sync for Dst {}
+
+    impl Dst {
+        fn new(out: &mut [MaybeUninit<f32>], rs: usize) -> Self {
+            Self { ptr: out.as_mut_ptr(), len: out.len(), rs }
+        }
+
+        /// Row `r` from column `c`, `cols` long: checked to lie inside.
+        fn row(&self, r: usize, c: usize, cols: usize) -> *mut MaybeUninit<f32> {
+            assert!(r * self.rs + c + cols <= self.len, "GEMM output row {r} ({c}..+{cols}) out of bounds");
+            self.ptr.wrapping_add(r * self.rs + c)
+        }
+    }
+
     /// Palette 1, eight tiles of 16 rows x 64 bytes.
     #[repr(C, align(64))]
     struct TileConfig([u8; 64]);
@@ -364,9 +391,12 @@ mod amx {
         if let (Operand::Matrix((a_data, a_rs, a_cs)), Operand::Matrix((b_data, b_rs, b_cs)), true) =
             (a, b, k > 2 * K_SLICE)
         {
-            for k0 in (0..k).step_by(K_SLICE) {
+            // Slices of equal length (in 32s): 2080 had left a last slice of 32, packed for
+            // little work.
+            let len = k.div_ceil(k.div_ceil(K_SLICE)).div_ceil(KT) * KT;
+            for k0 in (0..k).step_by(len) {
                 let (a, b) = ((&a_data[k0 * a_cs..], a_rs, a_cs), (&b_data[k0 * b_rs..], b_rs, b_cs));
-                let slice = (m, n, K_SLICE.min(k - k0));
+                let slice = (m, n, len.min(k - k0));
                 // SAFETY: after the first slice `out` is initialised; the caller's promise before.
                 unsafe { gemm((out, rs), slice, Operand::Matrix(a), Operand::Matrix(b), add || k0 > 0, parallel) };
             }
@@ -374,6 +404,7 @@ mod amx {
         }
         let kp = k.div_ceil(KT) * KT;
         let config = TileConfig::new();
+        let out = Dst::new(out, rs);
         if !parallel && m <= n {
             // All of a packed first, then each pair of B panels packed just before the tiles
             // use it (for all m rows), so that it is still in L1/L2: a whole packed B (a
@@ -390,7 +421,7 @@ mod amx {
                 pack_b(pair, b, (nb / T, k, n, kp), false);
                 // SAFETY: tiles configured above; `packed_a` holds m rows (padded to 32) of kp,
                 // `pair` two panels of kp; with `add` the caller initialised `out`.
-                unsafe { strip(out, rs, (m, n, kp), packed_a, pair_tiles(pair, kp), nb, add) };
+                unsafe { strip(out, (0, m, n, kp), packed_a, pair_tiles(pair, kp), nb, add) };
             }
             // SAFETY: as above.
             unsafe { asm!("tilerelease", options(nostack, nomem)) };
@@ -401,35 +432,66 @@ mod amx {
         let mut b_buffer = take_scratch(np * kp);
         pack_b(&mut b_buffer[..np * kp], b, (0, k, n, kp), parallel);
         let packed_b = &b_buffer[..np * kp];
-        // Row blocks (in parallel), each packing its own rows of a.
+        // Tasks of ROWS rows by `width` columns. With many rows, a task per row block, which
+        // packs its own rows of a (used at once, from L2). With fewer row blocks than twice the
+        // threads (a weight gradient's few output features), the columns are split too, so that
+        // every thread has work, and a is packed once beforehand for all of them: one row block
+        // had run on one thread while the other waited.
         const ROWS: usize = 4 * BLOCK;
-        let row_block = |i: usize, out: &mut [MaybeUninit<f32>]| {
-            let r0 = i * ROWS;
-            let rows = ROWS.min(m.saturating_sub(r0));
-            if rows == 0 {
-                return; // `out` runs on past row m
-            }
-            let mp = rows.div_ceil(BLOCK) * BLOCK;
-            let mut scratch = take_scratch(mp * kp);
-            let packed_a = &mut scratch[..mp * kp];
-            pack_a(packed_a, a, r0, rows, k, kp);
+        let row_blocks = m.div_ceil(ROWS);
+        let threads = if parallel { rayon::current_num_threads() } else { 1 };
+        let col_blocks = n.div_ceil(BLOCK);
+        let groups = match parallel && row_blocks < 2 * threads {
+            true => col_blocks.min((2 * threads).div_ceil(row_blocks)),
+            false => 1,
+        };
+        let width = col_blocks.div_ceil(groups) * BLOCK;
+        let groups = n.div_ceil(width);
+        let mut a_buffer = Vec::new();
+        if groups > 1 {
+            let mp = m.div_ceil(BLOCK) * BLOCK;
+            a_buffer = take_scratch(row_blocks * ROWS * kp);
+            a_buffer[..mp * kp].par_chunks_mut(ROWS * kp).enumerate().for_each(|(i, packed)| {
+                let r0 = i * ROWS;
+                pack_a(packed, a, r0, ROWS.min(m - r0), k, kp);
+            });
+        }
+        let task = |task: usize| {
+            let (i, j) = (task / groups, task % groups);
+            let (r0, c0) = (i * ROWS, j * width);
+            let rows = ROWS.min(m - r0);
+            let mut scratch = Vec::new();
+            let packed_a = match groups {
+                1 => {
+                    let mp = rows.div_ceil(BLOCK) * BLOCK;
+                    scratch = take_scratch(mp * kp);
+                    pack_a(&mut scratch[..mp * kp], a, r0, rows, k, kp);
+                    &scratch[..mp * kp]
+                }
+                _ => &a_buffer[r0 * kp..][..rows.div_ceil(BLOCK) * BLOCK * kp],
+            };
             // SAFETY: `available` was checked by the caller (the OS granted the tile state);
-            // `packed_a` holds the block's rows (padded to 32), `packed_b` every panel; with
-            // `add` the caller initialised `out`.
+            // `packed_a` holds the block's rows (padded to 32), `packed_b` every panel; tasks
+            // write disjoint blocks of `out`; with `add` the caller initialised it.
             unsafe {
                 asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly));
                 // Two B panels (64 kp bytes) stay in L2 while the block's rows pass over them.
-                for nb in (0..n).step_by(BLOCK) {
+                for nb in (c0..n.min(c0 + width)).step_by(BLOCK) {
                     let pair = pair_tiles(&packed_b[nb * kp..][..BLOCK * kp], kp);
-                    strip(out, rs, (rows, n, kp), packed_a, pair, nb, add);
+                    strip(out, (r0, rows, n, kp), packed_a, pair, nb, add);
                 }
                 asm!("tilerelease", options(nostack, nomem));
             }
-            give_back_scratch(scratch);
+            if groups == 1 {
+                give_back_scratch(scratch);
+            }
         };
         match parallel {
-            true => out.par_chunks_mut(ROWS * rs).enumerate().for_each(|(i, out)| row_block(i, out)),
-            false => out.chunks_mut(ROWS * rs).enumerate().for_each(|(i, out)| row_block(i, out)),
+            true => (0..row_blocks * groups).into_par_iter().for_each(task),
+            false => (0..row_blocks * groups).for_each(task),
+        }
+        if groups > 1 {
+            give_back_scratch(a_buffer);
         }
         give_back_scratch(b_buffer);
     }
@@ -442,25 +504,26 @@ mod amx {
         (move |kb| (b0.wrapping_add(kb * T), b0.wrapping_add(T * kp + kb * T)), 4 * T)
     }
 
-    /// Columns `nb..nb + 32` of `rows` rows of `out (row stride rs)` (+)= the packed rows of A
-    /// times 32 columns of B, whose two tiles of k-step `kb` (`kb` in `0..kp` by 32) lie at
+    /// Columns `nb..nb + 32` of rows `r0..r0 + rows` of `out` (+)= the packed rows of A times 32
+    /// columns of B, whose two tiles of k-step `kb` (`kb` in `0..kp` by 32) lie at
     /// `b_tiles(kb)`, rows `ldb` bytes apart.
     ///
     /// # Safety
     /// The tiles are configured (`ldtilecfg` of [`TileConfig`]) on this thread; `packed_a` holds
     /// `rows` rows padded to a multiple of 32, of kp each; every B tile (16 rows of 64 bytes)
-    /// lies in memory that may be read; with `add`, those elements of `out` are initialised.
+    /// lies in memory that may be read; no other task writes these elements of `out`; with
+    /// `add`, they are initialised.
     #[allow(clippy::too_many_arguments)]
     unsafe fn strip(
-        out: &mut [MaybeUninit<f32>],
-        rs: usize,
-        (rows, n, kp): (usize, usize, usize),
+        out: Dst,
+        (r0, rows, n, kp): (usize, usize, usize, usize),
         packed_a: &[u16],
         (b_tiles, ldb): (impl Fn(usize) -> (*const u16, *const u16), usize),
         nb: usize,
         add: bool,
     ) {
         assert!(packed_a.len() >= rows.div_ceil(BLOCK) * BLOCK * kp);
+        let rs = out.rs;
         let mut block = [[0f32; BLOCK]; BLOCK];
         let cols = BLOCK.min(n - nb);
         for mb in (0..rows).step_by(BLOCK) {
@@ -468,10 +531,8 @@ mod amx {
             // a block on the edge goes through `block` and only its part inside `out` is copied.
             let direct = mb + BLOCK <= rows && cols == BLOCK;
             let (c, cs) = match direct {
-                // The slice checks that the block's last row lies inside `out`.
-                true => {
-                    (out[(mb + BLOCK - 1) * rs + nb..][..BLOCK].as_mut_ptr().wrapping_sub((BLOCK - 1) * rs), 4 * rs)
-                }
+                // `row` checks that the block's last row lies inside `out`.
+                true => (out.row(r0 + mb + BLOCK - 1, nb, BLOCK).wrapping_sub((BLOCK - 1) * rs), 4 * rs),
                 false => (block.as_mut_ptr() as *mut MaybeUninit<f32>, 4 * BLOCK),
             };
             let c_low = c.wrapping_add(T * cs / 4);
@@ -535,7 +596,8 @@ mod amx {
                 continue;
             }
             for (r, row) in block.iter().enumerate().take(rows - mb) {
-                let dst = &mut out[(mb + r) * rs + nb..][..cols];
+                // SAFETY: inside `out` (checked by `row`), written by this task only.
+                let dst = unsafe { std::slice::from_raw_parts_mut(out.row(r0 + mb + r, nb, cols), cols) };
                 match add {
                     // SAFETY: with `add` the caller initialised `out`.
                     true => dst.iter_mut().zip(row).for_each(|(d, v)| unsafe { *d.assume_init_mut() += v }),
@@ -587,6 +649,7 @@ mod amx {
         pack_a(packed_a, Operand::Matrix((w, kp, 1)), 0, m, kp, kp);
         let config = TileConfig::new();
         let base = planes.data.as_ptr();
+        let out = Dst::new(out, positions);
         // SAFETY: `available` was checked by the caller; the tile reads stay inside the planes
         // (the caller's promise); `out` holds m rows of `positions`.
         unsafe {
@@ -599,7 +662,7 @@ mod amx {
                     let b0 = base.wrapping_add(c0 / 2 * planes.plane + nb + shifts[t]) as *const u16;
                     (b0, b0.wrapping_add(2 * T))
                 };
-                strip(out, positions, (m, positions, kp), packed_a, (tiles, 4 * planes.plane), nb, false);
+                strip(out, (0, m, positions, kp), packed_a, (tiles, 4 * planes.plane), nb, false);
             }
             asm!("tilerelease", options(nostack, nomem));
         }
@@ -1054,8 +1117,9 @@ mod tests {
     /// has it and on the fallback, against the f64 product of the rounded operands.
     #[test]
     fn strided_accumulating_gemm_on_both_paths() -> Result<()> {
-        // The second k is summed in slices.
-        for (m, n, k, rs) in [(140, 53, 45, 60), (40, 37, 2125, 41)] {
+        // The second k is summed in slices. In parallel, the first two (and the third) split
+        // their few row blocks' columns among tasks; the last runs a task per row block.
+        for (m, n, k, rs) in [(140, 53, 45, 60), (40, 37, 2125, 41), (300, 100, 64, 110), (600, 40, 50, 45)] {
             strided_accumulating_gemm(m, n, k, rs)?;
         }
         Ok(())

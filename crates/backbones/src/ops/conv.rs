@@ -5,14 +5,16 @@
 //! convolution with the whole gradient map as its kernel for the weight gradient; here all
 //! three are one GEMM per image on an im2col buffer that lives only inside the call.
 
+use std::cell::RefCell;
 use std::mem::MaybeUninit;
+use std::sync::Arc;
 
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::bf16_matmul::{conv_taps_bf16, gemm_bf16_operands, gemm_bf16_operands_into, Operand, PairPlanes};
-use super::implicit_im2col::Im2col;
+use super::implicit_im2col::{Im2col, Im2colTable};
 use super::{
     amx_available, as_f32, as_f32_mut, as_f32_uninit, assume_init, autocast_bf16_active, fused, gemm, init_zero,
     reduction_group, sum_by, sum_in_order, written_vec, Float,
@@ -157,16 +159,37 @@ impl Geom {
     }
 
     /// The im2col matrix of the `n` images `x` (as [`im2col`] writes it), for the AMX GEMM to
-    /// read in place.
-    fn im2col_operand<'a>(&self, x: &'a [f32], n: usize) -> Im2col<'a> {
+    /// read in place, through `table` ([`Geom::im2col_table`] of n).
+    fn im2col_operand<'a>(&self, x: &'a [f32], table: &'a Im2colTable) -> Im2col<'a> {
+        Im2col::new(x, (self.cin, self.h * self.w), table)
+    }
+
+    /// Where the im2col matrix of `n` images of this geometry reads, kept per thread for the
+    /// last few geometries (one table serves every group of images and every step).
+    fn im2col_table(&self, n: usize) -> Arc<Im2colTable> {
+        thread_local! {
+            static TABLES: RefCell<Vec<([usize; 10], Arc<Im2colTable>)>> = const { RefCell::new(Vec::new()) };
+        }
+        let key = [self.cin, self.h, self.w, self.kh, self.kw, self.pad.0, self.pad.1, self.stride, n, self.oh];
+        if let Some(table) = TABLES.with_borrow(|t| t.iter().find(|(k, _)| *k == key).map(|(_, t)| t.clone())) {
+            return table;
+        }
         let l = self.l();
-        Im2col::new(x, (self.cin, self.h * self.w), (self.kh * self.kw, n * l), |t, col| {
+        let table = Arc::new(Im2colTable::new((self.kh * self.kw, n * l), |t, col| {
             let (b, p) = (col / l, col % l);
             let (i, j) = (t / self.kw, t % self.kw);
             let iy = self.input_row(p / self.ow, i)?;
             let ix = ((p % self.ow) * self.stride + j).checked_sub(self.pad.1).filter(|&ix| ix < self.w)?;
             Some(b * self.image() + iy * self.w + ix)
-        })
+        }));
+        TABLES.with_borrow_mut(|tables| {
+            // The most recent last; a network has a handful of geometries.
+            if tables.len() == 16 {
+                tables.remove(0);
+            }
+            tables.push((key, table.clone()));
+        });
+        table
     }
 
     /// Whether this convolution's GEMMs read the im2col matrix in place: autocast on AMX (the
@@ -454,7 +477,8 @@ simd_fn! {
         let mut gemm_into = |dst: &mut [MaybeUninit<T>]| {
             if g.implicit() {
                 if let (Some(x), Some(wt), Some(dst)) = (as_f32(x), as_f32(wt), as_f32_uninit(dst)) {
-                    let (w, im) = (Operand::Matrix((wt, k, 1)), g.im2col_operand(x, n));
+                    let table = g.im2col_table(n);
+                    let (w, im) = (Operand::Matrix((wt, k, 1)), g.im2col_operand(x, &table));
                     if gemm_bf16_operands_into((dst, n * l), (g.cout, n * l, k), w, Operand::Im2col(&im), inner.gemm()) {
                         return;
                     }
@@ -652,7 +676,8 @@ simd_fn! {
                 let implicit = g.implicit()
                     && match (as_f32(x), as_f32(rows), as_f32_mut(dwt)) {
                         (Some(x), Some(rows), Some(dwt)) => {
-                            let (im, rows) = (g.im2col_operand(x, n), Operand::Matrix((rows, 1, n * l)));
+                            let table = g.im2col_table(n);
+                            let (im, rows) = (g.im2col_operand(x, &table), Operand::Matrix((rows, 1, n * l)));
                             gemm_bf16_operands((dwt, g.cout), mnk, Operand::Im2col(&im), rows, true, inner.gemm())
                         }
                         _ => false,
@@ -703,11 +728,14 @@ mod tests {
     use super::*;
 
     /// The im2col matrix read in place holds what `im2col` writes, for every layout of columns:
-    /// image groups (column blocks across images), strides, one-sided padding, 1x1 kernels.
+    /// image groups (column blocks across images), strides, one-sided padding, 1x1 kernels, a
+    /// patch embedding (kernel = stride).
     #[test]
     fn im2col_operand_is_im2col() -> Result<()> {
         let cases = [
             ([2, 3, 8, 8], (3, 3), (1, 1), 1),
+            ([4, 2, 8, 8], (3, 3), (1, 1), 1),
+            ([3, 1, 32, 32], (4, 4), (0, 0), 4),
             ([3, 4, 9, 7], (3, 3), (1, 1), 2),
             ([2, 6, 5, 5], (1, 1), (0, 0), 1),
             ([1, 2, 46, 46], (3, 3), (1, 1), 1),
@@ -719,7 +747,8 @@ mod tests {
             let images: Vec<f32> = (0..x.iter().product::<usize>()).map(|i| i as f32 + 1.0).collect();
             let mut col = vec![0f32; g.k() * g.b * g.l()];
             im2col(&images, &g, g.b, &mut col, Inner(false));
-            assert_eq!(g.im2col_operand(&images, g.b).to_matrix(), col, "{x:?} {kernel:?} {pad:?} {stride}");
+            let table = g.im2col_table(g.b);
+            assert_eq!(g.im2col_operand(&images, &table).to_matrix(), col, "{x:?} {kernel:?} {pad:?} {stride}");
         }
         Ok(())
     }

@@ -30,7 +30,8 @@ macro_rules! float_op {
 /// `fn name<T: Float>(args) -> ret { body }`, with the body compiled three times: for AVX-512, for
 /// AVX2 with FMA, and for the x86-64 baseline the crate is built for (4-lane SSE), and the best
 /// one this CPU has chosen at run time. Closures in the body inherit its copy's features (helpers
-/// it calls need `#[inline(always)]` to). Rust never fuses `a * b + c`, so every copy gives bitwise
+/// it calls need `#[inline(always)]` to). Rust never fuses `a * b + c` by itself, and an explicit
+/// `mul_add` is exact in every copy (an instruction, or libm's `fmaf`), so every copy gives bitwise
 /// the same result.
 macro_rules! simd_fn {
     ($(#[$meta:meta])* fn $name:ident<T: Float>($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
@@ -72,7 +73,7 @@ mod tests;
 mod upsample;
 
 pub use activation::{gelu_erf, silu};
-pub use attention::attention;
+pub use attention::{attention, attention_packed};
 pub use bf16_matmul::{amx_available, amx_dot_chains, autocast_bf16, autocast_bf16_active, matmul_bf16};
 pub use bias::bias_add;
 pub use conv::{conv2d, conv2d_inference, Conv2dParams};
@@ -155,7 +156,10 @@ impl Float for f32 {
     }
 
     /// Eigen's rational approximation on [-4, 4] (as PyTorch's CPU GELU): within 1e-6 of libm's
-    /// erff, and branch-free, so that loops over it vectorise.
+    /// erff, and branch-free, so that loops over it vectorise. Horner steps are fused
+    /// multiply-adds (one instruction where the kernel's copy has FMA; libm's exact `fmaf`, the
+    /// same bits, in the baseline copy).
+    #[inline(always)]
     fn erf(self) -> Self {
         const ALPHA: [f32; 7] = [
             -2.726_142_3e-10,
@@ -169,8 +173,8 @@ impl Float for f32 {
         const BETA: [f32; 5] = [-1.456_607_2e-5, -2.133_740_6e-4, -1.682_827e-3, -7.373_329e-3, -1.426_474e-2];
         let x = self.clamp(-4.0, 4.0);
         let x2 = x * x;
-        let p = ALPHA.iter().fold(0.0, |acc, &a| acc * x2 + a);
-        let q = BETA.iter().fold(0.0, |acc, &b| acc * x2 + b);
+        let p = ALPHA.iter().fold(0.0, |acc: f32, &a| acc.mul_add(x2, a));
+        let q = BETA.iter().fold(0.0, |acc: f32, &b| acc.mul_add(x2, b));
         x * p / q
     }
 
@@ -184,12 +188,12 @@ impl Float for f32 {
         const LO: f32 = -104.0;
         const HI: f32 = 88.722_84;
         let x = self.clamp(LO, HI);
-        let shifted = x * std::f32::consts::LOG2_E + ROUND;
+        let shifted = x.mul_add(std::f32::consts::LOG2_E, ROUND);
         let n = shifted - ROUND;
         // ln 2 in two parts, so that x - n ln 2 is exact to f32.
-        let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
-        let p = P.iter().fold(0.0, |acc, &c| acc * r + c);
-        let e_r = p * r * r + r + 1.0;
+        let r = n.mul_add(2.121_944_4e-4, n.mul_add(-0.693_359_4, x));
+        let p = P.iter().fold(0.0, |acc: f32, &c| acc.mul_add(r, c));
+        let e_r = (p * r).mul_add(r, r + 1.0);
         // 2^n as two normal powers of two (n in [-150, 128]), so that results below f32's
         // smallest normal come out as its subnormals.
         // n as an integer from the bits of `shifted` (ROUND + n, one exponent, unit steps): `as

@@ -275,10 +275,15 @@ fn attention_matches_composed() -> Result<()> {
                 attention::composed(&split(&t[0], 0)?, &split(&t[0], 1)?, &split(&t[0], 2)?, heads, scale)
             };
             check(&[&[b, l, 3 * c]], dtype, tol, fused, reference)?;
+            // The same projection through the packed op (one gradient for all of it).
+            let packed = |t: &[Tensor]| attention_packed(&t[0], heads, scale);
+            check(&[&[b, l, 3 * c]], dtype, tol, packed, reference)?;
         }
     }
     let x = Tensor::zeros((1, 4, 6), DType::F32, &Device::Cpu)?;
     assert!(attention(&x, &x, &x, 4, 1.0).is_err(), "6 channels in 4 heads");
+    assert!(attention_packed(&x, 4, 1.0).is_err(), "2 channels in 4 heads");
+    assert!(attention_packed(&Tensor::zeros((1, 4, 7), DType::F32, &Device::Cpu)?, 1, 1.0).is_err(), "7 not 3C");
     Ok(())
 }
 
@@ -431,22 +436,33 @@ fn attention_inside_autocast_has_bf16_operands() -> Result<()> {
         let want = bf16_output(&probs.matmul(&v?)?)?.transpose(1, 2)?.reshape((b, l, c))?;
         let probe = Tensor::randn(0f32, 1.0, (b, l, c), &dev)?;
         let want_grads = (&want * probe.to_dtype(DType::F64)?)?.sum_all()?.backward()?;
-        let run = |bf16: bool| -> Result<Vec<f64>> {
-            let f = || attention(vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor(), heads, scale);
+        // q, k, v apart, or packed into one (B, L, 3C) projection whose gradient is split after.
+        let packed = Var::from_tensor(&Tensor::cat(&[vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor()], 2)?)?;
+        let run = |bf16: bool, pack: bool| -> Result<Vec<f64>> {
+            let f = || match pack {
+                false => attention(vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor(), heads, scale),
+                true => attention_packed(packed.as_tensor(), heads, scale),
+            };
             let out = if bf16 { autocast_bf16(f)? } else { f()? };
             let grads = (&out * &probe)?.sum_all()?.backward()?;
             let mut errs = vec![rms_err(&out, &want)?];
-            for (v, e) in vars.iter().zip(&exact) {
-                errs.push(rms_err(grads.get(v).expect("gradient"), want_grads.get(e).expect("reference gradient"))?);
+            for (i, (v, e)) in vars.iter().zip(&exact).enumerate() {
+                let grad = match pack {
+                    false => grads.get(v).expect("gradient").clone(),
+                    true => grads.get(&packed).expect("gradient").narrow(2, i * c, c)?,
+                };
+                errs.push(rms_err(&grad, want_grads.get(e).expect("reference gradient"))?);
             }
             Ok(errs)
         };
-        let (ours, f32_errs) = (run(true)?, run(false)?);
-        for (i, (e, f)) in ours.iter().zip(&f32_errs).enumerate() {
-            assert!(
-                *e < f / 5.0,
-                "{b}x{l}x{c} {heads} heads, output/gradient {i}: rms off by {e} (f32 attention: {f})"
-            );
+        for pack in [false, true] {
+            let (ours, f32_errs) = (run(true, pack)?, run(false, pack)?);
+            for (i, (e, f)) in ours.iter().zip(&f32_errs).enumerate() {
+                assert!(
+                    *e < f / 5.0,
+                    "{b}x{l}x{c} {heads} heads (packed {pack}), output/gradient {i}: rms off by {e} (f32: {f})"
+                );
+            }
         }
     }
     Ok(())

@@ -4,7 +4,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::nn::{official_linear as linear, LayerNorm, Linear};
-use crate::ops::attention;
+use crate::ops::attention_packed;
 
 /// Multi-head self-attention: `qkv` split as (3, heads, head_dim), softmax(q k^T / sqrt(d)) v, `proj`.
 #[derive(Debug, Clone)]
@@ -28,11 +28,8 @@ impl Attention {
 
 impl Module for Attention {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let c = x.dim(2)?;
         // 'B L (K H D) -> K B H L D': q, k, v side by side, each with its heads side by side.
-        let qkv = self.qkv.forward(x)?;
-        let (q, k, v) = (qkv.narrow(2, 0, c)?, qkv.narrow(2, c, c)?, qkv.narrow(2, 2 * c, c)?);
-        self.proj.forward(&attention(&q, &k, &v, self.num_heads, self.scale)?)
+        self.proj.forward(&attention_packed(&self.qkv.forward(x)?, self.num_heads, self.scale)?)
     }
 }
 

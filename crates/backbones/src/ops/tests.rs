@@ -437,7 +437,8 @@ fn attention_inside_autocast_has_bf16_operands() -> Result<()> {
         let probe = Tensor::randn(0f32, 1.0, (b, l, c), &dev)?;
         let want_grads = (&want * probe.to_dtype(DType::F64)?)?.sum_all()?.backward()?;
         // q, k, v apart, or packed into one (B, L, 3C) projection whose gradient is split after.
-        let packed = Var::from_tensor(&Tensor::cat(&[vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor()], 2)?)?;
+        let packed =
+            Var::from_tensor(&Tensor::cat(&[vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor()], 2)?)?;
         let run = |bf16: bool, pack: bool| -> Result<Vec<f64>> {
             let f = || match pack {
                 false => attention(vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor(), heads, scale),

@@ -268,11 +268,52 @@ fn rounded_gemm(
     add: bool,
     par: Parallelism,
 ) {
-    let round = |x: Mat<f32>, rows, cols| -> Vec<f32> {
-        (0..rows * cols).map(|i| half::bf16::from_f32(at(x, i / cols, i % cols)).to_f32()).collect()
+    let (a, b) = (rounded_copy(a, m, k, par), rounded_copy(b, k, n, par));
+    super::gemm(dst, (m, n, k), (&a.0, a.1, a.2), (&b.0, b.1, b.2), add, false, par);
+}
+
+/// `x (rows, cols)` rounded to bf16 values, as a dense matrix in x's own order (a transposed
+/// operand stays transposed, for the GEMM to read with its strides): its data and strides.
+/// Vectorised lines, in parallel when large (an element-wise loop with a division per element
+/// had made autocast three times slower than f32 on CPUs without AMX).
+fn rounded_copy((data, rs, cs): Mat<f32>, rows: usize, cols: usize, par: Parallelism) -> (Vec<f32>, usize, usize) {
+    // Lines are the contiguous direction: rows of a row-major x, columns of a transposed one.
+    let (lines, len, line_stride, step, strides) = match cs == 1 || rs != 1 {
+        true => (rows, cols, rs, cs, (cols, 1)),
+        false => (cols, rows, cs, rs, (1, rows)),
     };
-    let (a, b) = (round(a, m, k), round(b, k, n));
-    super::gemm(dst, (m, n, k), (&a, k, 1), (&b, n, 1), add, false, par);
+    let mut out = vec![0f32; lines * len];
+    if len == 0 {
+        return (out, strides.0, strides.1);
+    }
+    let fill = |(i, line): (usize, &mut [f32])| {
+        let src = &data[i * line_stride..];
+        match step {
+            1 => line.iter_mut().zip(&src[..len]).for_each(|(o, &x)| *o = round_bf16(x)),
+            _ => line.iter_mut().enumerate().for_each(|(j, o)| *o = round_bf16(src[j * step])),
+        }
+    };
+    let threads = match par {
+        Parallelism::Rayon(t) => t,
+        _ => 1,
+    };
+    if threads > 1 && lines * len >= 1 << 16 {
+        use rayon::prelude::*;
+        out.par_chunks_mut(len).enumerate().for_each(fill);
+    } else {
+        out.chunks_mut(len).enumerate().for_each(fill);
+    }
+    (out, strides.0, strides.1)
+}
+
+/// `x` rounded to the nearest bf16 (ties to even; NaN stays a quiet NaN), as `half` rounds, in
+/// integer operations that vectorise.
+#[inline(always)]
+fn round_bf16(x: f32) -> f32 {
+    let b = x.to_bits();
+    let nearest = b.wrapping_add(0x7fff + (b >> 16 & 1));
+    let nan = b & 0x7fff_ffff > 0x7f80_0000;
+    f32::from_bits(if nan { b | 0x0040_0000 } else { nearest } & 0xffff_0000)
 }
 
 /// A 2-D operand's storage as the ops' strided matrix (elements, row stride, column stride).
@@ -689,12 +730,13 @@ mod amx {
             }
             return;
         }
-        packed.fill(0);
         if a_rs == 1 {
-            // a is transposed (as x^T in a weight gradient).
+            // a is transposed (as x^T in a weight gradient): whole rows written, zero past k.
+            packed[rows * kp..].fill(0);
             // SAFETY: `available` checked AVX512-BF16 and AVX512-BW.
             unsafe { pack_a_transposed(packed, &a_data[r0..], a_cs, rows, k, kp) };
         } else {
+            packed.fill(0);
             for r in 0..rows {
                 let row = packed[r * kp..][..k].iter_mut();
                 row.enumerate().for_each(|(c, v)| *v = bf16_bits(at((a_data, a_rs, a_cs), r0 + r, c)));
@@ -890,7 +932,7 @@ pub(super) fn interleave(x0: __m512, x1: __m512) -> __m512i {
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 fn pack_a_transposed(packed: &mut [u16], a: &[f32], a_cs: usize, rows: usize, k: usize, kp: usize) {
-    assert!(packed.len() >= rows * kp && kp >= k.div_ceil(32) * 32);
+    assert!(packed.len() >= rows * kp && kp == k.div_ceil(32) * 32, "rows of kp are written whole");
     for rb in (0..rows).step_by(16) {
         let nr = (rows - rb).min(16);
         for cb in (0..k).step_by(32) {
@@ -1087,6 +1129,33 @@ mod tests {
             );
         }
         Ok(())
+    }
+
+    #[test]
+    fn rounding_is_halfs() {
+        let special = [0.0, -0.0, 1.0, f32::MAX, f32::MIN_POSITIVE, f32::INFINITY, f32::NEG_INFINITY, f32::NAN];
+        let ties = [0x3f80_8000u32, 0x3f81_8000, 0xbf80_8000, 0x7f7f_8000, 0x0000_8000].map(f32::from_bits);
+        let sweep = (0..=u32::MAX).step_by(65_521).map(f32::from_bits);
+        for x in special.into_iter().chain(ties).chain(sweep) {
+            let want = half::bf16::from_f32(x).to_f32();
+            assert_eq!(round_bf16(x).to_bits(), want.to_bits(), "{x:e} ({:#x})", x.to_bits());
+        }
+    }
+
+    /// Row-major, transposed and strided-both-ways operands keep their order and values.
+    #[test]
+    fn rounded_copies_keep_the_matrix() {
+        let data: Vec<f32> = (0..80_000).map(|i| (i as f32 * 0.377).sin() * 3.0 + 1.0 / 3.0).collect();
+        for (rows, cols, rs, cs) in [(7, 5, 9, 1), (7, 5, 1, 11), (6, 4, 20, 3), (300, 250, 1, 300)] {
+            for par in [Parallelism::None, Parallelism::Rayon(2)] {
+                let (got, grs, gcs) = rounded_copy((&data, rs, cs), rows, cols, par);
+                assert_eq!(got.len(), rows * cols);
+                for (r, c) in (0..rows).flat_map(|r| (0..cols).map(move |c| (r, c))) {
+                    let want = half::bf16::from_f32(data[r * rs + c * cs]).to_f32();
+                    assert_eq!(got[r * grs + c * gcs], want, "({rows}, {cols}, {rs}, {cs}) at ({r}, {c})");
+                }
+            }
+        }
     }
 
     #[test]

@@ -163,14 +163,16 @@ impl Network for UViT {
 }
 
 impl UViT {
-    /// `Conv2d(kernel = stride = patch)` as patchify + matmul: the same sum, in one GEMM.
+    /// `Conv2d(kernel = stride = patch)` as patchify + a Linear layer: the same sum, in one GEMM
+    /// (bf16 under autocast, as PyTorch's autocast convolution), its weight gradient summed by the
+    /// GEMM itself (a batched matmul's had been reduced over the batch afterwards).
     fn patch_embed(&self, x: &Tensor) -> Result<Tensor> {
         let c = &self.config;
         let (b, ch, p) = (x.dim(0)?, c.in_chans, c.patch_size);
         let g = c.img_size / p;
         let patches = x.reshape((b, ch, g, p, g, p))?.permute((0, 2, 4, 1, 3, 5))?.reshape((b, g * g, ch * p * p))?;
         let w = self.patch_proj_weight.reshape((c.embed_dim, ch * p * p))?;
-        patches.broadcast_matmul(&w.t()?)?.broadcast_add(&self.patch_proj_bias)
+        Linear::new(w, Some(self.patch_proj_bias.clone())).forward(&patches)
     }
 
     /// 'B (h w) (p1 p2 C) -> B C (h p1) (w p2)'.

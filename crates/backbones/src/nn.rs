@@ -21,8 +21,8 @@ pub(crate) fn official_linear(in_dim: usize, out_dim: usize, bias: bool, vb: Var
 
 /// `nn.Linear` over the last axis: one 2-D GEMM whatever the leading axes (candle 0.11's CPU
 /// matmul of a transposed batch against a broadcast weight is wrong, candle#3744), and the bias
-/// added by [`bias_add`], whose gradient is a fast row sum. Inside [`crate::ops::autocast_bf16`]
-/// the GEMM is [`crate::ops::matmul_bf16`].
+/// added by [`bias_add`], whose gradient is a fast row sum. The GEMM writes its output without
+/// zero-filling it first; inside [`crate::ops::autocast_bf16`] it is [`crate::ops::matmul_bf16`].
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Tensor,
@@ -41,8 +41,8 @@ impl Module for Linear {
         let mut dims = x.dims().to_vec();
         let rows = x.elem_count() / in_dim.max(1);
         let x = x.contiguous()?.reshape((rows, in_dim))?;
-        let y = match crate::ops::autocast_bf16_active() && x.dtype() == DType::F32 {
-            true => crate::ops::matmul_bf16(&x, &self.weight.t()?)?,
+        let y = match x.dtype() == DType::F32 && self.weight.dtype() == DType::F32 {
+            true => crate::ops::matmul_f32(&x, &self.weight.t()?, crate::ops::autocast_bf16_active())?,
             false => x.matmul(&self.weight.t()?)?,
         };
         let y = match &self.bias {

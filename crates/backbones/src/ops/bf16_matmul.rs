@@ -19,23 +19,30 @@ use super::Mat;
 /// `lhs (..., m, k) x rhs (k, n)` as above, f32 in and out, with gradients (themselves bf16
 /// matmuls, as autocast's backward).
 pub fn matmul_bf16(lhs: &Tensor, rhs: &Tensor) -> Result<Tensor> {
+    matmul_f32(lhs, rhs, true)
+}
+
+/// `lhs (..., m, k) x rhs (k, n)` in f32, or with `bf16` operands as [`matmul_bf16`]: the GEMM of
+/// the `Linear` layers. Unlike candle's matmul, the output is not zero-filled first and a
+/// transposed 2-D operand is read with its strides (in both passes).
+pub(crate) fn matmul_f32(lhs: &Tensor, rhs: &Tensor, bf16: bool) -> Result<Tensor> {
     let (k, n) = rhs.dims2()?;
     let dims = lhs.dims();
     if dims.len() < 2 || dims[dims.len() - 1] != k {
-        bail!("matmul_bf16: lhs {:?} does not end in the {k} rows of rhs {:?}", lhs.shape(), rhs.shape());
+        bail!("matmul: lhs {:?} does not end in the {k} rows of rhs {:?}", lhs.shape(), rhs.shape());
     }
     if lhs.dtype() != DType::F32 || rhs.dtype() != DType::F32 {
-        bail!("matmul_bf16: expects f32 operands, got {:?} and {:?}", lhs.dtype(), rhs.dtype());
+        bail!("matmul: expects f32 operands, got {:?} and {:?}", lhs.dtype(), rhs.dtype());
     }
     let m = lhs.elem_count() / k;
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().expect("two dims or more") = n;
     // A 2-D lhs keeps its strides (a transposed one is packed as it is, not copied).
     let lhs2 = if dims.len() == 2 { lhs.clone() } else { lhs.reshape((m, k))? };
-    let out = if lhs.device().is_cpu() {
-        lhs2.apply_op2(rhs, Bf16Matmul)?
-    } else {
-        lhs2.to_dtype(DType::BF16)?.matmul(&rhs.to_dtype(DType::BF16)?)?.to_dtype(DType::F32)?
+    let out = match (lhs.device().is_cpu(), bf16) {
+        (true, _) => lhs2.apply_op2(rhs, Matmul { bf16 })?,
+        (false, true) => lhs2.to_dtype(DType::BF16)?.matmul(&rhs.to_dtype(DType::BF16)?)?.to_dtype(DType::F32)?,
+        (false, false) => lhs2.matmul(rhs)?,
     };
     out.reshape(out_dims)
 }
@@ -78,26 +85,31 @@ pub fn amx_available() -> bool {
     amx::available()
 }
 
-struct Bf16Matmul;
+struct Matmul {
+    bf16: bool,
+}
 
-impl CustomOp2 for Bf16Matmul {
+impl CustomOp2 for Matmul {
     fn name(&self) -> &'static str {
-        "matmul-bf16"
+        match self.bf16 {
+            true => "matmul-bf16",
+            false => "matmul-f32",
+        }
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (CpuStorage::F32(a), CpuStorage::F32(b)) = (s1, s2) else {
-            bail!("matmul-bf16: expects f32 operands");
+            bail!("{}: expects f32 operands", self.name());
         };
         let (&[m, k], &[_, n]) = (l1.dims(), l2.dims()) else {
-            bail!("matmul-bf16: expects two 2-D operands, got {:?} and {:?}", l1.dims(), l2.dims());
+            bail!("{}: expects two 2-D operands, got {:?} and {:?}", self.name(), l1.dims(), l2.dims());
         };
         // Not zero-filled first: the GEMM writes every element (a memset of each output was a
         // tenth of an autocast U-ViT step).
         let mut out = Vec::with_capacity(m * n);
         let par = Parallelism::Rayon(candle_core::utils::get_num_threads());
-        gemm_bf16_into((out.spare_capacity_mut(), n), (m, n, k), view(a, l1), view(b, l2), par);
-        // SAFETY: `gemm_bf16_into` initialised all m rows of n.
+        super::gemm_into((out.spare_capacity_mut(), n), (m, n, k), view(a, l1), view(b, l2), self.bf16, par);
+        // SAFETY: `gemm_into` initialised all m rows of n.
         unsafe { out.set_len(m * n) };
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
@@ -109,7 +121,8 @@ impl CustomOp2 for Bf16Matmul {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(matmul_bf16(grad, &rhs.t()?)?), Some(matmul_bf16(&lhs.t()?, grad)?)))
+        let bf16 = self.bf16;
+        Ok((Some(matmul_f32(grad, &rhs.t()?, bf16)?), Some(matmul_f32(&lhs.t()?, grad, bf16)?)))
     }
 }
 
@@ -246,17 +259,18 @@ fn check_operands((m, n, k): (usize, usize, usize), a: Operand, b: Operand) {
 
 /// `dst (m, n; row stride) = a x b` as [`gemm_bf16`], into memory that need not be initialised:
 /// all m rows of n are written.
-fn gemm_bf16_into(
+pub(super) fn gemm_bf16_into(
     (dst, rs): (&mut [MaybeUninit<f32>], usize),
-    mnk: (usize, usize, usize),
+    (m, n, k): (usize, usize, usize),
     a: Mat<f32>,
     b: Mat<f32>,
     par: Parallelism,
 ) {
-    if gemm_bf16_operands_into((&mut *dst, rs), mnk, Operand::Matrix(a), Operand::Matrix(b), par) {
+    if gemm_bf16_operands_into((&mut *dst, rs), (m, n, k), Operand::Matrix(a), Operand::Matrix(b), par) {
         return;
     }
-    rounded_gemm((super::init_zero(dst), rs), mnk, a, b, false, par);
+    let (a, b) = (rounded_copy(a, m, k, par), rounded_copy(b, k, n, par));
+    super::gemm_into((dst, rs), (m, n, k), (&a.0, a.1, a.2), (&b.0, b.1, b.2), false, par);
 }
 
 /// Without AMX: the operands rounded to bf16, then the f32 GEMM.
@@ -1081,7 +1095,7 @@ mod tests {
     }
 
     #[test]
-    fn bf16_matmul_is_the_f64_product_of_rounded_operands_values_and_gradients() -> Result<()> {
+    fn matmul_is_the_f64_product_of_its_operands_rounded_with_bf16_values_and_gradients() -> Result<()> {
         let dev = Device::Cpu;
         // (lhs dims, n, rhs transposed): odd sizes (padding of every tile dimension), k below one
         // tile, leading dims, more rows than one parallel block, a transposed (strided) rhs.
@@ -1092,7 +1106,8 @@ mod tests {
             (&[300, 96], 64, false),
             (&[130, 257], 70, true),
         ];
-        for (dims, n, transposed) in cases {
+        for ((dims, n, transposed), bf16) in cases.into_iter().flat_map(|c| [(c, true), (c, false)]) {
+            let rounded = |x: &Tensor| if bf16 { rounded(x) } else { x.to_dtype(DType::F64) };
             let k = *dims.last().unwrap();
             let lhs = Var::from_tensor(&Tensor::randn(0f32, 1.0, dims, &dev)?)?;
             let rhs = match transposed {
@@ -1100,14 +1115,17 @@ mod tests {
                 false => Var::from_tensor(&Tensor::randn(0f32, 1.0, (k, n), &dev)?)?,
             };
             let rhs_kn = if transposed { rhs.as_tensor().t()? } else { rhs.as_tensor().clone() };
-            let out = matmul_bf16(&lhs, &rhs_kn)?;
+            let out = match bf16 {
+                true => matmul_bf16(&lhs, &rhs_kn)?,
+                false => matmul_f32(&lhs, &rhs_kn, false)?,
+            };
             let lhs2 = rounded(&lhs.as_tensor().reshape(((), k))?)?;
             let want = lhs2.matmul(&rounded(&rhs_kn)?)?;
             let mut want_dims = dims.to_vec();
             *want_dims.last_mut().unwrap() = n;
             assert_eq!(out.dims(), &want_dims[..]);
             let err = rel_err(&out.reshape(((), n))?, &want)?;
-            assert!(err < 1e-5, "{dims:?} x ({k}, {n}): off by {err} (amx: {})", amx_available());
+            assert!(err < 1e-5, "{dims:?} x ({k}, {n}) bf16 {bf16}: off by {err} (amx: {})", amx_available());
             // Gradients are bf16 matmuls of the (rounded) output gradient, as autocast's.
             let probe = Tensor::randn(0f32, 1.0, out.shape(), &dev)?;
             let grads = (&out * &probe)?.sum_all()?.backward()?;
@@ -1119,12 +1137,12 @@ mod tests {
             let got_rhs = if transposed { got_rhs.t()? } else { got_rhs.clone() };
             assert!(
                 rel_err(&got_lhs, &want_lhs)? < 1e-5,
-                "{dims:?}: lhs gradient off by {}",
+                "{dims:?} bf16 {bf16}: lhs gradient off by {}",
                 rel_err(&got_lhs, &want_lhs)?
             );
             assert!(
                 rel_err(&got_rhs, &want_rhs)? < 1e-5,
-                "{dims:?}: rhs gradient off by {}",
+                "{dims:?} bf16 {bf16}: rhs gradient off by {}",
                 rel_err(&got_rhs, &want_rhs)?
             );
         }

@@ -16,8 +16,8 @@ use rayon::prelude::*;
 use super::bf16_matmul::{conv_taps_bf16, gemm_bf16_operands, gemm_bf16_operands_into, Operand, PairPlanes};
 use super::implicit_im2col::{Im2col, Im2colTable};
 use super::{
-    amx_available, as_f32, as_f32_mut, as_f32_uninit, assume_init, autocast_bf16_active, fused, gemm, init_zero,
-    reduction_group, sum_by, sum_in_order, written_vec, Float,
+    amx_available, as_f32, as_f32_mut, as_f32_uninit, assume_init, autocast_bf16_active, fused, gemm, reduction_group,
+    sum_by, sum_in_order, written_vec, Float,
 };
 
 /// Symmetric zero padding and stride of a convolution.
@@ -473,7 +473,7 @@ simd_fn! {
             false => v + bias[co],
         };
         // `dst (Cout, n L) = W col`, every element written: on AMX with the im2col matrix read in
-        // place (into the uninitialised `dst`), else im2col and the GEMM into zeroed memory.
+        // place, else im2col and the GEMM (both into the uninitialised `dst`).
         let mut gemm_into = |dst: &mut [MaybeUninit<T>]| {
             if g.implicit() {
                 if let (Some(x), Some(wt), Some(dst)) = (as_f32(x), as_f32(wt), as_f32_uninit(dst)) {
@@ -484,7 +484,6 @@ simd_fn! {
                     }
                 }
             }
-            let dst = init_zero(dst);
             // A 1x1 stride-1 convolution of one image reads the image itself as its im2col matrix.
             let direct = n == 1 && g.kh * g.kw == 1 && g.stride == 1;
             if !direct {
@@ -492,7 +491,7 @@ simd_fn! {
                 im2col(x, g, n, col, inner);
             }
             let col: &[T] = if direct { x } else { col };
-            gemm((dst, n * l), (g.cout, n * l, k), (wt, k, 1), (col, n * l, 1), false, g.bf16, inner.gemm());
+            super::gemm_into((dst, n * l), (g.cout, n * l, k), (wt, k, 1), (col, n * l, 1), g.bf16, inner.gemm());
         };
         if n == 1 {
             // One image: the GEMM writes the output itself.

@@ -74,6 +74,7 @@ mod upsample;
 
 pub use activation::{gelu_erf, silu};
 pub use attention::{attention, attention_packed};
+pub(crate) use bf16_matmul::matmul_f32;
 pub use bf16_matmul::{amx_available, amx_dot_chains, autocast_bf16, autocast_bf16_active, matmul_bf16};
 pub use bias::bias_add;
 pub use conv::{conv2d, conv2d_inference, Conv2dParams};
@@ -140,6 +141,17 @@ trait Float: num_traits::Float + num_traits::FromPrimitive + Send + Sync + std::
     ) -> bool {
         false
     }
+
+    /// [`Float::gemm_bf16`] into uninitialised memory (all m rows of n written where true).
+    fn gemm_bf16_into(
+        _dst: (&mut [MaybeUninit<Self>], usize),
+        _mnk: (usize, usize, usize),
+        _a: Mat<Self>,
+        _b: Mat<Self>,
+        _par: Parallelism,
+    ) -> bool {
+        false
+    }
 }
 
 impl Float for f32 {
@@ -152,6 +164,17 @@ impl Float for f32 {
         par: Parallelism,
     ) -> bool {
         bf16_matmul::gemm_bf16(dst, mnk, a, b, add, par);
+        true
+    }
+
+    fn gemm_bf16_into(
+        dst: (&mut [MaybeUninit<f32>], usize),
+        mnk: (usize, usize, usize),
+        a: Mat<f32>,
+        b: Mat<f32>,
+        par: Parallelism,
+    ) -> bool {
+        bf16_matmul::gemm_bf16_into(dst, mnk, a, b, par);
         true
     }
 
@@ -280,15 +303,6 @@ fn as_f32_uninit<T: Float>(x: &mut [MaybeUninit<T>]) -> Option<&mut [MaybeUninit
         .then(|| unsafe { &mut *(x as *mut [MaybeUninit<T>] as *mut [MaybeUninit<f32>]) })
 }
 
-/// `x` filled with zeros.
-fn init_zero<T: Float>(x: &mut [MaybeUninit<T>]) -> &mut [T] {
-    x.iter_mut().for_each(|v| {
-        v.write(T::zero());
-    });
-    // SAFETY: every element was written just above.
-    unsafe { assume_init(x) }
-}
-
 /// A vector of `len` elements that `write` writes into uninitialised memory: outputs are not
 /// zero-filled before a kernel overwrites them (a memset of every fresh output cost 3-6% of an
 /// autocast sampling step).
@@ -314,6 +328,51 @@ unsafe fn assume_init<T>(x: &mut [MaybeUninit<T>]) -> &mut [T] {
 
 /// A matrix operand: elements, row stride, column stride.
 type Mat<'a, T> = (&'a [T], usize, usize);
+
+/// `dst (m, n; row stride rs) = lhs (m, k) * rhs (k, n)` as [`gemm`] (without accumulation),
+/// into memory that need not be initialised: all m rows of n are written (no memset first, as
+/// candle's matmul does for every output).
+fn gemm_into<T: Float>(
+    (dst, dst_rs): (&mut [MaybeUninit<T>], usize),
+    (m, n, k): (usize, usize, usize),
+    lhs: Mat<T>,
+    rhs: Mat<T>,
+    bf16: bool,
+    par: Parallelism,
+) {
+    if bf16 && T::gemm_bf16_into((&mut *dst, dst_rs), (m, n, k), lhs, rhs, par) {
+        return;
+    }
+    let inside =
+        |len: usize, rs: usize, cs: usize, r: usize, c: usize| r == 0 || c == 0 || (r - 1) * rs + (c - 1) * cs < len;
+    assert!(inside(lhs.0.len(), lhs.1, lhs.2, m, k) && inside(rhs.0.len(), rhs.1, rhs.2, k, n));
+    assert!(inside(dst.len(), dst_rs, 1, m, n) && (m < 2 || dst_rs >= n));
+    // SAFETY: as in `gemm`; without `read_dst` the gemm crate only writes `dst` (its kernels'
+    // alpha-zero path stores the products without loading the destination).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr() as *mut T,
+            1,
+            dst_rs as isize,
+            false,
+            lhs.0.as_ptr(),
+            lhs.2 as isize,
+            lhs.1 as isize,
+            rhs.0.as_ptr(),
+            rhs.2 as isize,
+            rhs.1 as isize,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
 
 /// `dst (m, n; row stride rs) (+)= lhs (m, k) * rhs (k, n)`, on the gemm crate candle itself uses,
 /// or with `bf16` (a kernel inside [`autocast_bf16`]) as [`matmul_bf16`] computes it.

@@ -1099,12 +1099,14 @@ mod tests {
         let dev = Device::Cpu;
         // (lhs dims, n, rhs transposed): odd sizes (padding of every tile dimension), k below one
         // tile, leading dims, more rows than one parallel block, a transposed (strided) rhs.
-        let cases: [(&[usize], usize, bool); 5] = [
+        // The last two are split among threads by rows, then by columns (see `gemm_crate`).
+        let cases: [(&[usize], usize, bool); 6] = [
             (&[37, 70], 45, false),
             (&[5, 8], 3, false),
             (&[2, 3, 5, 40], 33, true),
             (&[300, 96], 64, false),
             (&[130, 257], 70, true),
+            (&[40, 200], 300, true),
         ];
         for ((dims, n, transposed), bf16) in cases.into_iter().flat_map(|c| [(c, true), (c, false)]) {
             let rounded = |x: &Tensor| if bf16 { rounded(x) } else { x.to_dtype(DType::F64) };
@@ -1204,9 +1206,12 @@ mod tests {
     /// has it and on the fallback, against the f64 product of the rounded operands.
     #[test]
     fn strided_accumulating_gemm_on_both_paths() -> Result<()> {
-        // The second k is summed in slices. In parallel, the first two (and the third) split
-        // their few row blocks' columns among tasks; the last runs a task per row block.
-        for (m, n, k, rs) in [(140, 53, 45, 60), (40, 37, 2125, 41), (300, 100, 64, 110), (600, 40, 50, 45)] {
+        // The second k is summed in slices. In parallel on AMX, all but the fourth split their few
+        // row blocks' columns among tasks; the fourth runs a task per row block. Off AMX, the
+        // gemm crate's calls of the last three are split by rows, rows and columns.
+        for (m, n, k, rs) in
+            [(140, 53, 45, 60), (40, 37, 2125, 41), (300, 100, 64, 110), (600, 40, 50, 45), (60, 300, 90, 310)]
+        {
             strided_accumulating_gemm(m, n, k, rs)?;
         }
         Ok(())

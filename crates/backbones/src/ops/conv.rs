@@ -16,8 +16,8 @@ use rayon::prelude::*;
 use super::bf16_matmul::{conv_taps_bf16, gemm_bf16_operands, gemm_bf16_operands_into, Operand, PairPlanes};
 use super::implicit_im2col::{Im2col, Im2colTable};
 use super::{
-    amx_available, as_f32, as_f32_mut, as_f32_uninit, assume_init, autocast_bf16_active, fused, gemm, reduction_group,
-    sum_by, sum_in_order, written_vec, Float,
+    amx_available, as_f32, as_f32_mut, as_f32_uninit, assume_init, autocast_bf16_active, fused, gemm, grown,
+    reduction_group, sum_by, sum_in_order, written_vec, Float, Scratch,
 };
 
 /// Symmetric zero padding and stride of a convolution.
@@ -407,10 +407,10 @@ fn conv_fwd<T: Float>(x: &[T], wt: &[T], bias: &[T], g: Geom, relu: bool) -> Vec
         let pairs = x.chunks(group * g.image()).zip(out.chunks_mut(group * g.cout * l));
         match inner.0 {
             true => {
-                let mut bufs = Default::default();
+                let mut bufs = Scratch::take();
                 pairs.for_each(|p| run(p, &mut bufs))
             }
-            false => pairs.collect::<Vec<_>>().into_par_iter().for_each_init(Default::default, |bufs, p| run(p, bufs)),
+            false => pairs.collect::<Vec<_>>().into_par_iter().for_each_init(Scratch::take, |bufs, p| run(p, bufs)),
         }
     };
     // SAFETY: the groups cover the output (x holds b images) and `conv_group` writes all of its part.
@@ -485,12 +485,14 @@ simd_fn! {
                 }
             }
             // A 1x1 stride-1 convolution of one image reads the image itself as its im2col matrix.
-            let direct = n == 1 && g.kh * g.kw == 1 && g.stride == 1;
-            if !direct {
-                col.resize(k * n * l, T::zero());
-                im2col(x, g, n, col, inner);
-            }
-            let col: &[T] = if direct { x } else { col };
+            let col: &[T] = match n == 1 && g.kh * g.kw == 1 && g.stride == 1 {
+                true => x,
+                false => {
+                    let col = grown(col, k * n * l);
+                    im2col(x, g, n, col, inner);
+                    col
+                }
+            };
             super::gemm_into((dst, n * l), (g.cout, n * l, k), (wt, k, 1), (col, n * l, 1), g.bf16, inner.gemm());
         };
         if n == 1 {
@@ -577,12 +579,12 @@ simd_fn! {
         let inner = Inner::of(g.b.div_ceil(group));
         let run = |(grad, dx): (&[T], &mut [T]), (col, rows): &mut (Vec<T>, Vec<T>)| {
             let n = dx.len() / g.image();
-            col.resize(k * n * l, T::zero());
+            let col = grown(col, k * n * l);
             // One image's gradient is already in the GEMM's layout.
             let rows: &[T] = match n {
                 1 => grad,
                 _ => {
-                    rows.resize(g.cout * n * l, T::zero());
+                    let rows = grown(rows, g.cout * n * l);
                     to_rows(grad, &g, n, rows, inner);
                     rows
                 }
@@ -592,10 +594,10 @@ simd_fn! {
         };
         match inner.0 {
             true => {
-                let mut bufs = Default::default();
+                let mut bufs = Scratch::take();
                 pairs.for_each(|p| run(p, &mut bufs))
             }
-            false => pairs.collect::<Vec<_>>().into_par_iter().for_each_init(Default::default, |bufs, p| run(p, bufs)),
+            false => pairs.collect::<Vec<_>>().into_par_iter().for_each_init(Scratch::take, |bufs, p| run(p, bufs)),
         }
         dx
     }
@@ -657,15 +659,16 @@ simd_fn! {
         // fixed by the shape, so the result never depends on the threads.
         let partial = |groups: &[(&[T], &[T])], inner: Inner| {
             let mut acc = vec![T::zero(); k * g.cout + g.cout];
-            let (mut col, mut rows) = (Vec::new(), Vec::new());
+            let mut bufs = Scratch::take();
+            let (col, rows) = &mut *bufs;
             for &(x, grad) in groups {
                 let n = x.len() / g.image();
                 let rows: &[T] = match n {
                     1 => grad,
                     _ => {
-                        rows.resize(g.cout * n * l, T::zero());
-                        to_rows(grad, &g, n, &mut rows, inner);
-                        &rows
+                        let rows = grown(rows, g.cout * n * l);
+                        to_rows(grad, &g, n, rows, inner);
+                        rows
                     }
                 };
                 let (dwt, db) = acc.split_at_mut(k * g.cout);
@@ -682,9 +685,9 @@ simd_fn! {
                         _ => false,
                     };
                 if !implicit {
-                    col.resize(k * n * l, T::zero());
-                    im2col(x, &g, n, &mut col, inner);
-                    gemm((dwt, g.cout), mnk, (&col, n * l, 1), (rows, 1, n * l), true, g.bf16, inner.gemm());
+                    let col = grown(col, k * n * l);
+                    im2col(x, &g, n, col, inner);
+                    gemm((dwt, g.cout), mnk, (col, n * l, 1), (rows, 1, n * l), true, g.bf16, inner.gemm());
                 }
                 db.iter_mut().zip(rows.chunks(n * l)).for_each(|(db, row)| *db = *db + sum_by(row, row, |v, _| v));
             }

@@ -126,6 +126,8 @@ fn contiguous<'a, T>(s: &'a [T], l: &Layout, op: &str) -> Result<&'a [T]> {
 /// Float element of the kernels: f32 or f64.
 trait Float: num_traits::Float + num_traits::FromPrimitive + Send + Sync + std::iter::Sum + 'static {
     fn erf(self) -> Self;
+    /// This thread's [`Scratch`] pool of this element type.
+    fn scratch_pool() -> &'static std::thread::LocalKey<std::cell::RefCell<Vec<(Vec<Self>, Vec<Self>)>>>;
     /// `e^x`, branch-free for f32 so that loops over it vectorise (libm's `expf` is one call per
     /// element; in SiLU and its gradient it was a quarter of a small UNet's CPU step).
     fn exp_vec(self) -> Self;
@@ -155,6 +157,13 @@ trait Float: num_traits::Float + num_traits::FromPrimitive + Send + Sync + std::
 }
 
 impl Float for f32 {
+    fn scratch_pool() -> &'static std::thread::LocalKey<std::cell::RefCell<Vec<(Vec<Self>, Vec<Self>)>>> {
+        thread_local! {
+            static POOL: std::cell::RefCell<Vec<(Vec<f32>, Vec<f32>)>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        &POOL
+    }
+
     fn gemm_bf16(
         dst: (&mut [f32], usize),
         mnk: (usize, usize, usize),
@@ -241,6 +250,13 @@ impl Float for f32 {
 }
 
 impl Float for f64 {
+    fn scratch_pool() -> &'static std::thread::LocalKey<std::cell::RefCell<Vec<(Vec<Self>, Vec<Self>)>>> {
+        thread_local! {
+            static POOL: std::cell::RefCell<Vec<(Vec<f64>, Vec<f64>)>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        &POOL
+    }
+
     fn erf(self) -> Self {
         libm::erf(self)
     }
@@ -324,6 +340,54 @@ unsafe fn written_vec<T>(len: usize, write: impl FnOnce(&mut [MaybeUninit<T>])) 
 unsafe fn assume_init<T>(x: &mut [MaybeUninit<T>]) -> &mut [T] {
     // SAFETY: the caller's promise; MaybeUninit<T> has T's layout.
     unsafe { &mut *(x as *mut [MaybeUninit<T>] as *mut [T]) }
+}
+
+/// Two scratch vectors of a kernel (an im2col matrix, GEMM rows), taken from this thread's pool
+/// and put back when dropped: they keep their memory from one image group and one convolution to
+/// the next (fresh ones per group had been zero-filled each time: 4% of a small UNet's sampling).
+/// Their contents are stale; see [`grown`].
+struct Scratch<T: Float>((Vec<T>, Vec<T>));
+
+impl<T: Float> Scratch<T> {
+    /// A pair from the pool, or two empty vectors.
+    fn take() -> Self {
+        Scratch(T::scratch_pool().with(|p| p.borrow_mut().pop()).unwrap_or_default())
+    }
+}
+
+impl<T: Float> Drop for Scratch<T> {
+    fn drop(&mut self) {
+        const KEPT: usize = 4;
+        let bufs = std::mem::take(&mut self.0);
+        T::scratch_pool().with(|p| {
+            let mut pool = p.borrow_mut();
+            if pool.len() < KEPT {
+                pool.push(bufs);
+            }
+        });
+    }
+}
+
+impl<T: Float> std::ops::Deref for Scratch<T> {
+    type Target = (Vec<T>, Vec<T>);
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl<T: Float> std::ops::DerefMut for Scratch<T> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+/// The first `len` elements of `v`, grown (zero-filled) only past its current length: elements
+/// below it keep stale values, for kernels that write every element they read.
+fn grown<T: Float>(v: &mut Vec<T>, len: usize) -> &mut [T] {
+    if v.len() < len {
+        v.resize(len, T::zero());
+    }
+    &mut v[..len]
 }
 
 /// A matrix operand: elements, row stride, column stride.

@@ -127,7 +127,7 @@ fn contiguous<'a, T>(s: &'a [T], l: &Layout, op: &str) -> Result<&'a [T]> {
 trait Float: num_traits::Float + num_traits::FromPrimitive + Send + Sync + std::iter::Sum + 'static {
     fn erf(self) -> Self;
     /// This thread's [`Scratch`] pool of this element type.
-    fn scratch_pool() -> &'static std::thread::LocalKey<std::cell::RefCell<Vec<(Vec<Self>, Vec<Self>)>>>;
+    fn scratch_pool() -> &'static ScratchPool<Self>;
     /// `e^x`, branch-free for f32 so that loops over it vectorise (libm's `expf` is one call per
     /// element; in SiLU and its gradient it was a quarter of a small UNet's CPU step).
     fn exp_vec(self) -> Self;
@@ -157,7 +157,7 @@ trait Float: num_traits::Float + num_traits::FromPrimitive + Send + Sync + std::
 }
 
 impl Float for f32 {
-    fn scratch_pool() -> &'static std::thread::LocalKey<std::cell::RefCell<Vec<(Vec<Self>, Vec<Self>)>>> {
+    fn scratch_pool() -> &'static ScratchPool<Self> {
         thread_local! {
             static POOL: std::cell::RefCell<Vec<(Vec<f32>, Vec<f32>)>> = const { std::cell::RefCell::new(Vec::new()) };
         }
@@ -250,7 +250,7 @@ impl Float for f32 {
 }
 
 impl Float for f64 {
-    fn scratch_pool() -> &'static std::thread::LocalKey<std::cell::RefCell<Vec<(Vec<Self>, Vec<Self>)>>> {
+    fn scratch_pool() -> &'static ScratchPool<Self> {
         thread_local! {
             static POOL: std::cell::RefCell<Vec<(Vec<f64>, Vec<f64>)>> = const { std::cell::RefCell::new(Vec::new()) };
         }
@@ -341,6 +341,9 @@ unsafe fn assume_init<T>(x: &mut [MaybeUninit<T>]) -> &mut [T] {
     // SAFETY: the caller's promise; MaybeUninit<T> has T's layout.
     unsafe { &mut *(x as *mut [MaybeUninit<T>] as *mut [T]) }
 }
+
+/// A thread's spare [`Scratch`] pairs.
+type ScratchPool<T> = std::thread::LocalKey<std::cell::RefCell<Vec<(Vec<T>, Vec<T>)>>>;
 
 /// Two scratch vectors of a kernel (an im2col matrix, GEMM rows), taken from this thread's pool
 /// and put back when dropped: they keep their memory from one image group and one convolution to

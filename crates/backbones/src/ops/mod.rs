@@ -410,10 +410,7 @@ fn gemm_into<T: Float>(
     if bf16 && T::gemm_bf16_into((&mut *dst, dst_rs), (m, n, k), lhs, rhs, par) {
         return;
     }
-    let inside =
-        |len: usize, rs: usize, cs: usize, r: usize, c: usize| r == 0 || c == 0 || (r - 1) * rs + (c - 1) * cs < len;
-    assert!(inside(lhs.0.len(), lhs.1, lhs.2, m, k) && inside(rhs.0.len(), rhs.1, rhs.2, k, n));
-    assert!(inside(dst.len(), dst_rs, 1, m, n) && (m < 2 || dst_rs >= n));
+    check_gemm(dst.len(), dst_rs, (m, n, k), lhs, rhs);
     // SAFETY: as in `gemm`; without `read_dst` the gemm crate only writes `dst` (its kernels'
     // alpha-zero path stores the products without loading the destination).
     unsafe { gemm_crate(dst.as_mut_ptr() as *mut T, dst_rs, (m, n, k), lhs, rhs, false, par) }
@@ -431,16 +428,22 @@ fn gemm<T: Float>(
     bf16: bool,
     par: Parallelism,
 ) {
-    let inside =
-        |len: usize, rs: usize, cs: usize, r: usize, c: usize| r == 0 || c == 0 || (r - 1) * rs + (c - 1) * cs < len;
-    assert!(inside(lhs.0.len(), lhs.1, lhs.2, m, k) && inside(rhs.0.len(), rhs.1, rhs.2, k, n));
-    assert!(inside(dst.len(), dst_rs, 1, m, n) && (m < 2 || dst_rs >= n));
+    check_gemm(dst.len(), dst_rs, (m, n, k), lhs, rhs);
     if bf16 && T::gemm_bf16((dst, dst_rs), (m, n, k), lhs, rhs, add, par) {
         return;
     }
     // SAFETY: the asserts keep every access of the three operands inside their slices, and the
     // destination's rows (stride >= n) do not overlap.
     unsafe { gemm_crate(dst.as_mut_ptr(), dst_rs, (m, n, k), lhs, rhs, add, par) }
+}
+
+/// Panics unless the operands and the m rows of n of a destination of `dst_len` elements (rows
+/// `dst_rs >= n` apart, so that they do not overlap) lie inside their slices.
+fn check_gemm<T>(dst_len: usize, dst_rs: usize, (m, n, k): (usize, usize, usize), lhs: Mat<T>, rhs: Mat<T>) {
+    let inside =
+        |len: usize, rs: usize, cs: usize, r: usize, c: usize| r == 0 || c == 0 || (r - 1) * rs + (c - 1) * cs < len;
+    assert!(inside(lhs.0.len(), lhs.1, lhs.2, m, k) && inside(rhs.0.len(), rhs.1, rhs.2, k, n));
+    assert!(inside(dst_len, dst_rs, 1, m, n) && (m < 2 || dst_rs >= n));
 }
 
 /// The gemm crate's `dst (+)= lhs rhs`. In parallel, the larger of m and n is split into one

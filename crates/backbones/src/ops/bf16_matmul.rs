@@ -296,27 +296,29 @@ fn rounded_copy((data, rs, cs): Mat<f32>, rows: usize, cols: usize, par: Paralle
         true => (rows, cols, rs, cs, (cols, 1)),
         false => (cols, rows, cs, rs, (1, rows)),
     };
-    let mut out = vec![0f32; lines * len];
     if len == 0 {
-        return (out, strides.0, strides.1);
+        return (Vec::new(), strides.0, strides.1);
     }
-    let fill = |(i, line): (usize, &mut [f32])| {
+    let fill = |(i, line): (usize, &mut [MaybeUninit<f32>])| {
         let src = &data[i * line_stride..];
         match step {
-            1 => line.iter_mut().zip(&src[..len]).for_each(|(o, &x)| *o = round_bf16(x)),
-            _ => line.iter_mut().enumerate().for_each(|(j, o)| *o = round_bf16(src[j * step])),
+            1 => line.iter_mut().zip(&src[..len]).for_each(|(o, &x)| {
+                o.write(round_bf16(x));
+            }),
+            _ => line.iter_mut().enumerate().for_each(|(j, o)| {
+                o.write(round_bf16(src[j * step]));
+            }),
         }
     };
-    let threads = match par {
-        Parallelism::Rayon(t) => t,
-        _ => 1,
+    let write = |out: &mut [MaybeUninit<f32>]| match super::threads(par) > 1 && lines * len >= 1 << 16 {
+        true => {
+            use rayon::prelude::*;
+            out.par_chunks_mut(len).enumerate().for_each(fill)
+        }
+        false => out.chunks_mut(len).enumerate().for_each(fill),
     };
-    if threads > 1 && lines * len >= 1 << 16 {
-        use rayon::prelude::*;
-        out.par_chunks_mut(len).enumerate().for_each(fill);
-    } else {
-        out.chunks_mut(len).enumerate().for_each(fill);
-    }
+    // SAFETY: `fill` writes every element of each of the `lines` lines of `len`.
+    let out = unsafe { super::written_vec(lines * len, write) };
     (out, strides.0, strides.1)
 }
 

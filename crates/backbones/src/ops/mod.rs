@@ -407,10 +407,10 @@ fn gemm_into<T: Float>(
     bf16: bool,
     par: Parallelism,
 ) {
+    check_gemm(dst.len(), dst_rs, (m, n, k), lhs, rhs);
     if bf16 && T::gemm_bf16_into((&mut *dst, dst_rs), (m, n, k), lhs, rhs, par) {
         return;
     }
-    check_gemm(dst.len(), dst_rs, (m, n, k), lhs, rhs);
     // SAFETY: as in `gemm`; without `read_dst` the gemm crate only writes `dst` (its kernels'
     // alpha-zero path stores the products without loading the destination).
     unsafe { gemm_crate(dst.as_mut_ptr() as *mut T, dst_rs, (m, n, k), lhs, rhs, false, par) }
@@ -435,6 +435,14 @@ fn gemm<T: Float>(
     // SAFETY: the asserts keep every access of the three operands inside their slices, and the
     // destination's rows (stride >= n) do not overlap.
     unsafe { gemm_crate(dst.as_mut_ptr(), dst_rs, (m, n, k), lhs, rhs, add, par) }
+}
+
+/// The threads a [`Parallelism`] asks for.
+fn threads(par: Parallelism) -> usize {
+    match par {
+        Parallelism::Rayon(t) => t,
+        _ => 1,
+    }
 }
 
 /// Panics unless the operands and the m rows of n of a destination of `dst_len` elements (rows
@@ -463,10 +471,7 @@ unsafe fn gemm_crate<T: Float>(
     read_dst: bool,
     par: Parallelism,
 ) {
-    let threads = match par {
-        Parallelism::Rayon(t) => t,
-        _ => 1,
-    };
+    let threads = threads(par);
     // Below this (about 10 us on one core) a fork-join costs more than it saves.
     const SPLIT_MIN_MACS: usize = 1 << 20;
     let split = threads > 1 && m * n * k >= SPLIT_MIN_MACS && m.max(n) >= 32 * threads;

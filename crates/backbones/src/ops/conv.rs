@@ -14,9 +14,10 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::bf16_matmul::{conv_taps_bf16, gemm_bf16_operands, gemm_bf16_operands_into, Operand, PairPlanes};
+use super::direct_conv::{self, DirectConv};
 use super::implicit_im2col::{Im2col, Im2colTable};
 use super::{
-    amx_available, as_f32, as_f32_mut, as_f32_uninit, assume_init, autocast_bf16_active, fused, gemm, grown,
+    amx_available, as_f32, as_f32_mut, as_f32_uninit, assume_init, autocast_bf16_active, from_f32, fused, gemm, grown,
     reduction_group, sum_by, sum_in_order, written_vec, Float, Scratch,
 };
 
@@ -226,6 +227,15 @@ impl Geom {
         (hp, wp, ((n - 1) * hp * wp + self.oh * wp).div_ceil(32) * 32)
     }
 
+    /// This convolution for [`direct_conv`], where it runs there: f32 outside autocast (the
+    /// caller checks the type), stride 1, a kernel larger than 1x1, a CPU with its kernels.
+    fn direct(&self) -> Option<DirectConv> {
+        let suits = !self.bf16 && self.stride == 1 && self.kh * self.kw > 1 && direct_conv::available();
+        let (b, cin, h, w, cout, kh, kw, pad) =
+            (self.b, self.cin, self.h, self.w, self.cout, self.kh, self.kw, self.pad);
+        suits.then_some(DirectConv { b, cin, h, w, cout, kh, kw, pad })
+    }
+
     /// Channel, kernel row and kernel column of im2col row `r`.
     fn tap(&self, r: usize) -> (usize, usize, usize) {
         (r / (self.kh * self.kw), (r / self.kw) % self.kh, r % self.kw)
@@ -392,6 +402,14 @@ struct Conv {
 }
 
 fn conv_fwd<T: Float>(x: &[T], wt: &[T], bias: &[T], g: Geom, relu: bool) -> Vec<T> {
+    if let (Some(d), Some(x), Some(wt), Some(bias)) = (g.direct(), as_f32(x), as_f32(wt), as_f32(bias)) {
+        let write = |out: &mut [MaybeUninit<T>]| {
+            let out = as_f32_uninit(out).expect("T is f32 (x is)");
+            assert!(direct_conv::forward(x, wt, bias, d, relu, out), "`direct` checked the kernels");
+        };
+        // SAFETY: `forward` wrote every element (it returned true).
+        return unsafe { written_vec(g.b * g.cout * g.l(), write) };
+    }
     let (l, group) = (g.l(), g.group());
     let inner = Inner::of(g.b.div_ceil(group));
     let by_taps = g.by_taps(wt);
@@ -573,6 +591,11 @@ simd_fn! {
         if let Some(dx) = input_grad_as_conv(grad, wt, &g) {
             return dx;
         }
+        if let (Some(d), Some(grad), Some(wt)) = (g.direct(), as_f32(grad), as_f32(wt)) {
+            if let Some(dx) = direct_conv::input_grad(grad, wt, d).and_then(from_f32) {
+                return dx;
+            }
+        }
         let (k, l, group) = (g.k(), g.l(), g.group());
         let mut dx = vec![T::zero(); g.b * g.image()];
         let pairs = grad.chunks(group * g.cout * l).zip(dx.chunks_mut(group * g.image()));
@@ -653,6 +676,11 @@ struct WeightGrad {
 
 simd_fn! {
     fn weight_grad<T: Float>(x: &[T], grad: &[T], g: Geom) -> Vec<T> {
+        if let (Some(d), Some(x), Some(grad)) = (g.direct(), as_f32(x), as_f32(grad)) {
+            if let Some(dwb) = direct_conv::weight_grad(x, grad, d).and_then(from_f32) {
+                return dwb;
+            }
+        }
         let (k, l, group) = (g.k(), g.l(), g.group());
         let groups: Vec<(&[T], &[T])> = x.chunks(group * g.image()).zip(grad.chunks(group * g.cout * l)).collect();
         // `[dW^T (K, Cout), dbias]` of runs of consecutive image groups, added up in their order:

@@ -65,6 +65,7 @@ mod attention;
 mod bf16_matmul;
 mod bias;
 mod conv;
+mod direct_conv;
 mod implicit_im2col;
 mod norm;
 mod softmax;
@@ -303,6 +304,12 @@ fn as_f32<T: Float>(x: &[T]) -> Option<&[f32]> {
     // SAFETY: T is f32 (same type, so same layout).
     (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
         .then(|| unsafe { &*(x as *const [T] as *const [f32]) })
+}
+
+/// `v` as a `Vec<T>`, if T is f32.
+fn from_f32<T: Float>(v: Vec<f32>) -> Option<Vec<T>> {
+    let v: Box<dyn std::any::Any> = Box::new(v);
+    v.downcast::<Vec<T>>().ok().map(|v| *v)
 }
 
 /// As [`as_f32`], mutable.

@@ -1,0 +1,514 @@
+//! f32 stride-1 convolution computed from the zero-padded images themselves, with register-tiled
+//! AVX-512 or AVX2 kernels: no im2col matrix, no GEMM packing.
+//!
+//! Output position `p = oy * wp + ox` over rows of the padded width `wp` reads padded input
+//! position `p + i * wp + j` at tap `(i, j)`: one contiguous vector load per channel and tap.
+//! The columns `ox >= ow` of each row are computed and dropped (the price of contiguous loads:
+//! `kw - 1` of every `wp` positions). im2col wrote and the GEMM re-packed a matrix nine times
+//! the input for a 3x3 kernel, which cost a quarter of a small UNet's training step.
+//! The input gradient is the forward convolution of the output gradient with the kernel flipped
+//! and transposed; the weight gradient sums products of gradient rows and shifted input rows.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
+
+use rayon::prelude::*;
+
+use super::{sum_by, sum_in_order, Scratch};
+
+/// Sizes of one stride-1 convolution, zero padding `(rows, columns)` on both sides.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct DirectConv {
+    pub b: usize,
+    pub cin: usize,
+    pub h: usize,
+    pub w: usize,
+    pub cout: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub pad: (usize, usize),
+}
+
+/// The kernels of one instruction set: the forward tile is `co` output channels by `pv` vectors
+/// of positions, the weight-gradient tile `wco` output channels by `wj` (channel, tap) pairs;
+/// both keep their accumulators in registers (24 of AVX-512's 32, 12 of AVX2's 16).
+struct Kernels {
+    lanes: usize,
+    co: usize,
+    pv: usize,
+    fwd: FwdTile,
+    wco: usize,
+    wj: usize,
+    wgrad: WgradTile,
+}
+
+type FwdTile = unsafe fn(*const f32, usize, usize, &[usize], *const f32, *mut f32, usize);
+type WgradTile = unsafe fn(*const f32, usize, *const f32, &[usize], usize, *mut f32);
+
+#[cfg(target_arch = "x86_64")]
+macro_rules! kernels {
+    ($isa:ident, $feature:literal, $lanes:literal, $zero:ident, $load:ident, $store:ident, $set1:ident, $fma:ident) => {
+        mod $isa {
+            use super::*;
+
+            /// `CO` rows of `dst` (`dst_stride` apart), `PV` vectors each: the sums over the
+            /// `cin` channels (planes `plane` apart) and taps (`shifts`) of the packed weights
+            /// `w[ci][t][co]` times the input at `x + shift`.
+            #[target_feature(enable = $feature)]
+            pub(super) unsafe fn fwd_tile<const CO: usize, const PV: usize>(
+                x: *const f32,
+                plane: usize,
+                cin: usize,
+                shifts: &[usize],
+                w: *const f32,
+                dst: *mut f32,
+                dst_stride: usize,
+            ) {
+                let mut acc = [[$zero(); PV]; CO];
+                let taps = shifts.len();
+                for ci in 0..cin {
+                    let (xc, wc) = (x.add(ci * plane), w.add(ci * taps * CO));
+                    for (t, &s) in shifts.iter().enumerate() {
+                        let mut xv = [$zero(); PV];
+                        for (v, xv) in xv.iter_mut().enumerate() {
+                            *xv = $load(xc.add(s + $lanes * v));
+                        }
+                        for (co, acc) in acc.iter_mut().enumerate() {
+                            let wv = $set1(*wc.add(t * CO + co));
+                            for (a, &xv) in acc.iter_mut().zip(&xv) {
+                                *a = $fma(wv, xv, *a);
+                            }
+                        }
+                    }
+                }
+                for (co, acc) in acc.iter().enumerate() {
+                    for (v, &a) in acc.iter().enumerate() {
+                        $store(dst.add(co * dst_stride + $lanes * v), a);
+                    }
+                }
+            }
+
+            /// Adds to the vectors `acc[j][co]` (`J` x `CO` vectors) the products of gradient row
+            /// `co` (`g`, rows `g_row` apart) and the input at `x + offs[j]`, over `npos`
+            /// positions (a multiple of the lanes).
+            #[target_feature(enable = $feature)]
+            pub(super) unsafe fn wgrad_tile<const CO: usize, const J: usize>(
+                g: *const f32,
+                g_row: usize,
+                x: *const f32,
+                offs: &[usize],
+                npos: usize,
+                acc: *mut f32,
+            ) {
+                let mut sums: [[_; CO]; J] =
+                    std::array::from_fn(|j| std::array::from_fn(|co| $load(acc.add((j * CO + co) * $lanes))));
+                let g: [*const f32; CO] = std::array::from_fn(|co| g.add(co * g_row));
+                let x: [*const f32; J] = std::array::from_fn(|j| x.add(offs[j]));
+                for p in (0..npos).step_by($lanes) {
+                    let gv: [_; CO] = std::array::from_fn(|co| $load(g[co].add(p)));
+                    for (sums, x) in sums.iter_mut().zip(&x) {
+                        let xv = $load(x.add(p));
+                        for (s, &gv) in sums.iter_mut().zip(&gv) {
+                            *s = $fma(gv, xv, *s);
+                        }
+                    }
+                }
+                for (j, sums) in sums.iter().enumerate() {
+                    for (co, &v) in sums.iter().enumerate() {
+                        $store(acc.add((j * CO + co) * $lanes), v);
+                    }
+                }
+            }
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+kernels!(avx512, "avx512f", 16, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps, _mm512_fmadd_ps);
+#[cfg(target_arch = "x86_64")]
+kernels!(avx2, "avx2,fma", 8, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps, _mm256_fmadd_ps);
+
+#[cfg(target_arch = "x86_64")]
+static AVX512: Kernels = Kernels {
+    lanes: 16,
+    co: 8,
+    pv: 3,
+    fwd: avx512::fwd_tile::<8, 3>,
+    wco: 4,
+    wj: 6,
+    wgrad: avx512::wgrad_tile::<4, 6>,
+};
+
+#[cfg(target_arch = "x86_64")]
+static AVX2: Kernels =
+    Kernels { lanes: 8, co: 4, pv: 3, fwd: avx2::fwd_tile::<4, 3>, wco: 2, wj: 6, wgrad: avx2::wgrad_tile::<2, 6> };
+
+/// The kernels this CPU runs, if it has AVX-512 or AVX2 with FMA.
+fn kernels() -> Option<&'static Kernels> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            return Some(&AVX512);
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return Some(&AVX2);
+        }
+    }
+    None
+}
+
+/// Whether this CPU has the kernels.
+pub(super) fn available() -> bool {
+    kernels().is_some()
+}
+
+/// A pointer that tasks writing disjoint parts of one output share.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+// SAFETY: every task writes its own elements only.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// # Safety
+    /// The `len` elements at `offset` are inside the output and written by this task alone.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, offset: usize, len: usize) -> &mut [f32] {
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(offset), len) }
+    }
+}
+
+impl DirectConv {
+    fn out(&self) -> (usize, usize) {
+        (self.h + 2 * self.pad.0 + 1 - self.kh, self.w + 2 * self.pad.1 + 1 - self.kw)
+    }
+
+    /// Padded height and width.
+    fn padded(&self) -> (usize, usize) {
+        (self.h + 2 * self.pad.0, self.w + 2 * self.pad.1)
+    }
+
+    /// Offset of each tap in a padded plane.
+    fn shifts(&self) -> Vec<usize> {
+        let wp = self.padded().1;
+        (0..self.kh * self.kw).map(|t| t / self.kw * wp + t % self.kw).collect()
+    }
+
+    /// The images zero-padded, `(b, cin, hp, wp)`, then `slack` zeros that the kernels' reads
+    /// past the last plane (positions they compute and drop) land in.
+    fn pad_images(&self, x: &[f32], slack: usize, xp: &mut Vec<f32>) {
+        let (hp, wp) = self.padded();
+        let (plane, image) = (hp * wp, self.h * self.w);
+        xp.resize(self.b * self.cin * plane + slack, 0.0);
+        let (planes, rest) = xp.split_at_mut(self.b * self.cin * plane);
+        rest.fill(0.0);
+        planes.par_chunks_mut(plane).zip(x.par_chunks(image)).with_min_len(8).for_each(|(dst, src)| {
+            let (top, body) = dst.split_at_mut(self.pad.0 * wp);
+            top.fill(0.0);
+            let (body, bottom) = body.split_at_mut(self.h * wp);
+            bottom.fill(0.0);
+            for (row, src) in body.chunks_mut(wp).zip(src.chunks(self.w)) {
+                let (left, rest) = row.split_at_mut(self.pad.1);
+                left.fill(0.0);
+                rest[..self.w].copy_from_slice(src);
+                rest[self.w..].fill(0.0);
+            }
+        });
+    }
+}
+
+/// `out (b, cout, oh, ow) = conv(x, wt) + bias`, then a ReLU if `relu`; every element written.
+/// False (nothing written) where this CPU lacks the kernels.
+pub(super) fn forward(
+    x: &[f32],
+    wt: &[f32],
+    bias: &[f32],
+    d: DirectConv,
+    relu: bool,
+    out: &mut [MaybeUninit<f32>],
+) -> bool {
+    let Some(k) = kernels() else { return false };
+    let (oh, ow) = d.out();
+    let (hp, wp) = d.padded();
+    let (taps, plane, block) = (d.kh * d.kw, hp * wp, k.lanes * k.pv);
+    let cout_r = d.cout.next_multiple_of(k.co);
+    // w[cb][ci][t][co]: a tile's weights for one channel and tap are adjacent.
+    let mut packed = vec![0f32; cout_r * d.cin * taps];
+    for (co, w) in wt.chunks(d.cin * taps).enumerate() {
+        let (cb, c) = (co / k.co, co % k.co);
+        for (ci, w) in w.chunks(taps).enumerate() {
+            let dst = &mut packed[(cb * d.cin + ci) * taps * k.co..];
+            w.iter().enumerate().for_each(|(t, &v)| dst[t * k.co + c] = v);
+        }
+    }
+    let shifts = d.shifts();
+    let mut bufs = Scratch::<f32>::take();
+    let (xp, _) = &mut *bufs;
+    d.pad_images(x, block + 2 * wp + 64, xp);
+    // Whole images per task where there are enough of them, else bands of rows.
+    let tasks_wanted = 4 * rayon::current_num_threads();
+    let rows = match d.b >= tasks_wanted {
+        true => oh,
+        false => oh.div_ceil(tasks_wanted.div_ceil(d.b)).max(1),
+    };
+    let tasks: Vec<(usize, usize)> = (0..d.b).flat_map(|b| (0..oh).step_by(rows).map(move |oy| (b, oy))).collect();
+    let dst = Shared(out.as_mut_ptr().cast::<f32>());
+    let (xp, packed) = (&*xp, &packed);
+    tasks.into_par_iter().for_each_init(Scratch::<f32>::take, |bufs, (b, oy0)| {
+        let (tmp, _) = &mut **bufs;
+        let oy1 = (oy0 + rows).min(oh);
+        let npos = ((oy1 - oy0) * wp).next_multiple_of(block);
+        tmp.resize(cout_r * npos, 0.0);
+        let x = &xp[(b * d.cin * plane + oy0 * wp)..];
+        for p0 in (0..npos).step_by(block) {
+            for cb in 0..cout_r / k.co {
+                // SAFETY: the tile reads `cin` planes from `p0` up to `block` positions past the
+                // last shift, inside `xp` (its slack covers the rounding); it writes `co` rows
+                // of `block` inside `tmp`.
+                unsafe {
+                    (k.fwd)(
+                        x.as_ptr().add(p0),
+                        plane,
+                        d.cin,
+                        &shifts,
+                        packed.as_ptr().add(cb * d.cin * taps * k.co),
+                        tmp.as_mut_ptr().add(cb * k.co * npos + p0),
+                        npos,
+                    )
+                }
+            }
+        }
+        for co in 0..d.cout {
+            for oy in oy0..oy1 {
+                let src = &tmp[co * npos + (oy - oy0) * wp..][..ow];
+                // SAFETY: row `oy` of channel `co` of image `b` is this task's alone.
+                let row = unsafe { dst.slice(((b * d.cout + co) * oh + oy) * ow, ow) };
+                let bias = bias[co];
+                match relu {
+                    true => row.iter_mut().zip(src).for_each(|(o, &v)| *o = (v + bias).max(0.0)),
+                    false => row.iter_mut().zip(src).for_each(|(o, &v)| *o = v + bias),
+                }
+            }
+        }
+    });
+    true
+}
+
+/// `dx (b, cin, h, w)` from the output gradient `grad (b, cout, oh, ow)`: the forward convolution
+/// of `grad` with `w` flipped and transposed, padded `k - 1 - pad`. None where this CPU lacks
+/// the kernels or the padding exceeds `k - 1`.
+pub(super) fn input_grad(grad: &[f32], wt: &[f32], d: DirectConv) -> Option<Vec<f32>> {
+    if !available() || d.pad.0 >= d.kh || d.pad.1 >= d.kw {
+        return None;
+    }
+    let (oh, ow) = d.out();
+    let taps = d.kh * d.kw;
+    // flipped[ci][co][taps - 1 - t] = w[co][ci][t]
+    let mut flipped = vec![0f32; wt.len()];
+    for (co, w) in wt.chunks(d.cin * taps).enumerate() {
+        for (ci, w) in w.chunks(taps).enumerate() {
+            let dst = &mut flipped[(ci * d.cout + co) * taps..][..taps];
+            dst.iter_mut().zip(w.iter().rev()).for_each(|(o, &v)| *o = v);
+        }
+    }
+    let pad = (d.kh - 1 - d.pad.0, d.kw - 1 - d.pad.1);
+    let t = DirectConv { b: d.b, cin: d.cout, h: oh, w: ow, cout: d.cin, kh: d.kh, kw: d.kw, pad };
+    let mut dx = Vec::with_capacity(d.b * d.cin * d.h * d.w);
+    let written =
+        forward(grad, &flipped, &vec![0.0; d.cin], t, false, &mut dx.spare_capacity_mut()[..d.b * d.cin * d.h * d.w]);
+    // SAFETY: `forward` wrote every element (it returned true).
+    written.then(|| unsafe {
+        dx.set_len(d.b * d.cin * d.h * d.w);
+        dx
+    })
+}
+
+/// `[dW (cout, cin, kh, kw), dbias (cout)]` from the input and the output gradient: partial sums
+/// over fixed groups of images (set by the shape), added in order, so the result never depends
+/// on the threads. None where this CPU lacks the kernels.
+pub(super) fn weight_grad(x: &[f32], grad: &[f32], d: DirectConv) -> Option<Vec<f32>> {
+    let k = kernels()?;
+    let (oh, ow) = d.out();
+    let (hp, wp) = d.padded();
+    let (taps, plane) = (d.kh * d.kw, hp * wp);
+    let npos = (oh * wp).next_multiple_of(k.lanes);
+    let (cout_r, pairs) = (d.cout.next_multiple_of(k.wco), d.cin * taps);
+    let pairs_r = pairs.next_multiple_of(k.wj);
+    let shifts = d.shifts();
+    // Input offset of each (channel, tap) pair; the padding pairs read the first plane.
+    let offs: Vec<usize> =
+        (0..pairs_r).map(|r| if r < pairs { r / taps * plane + shifts[r % taps] } else { 0 }).collect();
+    // Images per partial sum: their padded input and gradient rows stay near 512 KB, and there
+    // are at least 8 groups (where there are 8 images) to spread over the threads.
+    let per_image = d.cin * plane + cout_r * npos;
+    let group = ((1 << 17) / per_image).clamp(1, d.b.div_ceil(8).max(1));
+    let (image, out_image) = (d.cin * d.h * d.w, d.cout * oh * ow);
+    let partial = |i: usize| {
+        let n = group.min(d.b - i * group);
+        let one = DirectConv { b: n, ..d };
+        let mut bufs = Scratch::<f32>::take();
+        let (xp, gp) = &mut *bufs;
+        one.pad_images(&x[i * group * image..][..n * image], npos + 2 * wp + 64, xp);
+        // Gradient rows over the padded width, zero in the dropped columns and padding channels.
+        gp.resize(n * cout_r * npos, 0.0);
+        let grad = &grad[i * group * out_image..][..n * out_image];
+        for (dst, src) in gp.chunks_mut(cout_r * npos).zip(grad.chunks(out_image)) {
+            let (rows, padding) = dst.split_at_mut(d.cout * npos);
+            padding.fill(0.0);
+            for (dst, src) in rows.chunks_mut(npos).zip(src.chunks(oh * ow)) {
+                let (rows, tail) = dst.split_at_mut(oh * wp);
+                tail.fill(0.0);
+                for (dst, src) in rows.chunks_mut(wp).zip(src.chunks(ow)) {
+                    dst[..ow].copy_from_slice(src);
+                    dst[ow..].fill(0.0);
+                }
+            }
+        }
+        let mut acc = vec![0f32; cout_r * pairs_r + d.cout];
+        let mut sums = vec![0f32; k.wco * k.wj * k.lanes];
+        for cb in (0..cout_r).step_by(k.wco) {
+            for r in (0..pairs_r).step_by(k.wj) {
+                sums.fill(0.0);
+                for b in 0..n {
+                    // SAFETY: rows `cb..cb + wco` of image `b` lie in `gp`; every input read lies
+                    // before `offs + npos` of image `b`, inside `xp` with its slack; `sums` holds
+                    // the tile's vectors.
+                    unsafe {
+                        (k.wgrad)(
+                            gp[(b * cout_r + cb) * npos..].as_ptr(),
+                            npos,
+                            xp[b * d.cin * plane..].as_ptr(),
+                            &offs[r..r + k.wj],
+                            npos,
+                            sums.as_mut_ptr(),
+                        )
+                    };
+                }
+                for (jc, lanes) in sums.chunks(k.lanes).enumerate() {
+                    let (j, c) = (jc / k.wco, jc % k.wco);
+                    acc[(cb + c) * pairs_r + r + j] = lanes.iter().sum();
+                }
+            }
+        }
+        let db = &mut acc[cout_r * pairs_r..];
+        for src in grad.chunks(out_image) {
+            for (db, row) in db.iter_mut().zip(src.chunks(oh * ow)) {
+                *db += sum_by(row, row, |v, _| v);
+            }
+        }
+        acc
+    };
+    let parts: Vec<Vec<f32>> = (0..d.b.div_ceil(group)).into_par_iter().map(partial).collect();
+    let acc = sum_in_order(parts, cout_r * pairs_r + d.cout);
+    let mut dwb = Vec::with_capacity(d.cout * (pairs + 1));
+    for co in 0..d.cout {
+        dwb.extend_from_slice(&acc[co * pairs_r..][..pairs]);
+    }
+    dwb.extend_from_slice(&acc[cout_r * pairs_r..]);
+    Some(dwb)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `F.conv2d` in f64, term by term.
+    fn reference(x: &[f32], w: &[f32], d: &DirectConv) -> Vec<f64> {
+        let (oh, ow) = d.out();
+        let mut y = vec![0f64; d.b * d.cout * oh * ow];
+        for b in 0..d.b {
+            for co in 0..d.cout {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut s = 0f64;
+                        for ci in 0..d.cin {
+                            for i in 0..d.kh {
+                                for j in 0..d.kw {
+                                    let (iy, ix) = ((oy + i).wrapping_sub(d.pad.0), (ox + j).wrapping_sub(d.pad.1));
+                                    if iy < d.h && ix < d.w {
+                                        let xv = x[((b * d.cin + ci) * d.h + iy) * d.w + ix] as f64;
+                                        s += xv * w[((co * d.cin + ci) * d.kh + i) * d.kw + j] as f64;
+                                    }
+                                }
+                            }
+                        }
+                        y[((b * d.cout + co) * oh + oy) * ow + ox] = s;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 2001) as f32 / 1000.0 - 1.0).collect()
+    }
+
+    fn close(got: &[f32], want: &[f64], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        let scale = want.iter().fold(1f64, |m, v| m.max(v.abs()));
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+            assert!((g as f64 - w).abs() <= 1e-5 * scale, "{what}: element {i}: {g} vs {w}");
+        }
+    }
+
+    /// Values, input gradient and weight gradient against the f64 definitions, over tile
+    /// remainders (channels not a multiple of the tiles, one channel), odd and non-square
+    /// images, no padding, 5x5 and 1x7 kernels, one image (split into row bands) and many.
+    #[test]
+    fn direct_conv_matches_the_definition() {
+        if !available() {
+            return;
+        }
+        let cases = [
+            DirectConv { b: 2, cin: 3, h: 9, w: 7, cout: 5, kh: 3, kw: 3, pad: (1, 1) },
+            DirectConv { b: 1, cin: 16, h: 28, w: 28, cout: 16, kh: 3, kw: 3, pad: (1, 1) },
+            DirectConv { b: 20, cin: 1, h: 6, w: 6, cout: 9, kh: 3, kw: 3, pad: (1, 1) },
+            DirectConv { b: 3, cin: 13, h: 7, w: 7, cout: 1, kh: 3, kw: 3, pad: (0, 0) },
+            DirectConv { b: 2, cin: 4, h: 11, w: 10, cout: 12, kh: 5, kw: 5, pad: (2, 2) },
+            DirectConv { b: 2, cin: 6, h: 9, w: 12, cout: 8, kh: 1, kw: 7, pad: (0, 3) },
+            DirectConv { b: 33, cin: 8, h: 4, w: 4, cout: 3, kh: 3, kw: 3, pad: (1, 1) },
+        ];
+        for d in cases {
+            let (oh, ow) = d.out();
+            let x = values(d.b * d.cin * d.h * d.w, 7);
+            let w = values(d.cout * d.cin * d.kh * d.kw, 11);
+            let bias = values(d.cout, 13);
+            let g = values(d.b * d.cout * oh * ow, 17);
+            let mut y = Vec::with_capacity(g.len());
+            assert!(forward(&x, &w, &bias, d, false, &mut y.spare_capacity_mut()[..g.len()]));
+            // SAFETY: `forward` wrote every element.
+            unsafe { y.set_len(g.len()) };
+            let mut want = reference(&x, &w, &d);
+            want.iter_mut().enumerate().for_each(|(i, v)| *v += bias[i / (oh * ow) % d.cout] as f64);
+            close(&y, &want, &format!("{d:?} forward"));
+
+            // dx[b, ci, iy, ix] = sum g[b, co, oy, ox] w[co, ci, i, j] over iy = oy + i - pad.
+            let mut dx = vec![0f64; x.len()];
+            let mut dw = vec![0f64; w.len()];
+            let mut db = vec![0f64; d.cout];
+            for (o, &gv) in g.iter().enumerate() {
+                let (b, co, oy, ox) = (o / (d.cout * oh * ow), o / (oh * ow) % d.cout, o / ow % oh, o % ow);
+                db[co] += gv as f64;
+                for ci in 0..d.cin {
+                    for i in 0..d.kh {
+                        for j in 0..d.kw {
+                            let (iy, ix) = ((oy + i).wrapping_sub(d.pad.0), (ox + j).wrapping_sub(d.pad.1));
+                            if iy < d.h && ix < d.w {
+                                let xi = ((b * d.cin + ci) * d.h + iy) * d.w + ix;
+                                let wi = ((co * d.cin + ci) * d.kh + i) * d.kw + j;
+                                dx[xi] += gv as f64 * w[wi] as f64;
+                                dw[wi] += gv as f64 * x[xi] as f64;
+                            }
+                        }
+                    }
+                }
+            }
+            close(&input_grad(&g, &w, d).unwrap(), &dx, &format!("{d:?} input gradient"));
+            let dwb = weight_grad(&x, &g, d).unwrap();
+            close(&dwb[..w.len()], &dw, &format!("{d:?} weight gradient"));
+            close(&dwb[w.len()..], &db, &format!("{d:?} bias gradient"));
+        }
+    }
+}

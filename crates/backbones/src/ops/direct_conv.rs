@@ -158,6 +158,22 @@ fn kernels() -> Option<&'static Kernels> {
     None
 }
 
+/// Every kernel set this CPU runs (the tests run each).
+#[cfg(test)]
+fn all_kernels() -> Vec<&'static Kernels> {
+    let mut all = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            all.push(&AVX512);
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            all.push(&AVX2);
+        }
+    }
+    all
+}
+
 /// Whether this CPU has the kernels.
 pub(super) fn available() -> bool {
     kernels().is_some()
@@ -228,7 +244,18 @@ pub(super) fn forward(
     relu: bool,
     out: &mut [MaybeUninit<f32>],
 ) -> bool {
-    let Some(k) = kernels() else { return false };
+    kernels().is_some_and(|k| forward_with(k, x, wt, bias, d, relu, out))
+}
+
+fn forward_with(
+    k: &Kernels,
+    x: &[f32],
+    wt: &[f32],
+    bias: &[f32],
+    d: DirectConv,
+    relu: bool,
+    out: &mut [MaybeUninit<f32>],
+) -> bool {
     let (oh, ow) = d.out();
     let (hp, wp) = d.padded();
     let (taps, plane, block) = (d.kh * d.kw, hp * wp, k.lanes * k.pv);
@@ -299,7 +326,11 @@ pub(super) fn forward(
 /// of `grad` with `w` flipped and transposed, padded `k - 1 - pad`. None where this CPU lacks
 /// the kernels or the padding exceeds `k - 1`.
 pub(super) fn input_grad(grad: &[f32], wt: &[f32], d: DirectConv) -> Option<Vec<f32>> {
-    if !available() || d.pad.0 >= d.kh || d.pad.1 >= d.kw {
+    input_grad_with(kernels()?, grad, wt, d)
+}
+
+fn input_grad_with(k: &Kernels, grad: &[f32], wt: &[f32], d: DirectConv) -> Option<Vec<f32>> {
+    if d.pad.0 >= d.kh || d.pad.1 >= d.kw {
         return None;
     }
     let (oh, ow) = d.out();
@@ -315,9 +346,16 @@ pub(super) fn input_grad(grad: &[f32], wt: &[f32], d: DirectConv) -> Option<Vec<
     let pad = (d.kh - 1 - d.pad.0, d.kw - 1 - d.pad.1);
     let t = DirectConv { b: d.b, cin: d.cout, h: oh, w: ow, cout: d.cin, kh: d.kh, kw: d.kw, pad };
     let mut dx = Vec::with_capacity(d.b * d.cin * d.h * d.w);
-    let written =
-        forward(grad, &flipped, &vec![0.0; d.cin], t, false, &mut dx.spare_capacity_mut()[..d.b * d.cin * d.h * d.w]);
-    // SAFETY: `forward` wrote every element (it returned true).
+    let written = forward_with(
+        k,
+        grad,
+        &flipped,
+        &vec![0.0; d.cin],
+        t,
+        false,
+        &mut dx.spare_capacity_mut()[..d.b * d.cin * d.h * d.w],
+    );
+    // SAFETY: `forward_with` wrote every element (it returned true).
     written.then(|| unsafe {
         dx.set_len(d.b * d.cin * d.h * d.w);
         dx
@@ -328,7 +366,10 @@ pub(super) fn input_grad(grad: &[f32], wt: &[f32], d: DirectConv) -> Option<Vec<
 /// over fixed groups of images (set by the shape), added in order, so the result never depends
 /// on the threads. None where this CPU lacks the kernels.
 pub(super) fn weight_grad(x: &[f32], grad: &[f32], d: DirectConv) -> Option<Vec<f32>> {
-    let k = kernels()?;
+    Some(weight_grad_with(kernels()?, x, grad, d))
+}
+
+fn weight_grad_with(k: &Kernels, x: &[f32], grad: &[f32], d: DirectConv) -> Vec<f32> {
     let (oh, ow) = d.out();
     let (hp, wp) = d.padded();
     let (taps, plane) = (d.kh * d.kw, hp * wp);
@@ -406,7 +447,7 @@ pub(super) fn weight_grad(x: &[f32], grad: &[f32], d: DirectConv) -> Option<Vec<
         dwb.extend_from_slice(&acc[co * pairs_r..][..pairs]);
     }
     dwb.extend_from_slice(&acc[cout_r * pairs_r..]);
-    Some(dwb)
+    dwb
 }
 
 #[cfg(test)]
@@ -458,9 +499,6 @@ mod tests {
     /// images, no padding, 5x5 and 1x7 kernels, one image (split into row bands) and many.
     #[test]
     fn direct_conv_matches_the_definition() {
-        if !available() {
-            return;
-        }
         let cases = [
             DirectConv { b: 2, cin: 3, h: 9, w: 7, cout: 5, kh: 3, kw: 3, pad: (1, 1) },
             DirectConv { b: 1, cin: 16, h: 28, w: 28, cout: 16, kh: 3, kw: 3, pad: (1, 1) },
@@ -470,19 +508,20 @@ mod tests {
             DirectConv { b: 2, cin: 6, h: 9, w: 12, cout: 8, kh: 1, kw: 7, pad: (0, 3) },
             DirectConv { b: 33, cin: 8, h: 4, w: 4, cout: 3, kh: 3, kw: 3, pad: (1, 1) },
         ];
-        for d in cases {
+        for (k, d) in all_kernels().into_iter().flat_map(|k| cases.map(|d| (k, d))) {
             let (oh, ow) = d.out();
             let x = values(d.b * d.cin * d.h * d.w, 7);
             let w = values(d.cout * d.cin * d.kh * d.kw, 11);
             let bias = values(d.cout, 13);
             let g = values(d.b * d.cout * oh * ow, 17);
             let mut y = Vec::with_capacity(g.len());
-            assert!(forward(&x, &w, &bias, d, false, &mut y.spare_capacity_mut()[..g.len()]));
+            assert!(forward_with(k, &x, &w, &bias, d, false, &mut y.spare_capacity_mut()[..g.len()]));
             // SAFETY: `forward` wrote every element.
             unsafe { y.set_len(g.len()) };
             let mut want = reference(&x, &w, &d);
             want.iter_mut().enumerate().for_each(|(i, v)| *v += bias[i / (oh * ow) % d.cout] as f64);
-            close(&y, &want, &format!("{d:?} forward"));
+            let what = format!("{} lanes, {d:?}", k.lanes);
+            close(&y, &want, &format!("{what} forward"));
 
             // dx[b, ci, iy, ix] = sum g[b, co, oy, ox] w[co, ci, i, j] over iy = oy + i - pad.
             let mut dx = vec![0f64; x.len()];
@@ -505,10 +544,10 @@ mod tests {
                     }
                 }
             }
-            close(&input_grad(&g, &w, d).unwrap(), &dx, &format!("{d:?} input gradient"));
-            let dwb = weight_grad(&x, &g, d).unwrap();
-            close(&dwb[..w.len()], &dw, &format!("{d:?} weight gradient"));
-            close(&dwb[w.len()..], &db, &format!("{d:?} bias gradient"));
+            close(&input_grad_with(k, &g, &w, d).unwrap(), &dx, &format!("{what} input gradient"));
+            let dwb = weight_grad_with(k, &x, &g, d);
+            close(&dwb[..w.len()], &dw, &format!("{what} weight gradient"));
+            close(&dwb[w.len()..], &db, &format!("{what} bias gradient"));
         }
     }
 }

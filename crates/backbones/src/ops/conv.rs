@@ -227,8 +227,9 @@ impl Geom {
         (hp, wp, ((n - 1) * hp * wp + self.oh * wp).div_ceil(32) * 32)
     }
 
-    /// This convolution for [`direct_conv`], where it runs there: f32 outside autocast (the
-    /// caller checks the type), stride 1, a kernel larger than 1x1, a CPU with its kernels.
+    /// This convolution for [`direct_conv`], where its kernels can run it: f32 outside autocast
+    /// (the caller checks the type), stride 1, a kernel larger than 1x1, a CPU with the kernels.
+    /// Each pass then asks whether they run it faster than im2col and the GEMM.
     fn direct(&self) -> Option<DirectConv> {
         let suits = !self.bf16 && self.stride == 1 && self.kh * self.kw > 1 && direct_conv::available();
         let (b, cin, h, w, cout, kh, kw, pad) =
@@ -402,7 +403,8 @@ struct Conv {
 }
 
 fn conv_fwd<T: Float>(x: &[T], wt: &[T], bias: &[T], g: Geom, relu: bool) -> Vec<T> {
-    if let (Some(d), Some(x), Some(wt), Some(bias)) = (g.direct(), as_f32(x), as_f32(wt), as_f32(bias)) {
+    let direct = g.direct().filter(DirectConv::forward_fits);
+    if let (Some(d), Some(x), Some(wt), Some(bias)) = (direct, as_f32(x), as_f32(wt), as_f32(bias)) {
         let write = |out: &mut [MaybeUninit<T>]| {
             let out = as_f32_uninit(out).expect("T is f32 (x is)");
             assert!(direct_conv::forward(x, wt, bias, d, relu, out), "`direct` checked the kernels");
@@ -591,7 +593,8 @@ simd_fn! {
         if let Some(dx) = input_grad_as_conv(grad, wt, &g) {
             return dx;
         }
-        if let (Some(d), Some(grad), Some(wt)) = (g.direct(), as_f32(grad), as_f32(wt)) {
+        let direct = g.direct().filter(|d| d.transposed().is_some_and(|t| t.forward_fits()));
+        if let (Some(d), Some(grad), Some(wt)) = (direct, as_f32(grad), as_f32(wt)) {
             if let Some(dx) = direct_conv::input_grad(grad, wt, d).and_then(from_f32) {
                 return dx;
             }
@@ -676,7 +679,8 @@ struct WeightGrad {
 
 simd_fn! {
     fn weight_grad<T: Float>(x: &[T], grad: &[T], g: Geom) -> Vec<T> {
-        if let (Some(d), Some(x), Some(grad)) = (g.direct(), as_f32(x), as_f32(grad)) {
+        let direct = g.direct().filter(DirectConv::weight_grad_fits);
+        if let (Some(d), Some(x), Some(grad)) = (direct, as_f32(x), as_f32(grad)) {
             if let Some(dwb) = direct_conv::weight_grad(x, grad, d).and_then(from_f32) {
                 return dwb;
             }

@@ -15,7 +15,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::{sum_by, sum_in_order, Scratch};
+use super::{sum_by, Scratch};
 
 /// Sizes of one stride-1 convolution, zero padding `(rows, columns)` on both sides.
 #[derive(Debug, Clone, Copy)]
@@ -196,6 +196,34 @@ impl Shared {
 }
 
 impl DirectConv {
+    /// Whether the forward kernels run this convolution faster than im2col and the GEMM (as
+    /// measured on an AVX-512 Xeon, forward and backward pairs in one process): always up to
+    /// 64 channels; up to 256 where at least 80% of the positions computed are outputs (at
+    /// 256 channels and 8x8, a third of them fall in the dropped columns and tile rounding, and
+    /// it ran 15% slower).
+    pub(super) fn forward_fits(&self) -> bool {
+        let Some(k) = kernels() else { return false };
+        let (oh, ow) = self.out();
+        let computed = (oh * self.padded().1).next_multiple_of(k.lanes * k.pv);
+        let channels = self.cin.max(self.cout);
+        channels <= 64 || (channels <= 256 && oh * ow * 5 >= computed * 4)
+    }
+
+    /// Whether the weight-gradient kernels run it faster: up to 64 channels (at 128 they ran
+    /// 1.4x slower: each tile reads ten rows from L2 per 24 multiply-adds).
+    pub(super) fn weight_grad_fits(&self) -> bool {
+        kernels().is_some() && self.cin.max(self.cout) <= 64
+    }
+
+    /// The convolution whose forward pass is this one's input gradient: the output gradient
+    /// convolved with the kernel flipped and transposed, padded `k - 1 - pad` (None where the
+    /// padding exceeds `k - 1`).
+    pub(super) fn transposed(&self) -> Option<DirectConv> {
+        let pad = (self.kh.checked_sub(1 + self.pad.0)?, self.kw.checked_sub(1 + self.pad.1)?);
+        let (h, w) = self.out();
+        Some(DirectConv { cin: self.cout, h, w, cout: self.cin, pad, ..*self })
+    }
+
     fn out(&self) -> (usize, usize) {
         (self.h + 2 * self.pad.0 + 1 - self.kh, self.w + 2 * self.pad.1 + 1 - self.kw)
     }
@@ -211,15 +239,21 @@ impl DirectConv {
         (0..self.kh * self.kw).map(|t| t / self.kw * wp + t % self.kw).collect()
     }
 
-    /// The images zero-padded, `(b, cin, hp, wp)`, then `slack` zeros that the kernels' reads
-    /// past the last plane (positions they compute and drop) land in.
-    fn pad_images(&self, x: &[f32], slack: usize, xp: &mut Vec<f32>) {
+    /// The images zero-padded, `(b, cin, hp, wp)`, or `(cin, b, hp, wp)` if `channel_major`,
+    /// then `slack` zeros that the kernels' reads past the last plane (positions they compute and
+    /// drop) land in.
+    fn pad_images(&self, x: &[f32], channel_major: bool, slack: usize, xp: &mut Vec<f32>) {
         let (hp, wp) = self.padded();
         let (plane, image) = (hp * wp, self.h * self.w);
         xp.resize(self.b * self.cin * plane + slack, 0.0);
         let (planes, rest) = xp.split_at_mut(self.b * self.cin * plane);
         rest.fill(0.0);
-        planes.par_chunks_mut(plane).zip(x.par_chunks(image)).with_min_len(8).for_each(|(dst, src)| {
+        planes.par_chunks_mut(plane).enumerate().with_min_len(8).for_each(|(i, dst)| {
+            let src = match channel_major {
+                true => (i % self.b) * self.cin + i / self.b,
+                false => i,
+            };
+            let src = &x[src * image..][..image];
             let (top, body) = dst.split_at_mut(self.pad.0 * wp);
             top.fill(0.0);
             let (body, bottom) = body.split_at_mut(self.h * wp);
@@ -272,7 +306,7 @@ fn forward_with(
     let shifts = d.shifts();
     let mut bufs = Scratch::<f32>::take();
     let (xp, _) = &mut *bufs;
-    d.pad_images(x, block + 2 * wp + 64, xp);
+    d.pad_images(x, false, block + 2 * wp + 64, xp);
     // Whole images per task where there are enough of them, else bands of rows.
     let tasks_wanted = 4 * rayon::current_num_threads();
     let rows = match d.b >= tasks_wanted {
@@ -330,10 +364,7 @@ pub(super) fn input_grad(grad: &[f32], wt: &[f32], d: DirectConv) -> Option<Vec<
 }
 
 fn input_grad_with(k: &Kernels, grad: &[f32], wt: &[f32], d: DirectConv) -> Option<Vec<f32>> {
-    if d.pad.0 >= d.kh || d.pad.1 >= d.kw {
-        return None;
-    }
-    let (oh, ow) = d.out();
+    let t = d.transposed()?;
     let taps = d.kh * d.kw;
     // flipped[ci][co][taps - 1 - t] = w[co][ci][t]
     let mut flipped = vec![0f32; wt.len()];
@@ -343,8 +374,6 @@ fn input_grad_with(k: &Kernels, grad: &[f32], wt: &[f32], d: DirectConv) -> Opti
             dst.iter_mut().zip(w.iter().rev()).for_each(|(o, &v)| *o = v);
         }
     }
-    let pad = (d.kh - 1 - d.pad.0, d.kw - 1 - d.pad.1);
-    let t = DirectConv { b: d.b, cin: d.cout, h: oh, w: ow, cout: d.cin, kh: d.kh, kw: d.kw, pad };
     let mut dx = Vec::with_capacity(d.b * d.cin * d.h * d.w);
     let written = forward_with(
         k,
@@ -373,80 +402,63 @@ fn weight_grad_with(k: &Kernels, x: &[f32], grad: &[f32], d: DirectConv) -> Vec<
     let (oh, ow) = d.out();
     let (hp, wp) = d.padded();
     let (taps, plane) = (d.kh * d.kw, hp * wp);
-    let npos = (oh * wp).next_multiple_of(k.lanes);
     let (cout_r, pairs) = (d.cout.next_multiple_of(k.wco), d.cin * taps);
     let pairs_r = pairs.next_multiple_of(k.wj);
     let shifts = d.shifts();
-    // Input offset of each (channel, tap) pair; the padding pairs read the first plane.
-    let offs: Vec<usize> =
-        (0..pairs_r).map(|r| if r < pairs { r / taps * plane + shifts[r % taps] } else { 0 }).collect();
-    // Images per partial sum: their padded input and gradient rows stay near 512 KB, and there
-    // are at least 8 groups (where there are 8 images) to spread over the threads.
-    let per_image = d.cin * plane + cout_r * npos;
-    let group = ((1 << 17) / per_image).clamp(1, d.b.div_ceil(8).max(1));
     let (image, out_image) = (d.cin * d.h * d.w, d.cout * oh * ow);
-    let partial = |i: usize| {
-        let n = group.min(d.b - i * group);
-        let one = DirectConv { b: n, ..d };
-        let mut bufs = Scratch::<f32>::take();
-        let (xp, gp) = &mut *bufs;
-        one.pad_images(&x[i * group * image..][..n * image], npos + 2 * wp + 64, xp);
-        // Gradient rows over the padded width, zero in the dropped columns and padding channels.
-        gp.resize(n * cout_r * npos, 0.0);
-        let grad = &grad[i * group * out_image..][..n * out_image];
-        for (dst, src) in gp.chunks_mut(cout_r * npos).zip(grad.chunks(out_image)) {
-            let (rows, padding) = dst.split_at_mut(d.cout * npos);
-            padding.fill(0.0);
-            for (dst, src) in rows.chunks_mut(npos).zip(src.chunks(oh * ow)) {
-                let (rows, tail) = dst.split_at_mut(oh * wp);
-                tail.fill(0.0);
-                for (dst, src) in rows.chunks_mut(wp).zip(src.chunks(ow)) {
-                    dst[..ow].copy_from_slice(src);
-                    dst[ow..].fill(0.0);
+    // Images per pass: their padded input and gradient stay near 1 MB (in L2). Within a pass
+    // each channel's images lie one after another, so a tile sums over all of them in one run
+    // of positions (small images gave each tile too few positions per call).
+    let group = ((1 << 18) / ((d.cin + cout_r) * plane)).clamp(1, d.b);
+    let tiles: Vec<(usize, usize)> =
+        (0..cout_r).step_by(k.wco).flat_map(|cb| (0..pairs_r).step_by(k.wj).map(move |r| (cb, r))).collect();
+    let mut acc = vec![0f32; cout_r * pairs_r];
+    let mut bufs = Scratch::<f32>::take();
+    let (xp, gp) = &mut *bufs;
+    for first in (0..d.b).step_by(group) {
+        let n = group.min(d.b - first);
+        let len = (n * plane).next_multiple_of(k.lanes);
+        DirectConv { b: n, ..d }.pad_images(&x[first * image..][..n * image], true, len + 2 * wp + 64, xp);
+        // Gradient rows (cout_r, n planes), over the padded width, zero in the dropped columns
+        // and rows and in the padding channels.
+        gp.resize(cout_r * len, 0.0);
+        let grad = &grad[first * out_image..][..n * out_image];
+        gp.par_chunks_mut(len).enumerate().for_each(|(co, row)| {
+            row.fill(0.0);
+            if co < d.cout {
+                for (dst, src) in row.chunks_mut(plane).zip(grad.chunks(out_image)) {
+                    for (dst, src) in dst.chunks_mut(wp).zip(src[co * oh * ow..][..oh * ow].chunks(ow)) {
+                        dst[..ow].copy_from_slice(src);
+                    }
                 }
             }
-        }
-        let mut acc = vec![0f32; cout_r * pairs_r + d.cout];
-        let mut sums = vec![0f32; k.wco * k.wj * k.lanes];
-        for cb in (0..cout_r).step_by(k.wco) {
-            for r in (0..pairs_r).step_by(k.wj) {
-                sums.fill(0.0);
-                for b in 0..n {
-                    // SAFETY: rows `cb..cb + wco` of image `b` lie in `gp`; every input read lies
-                    // before `offs + npos` of image `b`, inside `xp` with its slack; `sums` holds
-                    // the tile's vectors.
-                    unsafe {
-                        (k.wgrad)(
-                            gp[(b * cout_r + cb) * npos..].as_ptr(),
-                            npos,
-                            xp[b * d.cin * plane..].as_ptr(),
-                            &offs[r..r + k.wj],
-                            npos,
-                            sums.as_mut_ptr(),
-                        )
-                    };
-                }
-                for (jc, lanes) in sums.chunks(k.lanes).enumerate() {
-                    let (j, c) = (jc / k.wco, jc % k.wco);
-                    acc[(cb + c) * pairs_r + r + j] = lanes.iter().sum();
-                }
+        });
+        let (xp, gp) = (&*xp, &*gp);
+        let sums: Vec<Vec<f32>> = tiles
+            .par_iter()
+            .map(|&(cb, r)| {
+                let offs: Vec<usize> = (r..r + k.wj)
+                    .map(|r| if r < pairs { r / taps * n * plane + shifts[r % taps] } else { 0 })
+                    .collect();
+                let mut sums = vec![0f32; k.wco * k.wj * k.lanes];
+                // SAFETY: rows `cb..cb + wco` of `len` lie in `gp`; every input read lies before
+                // `offs + len`, inside `xp` with its slack; `sums` holds the tile's vectors.
+                unsafe { (k.wgrad)(gp[cb * len..].as_ptr(), len, xp.as_ptr(), &offs, len, sums.as_mut_ptr()) };
+                sums.chunks(k.lanes).map(|lanes| lanes.iter().sum()).collect::<Vec<f32>>()
+            })
+            .collect();
+        for (&(cb, r), sums) in tiles.iter().zip(&sums) {
+            for (jc, &v) in sums.iter().enumerate() {
+                acc[(cb + jc % k.wco) * pairs_r + r + jc / k.wco] += v;
             }
         }
-        let db = &mut acc[cout_r * pairs_r..];
-        for src in grad.chunks(out_image) {
-            for (db, row) in db.iter_mut().zip(src.chunks(oh * ow)) {
-                *db += sum_by(row, row, |v, _| v);
-            }
-        }
-        acc
-    };
-    let parts: Vec<Vec<f32>> = (0..d.b.div_ceil(group)).into_par_iter().map(partial).collect();
-    let acc = sum_in_order(parts, cout_r * pairs_r + d.cout);
+    }
     let mut dwb = Vec::with_capacity(d.cout * (pairs + 1));
     for co in 0..d.cout {
         dwb.extend_from_slice(&acc[co * pairs_r..][..pairs]);
     }
-    dwb.extend_from_slice(&acc[cout_r * pairs_r..]);
+    let rows = |co: usize| grad.chunks(out_image).map(move |g| &g[co * oh * ow..][..oh * ow]);
+    dwb.extend((0..d.cout).map(|co| rows(co).map(|row| sum_by(row, row, |v, _| v)).sum::<f32>()));
     dwb
 }
 
@@ -496,7 +508,7 @@ mod tests {
 
     /// Values, input gradient and weight gradient against the f64 definitions, over tile
     /// remainders (channels not a multiple of the tiles, one channel), odd and non-square
-    /// images, no padding, 5x5 and 1x7 kernels, one image (split into row bands) and many.
+    /// images, no padding, 5x5 and 1x7 kernels, one image (split into row bands) and many, a weight gradient in several passes.
     #[test]
     fn direct_conv_matches_the_definition() {
         let cases = [
@@ -507,6 +519,8 @@ mod tests {
             DirectConv { b: 2, cin: 4, h: 11, w: 10, cout: 12, kh: 5, kw: 5, pad: (2, 2) },
             DirectConv { b: 2, cin: 6, h: 9, w: 12, cout: 8, kh: 1, kw: 7, pad: (0, 3) },
             DirectConv { b: 33, cin: 8, h: 4, w: 4, cout: 3, kh: 3, kw: 3, pad: (1, 1) },
+            // Three passes of the weight gradient (two images, two, one).
+            DirectConv { b: 5, cin: 64, h: 28, w: 28, cout: 64, kh: 3, kw: 3, pad: (1, 1) },
         ];
         for (k, d) in all_kernels().into_iter().flat_map(|k| cases.map(|d| (k, d))) {
             let (oh, ow) = d.out();

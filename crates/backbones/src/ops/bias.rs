@@ -26,11 +26,16 @@ struct BiasAdd;
 /// size twice more).
 fn add_rows<T: Float>(x: &[T], b: &[T]) -> Vec<T> {
     let n = b.len().max(1);
+    // Whole rows per task, at least 16k elements: one task per row (128-512 elements in a U-ViT)
+    // spent 1.7% of a small U-ViT's training step in rayon's splitting.
+    let rows = (1usize << 14).div_ceil(n);
     let mut y = Vec::with_capacity(x.len());
-    y.spare_capacity_mut().par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(out, row)| {
-        out.iter_mut().zip(row).zip(b).for_each(|((out, &x), &b)| {
-            out.write(x + b);
-        })
+    y.spare_capacity_mut().par_chunks_mut(n * rows).zip(x.par_chunks(n * rows)).for_each(|(out, x)| {
+        for (out, row) in out.chunks_mut(n).zip(x.chunks(n)) {
+            out.iter_mut().zip(row).zip(b).for_each(|((out, &x), &b)| {
+                out.write(x + b);
+            })
+        }
     });
     // SAFETY: the loop above wrote every one of the `x.len()` elements.
     unsafe { y.set_len(x.len()) };

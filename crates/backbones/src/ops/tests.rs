@@ -234,7 +234,8 @@ fn activations_match_candle() -> Result<()> {
 
 #[test]
 fn bias_add_matches_candle() -> Result<()> {
-    for shape in [&[4usize, 9][..], &[3, 70, 33], &[1, 5]] {
+    // [3, 130, 70]: more rows than one task takes, the last task short.
+    for shape in [&[4usize, 9][..], &[3, 70, 33], &[1, 5], &[3, 130, 70]] {
         let n = *shape.last().unwrap();
         for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
             check(&[shape, &[n]], dtype, tol, |t| bias_add(&t[0], &t[1]), |t| t[0].broadcast_add(&t[1]))?;

@@ -38,6 +38,9 @@ struct Kernels {
     co: usize,
     pv: usize,
     fwd: FwdTile,
+    /// The forward tile one vector of positions wide, for the rows' last positions (7x7 outputs
+    /// computed 96 positions for 49 in tiles of 48).
+    fwd_tail: FwdTile,
     wco: usize,
     wj: usize,
     wgrad: WgradTile,
@@ -135,14 +138,23 @@ static AVX512: Kernels = Kernels {
     co: 8,
     pv: 3,
     fwd: avx512::fwd_tile::<8, 3>,
+    fwd_tail: avx512::fwd_tile::<8, 1>,
     wco: 4,
     wj: 6,
     wgrad: avx512::wgrad_tile::<4, 6>,
 };
 
 #[cfg(target_arch = "x86_64")]
-static AVX2: Kernels =
-    Kernels { lanes: 8, co: 4, pv: 3, fwd: avx2::fwd_tile::<4, 3>, wco: 2, wj: 6, wgrad: avx2::wgrad_tile::<2, 6> };
+static AVX2: Kernels = Kernels {
+    lanes: 8,
+    co: 4,
+    pv: 3,
+    fwd: avx2::fwd_tile::<4, 3>,
+    fwd_tail: avx2::fwd_tile::<4, 1>,
+    wco: 2,
+    wj: 6,
+    wgrad: avx2::wgrad_tile::<2, 6>,
+};
 
 /// The kernels this CPU runs, if it has AVX-512 or AVX2 with FMA.
 fn kernels() -> Option<&'static Kernels> {
@@ -198,15 +210,15 @@ impl Shared {
 impl DirectConv {
     /// Whether the forward kernels run this convolution faster than im2col and the GEMM (as
     /// measured on an AVX-512 Xeon, forward and backward pairs in one process): always up to
-    /// 64 channels; up to 256 where at least 80% of the positions computed are outputs (at
-    /// 256 channels and 8x8, a third of them fall in the dropped columns and tile rounding, and
-    /// it ran 15% slower).
+    /// 64 channels; up to 256 where at least 85% of the positions computed are outputs (at 256
+    /// channels and 8x8 a fifth of them are dropped columns, and with a third dropped it ran
+    /// 15% slower).
     pub(super) fn forward_fits(&self) -> bool {
         let Some(k) = kernels() else { return false };
         let (oh, ow) = self.out();
-        let computed = (oh * self.padded().1).next_multiple_of(k.lanes * k.pv);
+        let computed = (oh * self.padded().1).next_multiple_of(k.lanes);
         let channels = self.cin.max(self.cout);
-        channels <= 64 || (channels <= 256 && oh * ow * 5 >= computed * 4)
+        channels <= 64 || (channels <= 256 && oh * ow * 20 >= computed * 17)
     }
 
     /// Whether the weight-gradient kernels run it faster: up to 64 channels (at 128 they ran
@@ -319,16 +331,21 @@ fn forward_with(
     tasks.into_par_iter().for_each_init(Scratch::<f32>::take, |bufs, (b, oy0)| {
         let (tmp, _) = &mut **bufs;
         let oy1 = (oy0 + rows).min(oh);
-        let npos = ((oy1 - oy0) * wp).next_multiple_of(block);
+        let npos = ((oy1 - oy0) * wp).next_multiple_of(k.lanes);
         tmp.resize(cout_r * npos, 0.0);
         let x = &xp[(b * d.cin * plane + oy0 * wp)..];
-        for p0 in (0..npos).step_by(block) {
+        let full = npos - npos % block;
+        let tiles = (0..full)
+            .step_by(block)
+            .map(|p0| (p0, k.fwd))
+            .chain((full..npos).step_by(k.lanes).map(|p0| (p0, k.fwd_tail)));
+        for (p0, tile) in tiles {
             for cb in 0..cout_r / k.co {
                 // SAFETY: the tile reads `cin` planes from `p0` up to `block` positions past the
                 // last shift, inside `xp` (its slack covers the rounding); it writes `co` rows
-                // of `block` inside `tmp`.
+                // of at most `block` (inside `npos`) inside `tmp`.
                 unsafe {
-                    (k.fwd)(
+                    (tile)(
                         x.as_ptr().add(p0),
                         plane,
                         d.cin,

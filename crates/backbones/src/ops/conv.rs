@@ -642,14 +642,7 @@ fn input_grad_as_conv<T: Float>(grad: &[T], wt: &[T], g: &Geom) -> Option<Vec<T>
     if (gt.oh, gt.ow) != (g.h, g.w) {
         return None;
     }
-    // flipped[ci, co, kh - 1 - i, kw - 1 - j] = w[co, ci, i, j]
-    let (taps, mut flipped) = (g.kh * g.kw, vec![T::zero(); wt.len()]);
-    for (co, w_co) in wt.chunks(g.cin * taps).enumerate() {
-        for (ci, w) in w_co.chunks(taps).enumerate() {
-            let dst = &mut flipped[(ci * g.cout + co) * taps..][..taps];
-            dst.iter_mut().zip(w.iter().rev()).for_each(|(d, &v)| *d = v);
-        }
-    }
+    let flipped = direct_conv::flipped_transposed(wt, (g.cout, g.cin), g.kh * g.kw);
     Some(conv_fwd(grad, &flipped, &vec![T::zero(); g.cin], gt, false))
 }
 

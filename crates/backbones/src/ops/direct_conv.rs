@@ -382,15 +382,7 @@ pub(super) fn input_grad(grad: &[f32], wt: &[f32], d: DirectConv) -> Option<Vec<
 
 fn input_grad_with(k: &Kernels, grad: &[f32], wt: &[f32], d: DirectConv) -> Option<Vec<f32>> {
     let t = d.transposed()?;
-    let taps = d.kh * d.kw;
-    // flipped[ci][co][taps - 1 - t] = w[co][ci][t]
-    let mut flipped = vec![0f32; wt.len()];
-    for (co, w) in wt.chunks(d.cin * taps).enumerate() {
-        for (ci, w) in w.chunks(taps).enumerate() {
-            let dst = &mut flipped[(ci * d.cout + co) * taps..][..taps];
-            dst.iter_mut().zip(w.iter().rev()).for_each(|(o, &v)| *o = v);
-        }
-    }
+    let flipped = flipped_transposed(wt, (d.cout, d.cin), d.kh * d.kw);
     let mut dx = Vec::with_capacity(d.b * d.cin * d.h * d.w);
     let written = forward_with(
         k,
@@ -406,6 +398,23 @@ fn input_grad_with(k: &Kernels, grad: &[f32], wt: &[f32], d: DirectConv) -> Opti
         dx.set_len(d.b * d.cin * d.h * d.w);
         dx
     })
+}
+
+/// The weight `(cout, cin, kh, kw)` as the kernel of the convolution that is its input
+/// gradient: `flipped[ci][co][taps - 1 - t] = w[co][ci][t]`.
+pub(super) fn flipped_transposed<T: Copy + num_traits::Zero>(
+    wt: &[T],
+    (cout, cin): (usize, usize),
+    taps: usize,
+) -> Vec<T> {
+    let mut flipped = vec![T::zero(); wt.len()];
+    for (co, w) in wt.chunks(cin * taps).enumerate() {
+        for (ci, w) in w.chunks(taps).enumerate() {
+            let dst = &mut flipped[(ci * cout + co) * taps..][..taps];
+            dst.iter_mut().zip(w.iter().rev()).for_each(|(o, &v)| *o = v);
+        }
+    }
+    flipped
 }
 
 /// `[dW (cout, cin, kh, kw), dbias (cout)]` from the input and the output gradient: partial sums

@@ -15,7 +15,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::{sum_by, Scratch};
+use super::{sum_by, written_vec, Scratch};
 
 /// Sizes of one stride-1 convolution, zero padding `(rows, columns)` on both sides.
 #[derive(Debug, Clone, Copy)]
@@ -290,9 +290,10 @@ pub(super) fn forward(
     relu: bool,
     out: &mut [MaybeUninit<f32>],
 ) -> bool {
-    kernels().is_some_and(|k| forward_with(k, x, wt, bias, d, relu, out))
+    kernels().map(|k| forward_with(k, x, wt, bias, d, relu, out)).is_some()
 }
 
+/// [`forward`] with the kernels `k`; writes every element of `out`.
 fn forward_with(
     k: &Kernels,
     x: &[f32],
@@ -301,7 +302,7 @@ fn forward_with(
     d: DirectConv,
     relu: bool,
     out: &mut [MaybeUninit<f32>],
-) -> bool {
+) {
     let (oh, ow) = d.out();
     let (hp, wp) = d.padded();
     let (taps, plane, block) = (d.kh * d.kw, hp * wp, k.lanes * k.pv);
@@ -370,7 +371,6 @@ fn forward_with(
             }
         }
     });
-    true
 }
 
 /// `dx (b, cin, h, w)` from the output gradient `grad (b, cout, oh, ow)`: the forward convolution
@@ -383,21 +383,9 @@ pub(super) fn input_grad(grad: &[f32], wt: &[f32], d: DirectConv) -> Option<Vec<
 fn input_grad_with(k: &Kernels, grad: &[f32], wt: &[f32], d: DirectConv) -> Option<Vec<f32>> {
     let t = d.transposed()?;
     let flipped = flipped_transposed(wt, (d.cout, d.cin), d.kh * d.kw);
-    let mut dx = Vec::with_capacity(d.b * d.cin * d.h * d.w);
-    let written = forward_with(
-        k,
-        grad,
-        &flipped,
-        &vec![0.0; d.cin],
-        t,
-        false,
-        &mut dx.spare_capacity_mut()[..d.b * d.cin * d.h * d.w],
-    );
-    // SAFETY: `forward_with` wrote every element (it returned true).
-    written.then(|| unsafe {
-        dx.set_len(d.b * d.cin * d.h * d.w);
-        dx
-    })
+    let write = |dx: &mut [MaybeUninit<f32>]| forward_with(k, grad, &flipped, &vec![0.0; d.cin], t, false, dx);
+    // SAFETY: `forward_with` writes every element.
+    Some(unsafe { written_vec(d.b * d.cin * d.h * d.w, write) })
 }
 
 /// The weight `(cout, cin, kh, kw)` as the kernel of the convolution that is its input
@@ -554,10 +542,8 @@ mod tests {
             let w = values(d.cout * d.cin * d.kh * d.kw, 11);
             let bias = values(d.cout, 13);
             let g = values(d.b * d.cout * oh * ow, 17);
-            let mut y = Vec::with_capacity(g.len());
-            assert!(forward_with(k, &x, &w, &bias, d, false, &mut y.spare_capacity_mut()[..g.len()]));
-            // SAFETY: `forward` wrote every element.
-            unsafe { y.set_len(g.len()) };
+            // SAFETY: `forward_with` writes every element.
+            let y = unsafe { written_vec(g.len(), |y| forward_with(k, &x, &w, &bias, d, false, y)) };
             let mut want = reference(&x, &w, &d);
             want.iter_mut().enumerate().for_each(|(i, v)| *v += bias[i / (oh * ow) % d.cout] as f64);
             let what = format!("{} lanes, {d:?}", k.lanes);

@@ -4,7 +4,8 @@
 //! Output position `p = oy * wp + ox` over rows of the padded width `wp` reads padded input
 //! position `p + i * wp + j` at tap `(i, j)`: one contiguous vector load per channel and tap.
 //! The columns `ox >= ow` of each row are computed and dropped (the price of contiguous loads:
-//! `kw - 1` of every `wp` positions). im2col wrote and the GEMM re-packed a matrix nine times
+//! `kw - 1` of every `wp` positions), except where the output width is a whole number of
+//! vectors: then each vector is a run of one output row and nothing is dropped. im2col wrote and the GEMM re-packed a matrix nine times
 //! the input for a 3x3 kernel, which cost a quarter of a small UNet's training step.
 //! The input gradient is the forward convolution of the output gradient with the kernel flipped
 //! and transposed. The weight gradient takes the output gradient position-major, vectors of
@@ -57,7 +58,7 @@ struct Wgrad {
     tile: WgradTile,
 }
 
-type FwdTile = unsafe fn(*const f32, usize, usize, &[usize], *const f32, *mut f32, usize);
+type FwdTile = unsafe fn(*const f32, &[usize], (usize, usize), &[usize], *const f32, *mut f32, usize);
 type WgradTile = unsafe fn(*const f32, *const f32, &[usize], usize, *mut f32);
 
 #[cfg(target_arch = "x86_64")]
@@ -68,12 +69,12 @@ macro_rules! kernels {
 
             /// `CO` rows of `dst` (`dst_stride` apart), `PV` vectors each: the sums over the
             /// `cin` channels (planes `plane` apart) and taps (`shifts`) of the packed weights
-            /// `w[ci][t][co]` times the input at `x + shift`.
+            /// `w[ci][t][co]` times the input at `x + vecs[v] + shift`.
             #[target_feature(enable = $feature)]
             pub(super) unsafe fn fwd_tile<const CO: usize, const PV: usize>(
                 x: *const f32,
-                plane: usize,
-                cin: usize,
+                vecs: &[usize],
+                (cin, plane): (usize, usize),
                 shifts: &[usize],
                 w: *const f32,
                 dst: *mut f32,
@@ -81,12 +82,13 @@ macro_rules! kernels {
             ) {
                 let mut acc = [[$zero(); PV]; CO];
                 let taps = shifts.len();
+                let vecs: [usize; PV] = std::array::from_fn(|v| vecs[v]);
                 for ci in 0..cin {
                     let (xc, wc) = (x.add(ci * plane), w.add(ci * taps * CO));
                     for (t, &s) in shifts.iter().enumerate() {
                         let mut xv = [$zero(); PV];
-                        for (v, xv) in xv.iter_mut().enumerate() {
-                            *xv = $load(xc.add(s + $lanes * v));
+                        for (xv, &o) in xv.iter_mut().zip(&vecs) {
+                            *xv = $load(xc.add(s + o));
                         }
                         for (co, acc) in acc.iter_mut().enumerate() {
                             let wv = $set1(*wc.add(t * CO + co));
@@ -238,7 +240,7 @@ impl DirectConv {
     pub(super) fn forward_fits(&self) -> bool {
         let Some(k) = kernels() else { return false };
         let (oh, ow) = self.out();
-        let computed = (oh * self.padded().1).next_multiple_of(k.lanes);
+        let computed = (oh * self.pitch(k.lanes)).next_multiple_of(k.lanes);
         self.cin.max(self.cout) <= 64 || oh * ow * 20 >= computed * 17
     }
 
@@ -262,6 +264,16 @@ impl DirectConv {
 
     fn out(&self) -> (usize, usize) {
         (self.h + 2 * self.pad.0 + 1 - self.kh, self.w + 2 * self.pad.1 + 1 - self.kw)
+    }
+
+    /// The forward kernels' positions per output row: the output width where it is a whole
+    /// number of vectors (each vector a run of one row, none dropped), else the padded width.
+    fn pitch(&self, lanes: usize) -> usize {
+        let (_, ow) = self.out();
+        match ow % lanes {
+            0 => ow,
+            _ => self.padded().1,
+        }
     }
 
     /// Padded height and width.
@@ -336,6 +348,7 @@ fn forward_with(
         }
     }
     let shifts = d.shifts();
+    let pitch = d.pitch(k.lanes);
     let mut bufs = Scratch::<f32>::take();
     let (xp, _) = &mut *bufs;
     d.pad_images(x, block + 2 * wp + 64, xp);
@@ -351,7 +364,7 @@ fn forward_with(
     tasks.into_par_iter().for_each_init(Scratch::<f32>::take, |bufs, (b, oy0)| {
         let (tmp, _) = &mut **bufs;
         let oy1 = (oy0 + rows).min(oh);
-        let npos = ((oy1 - oy0) * wp).next_multiple_of(k.lanes);
+        let npos = ((oy1 - oy0) * pitch).next_multiple_of(k.lanes);
         tmp.resize(cout_r * npos, 0.0);
         let x = &xp[(b * d.cin * plane + oy0 * wp)..];
         let full = npos - npos % block;
@@ -360,15 +373,18 @@ fn forward_with(
             .map(|p0| (p0, k.fwd))
             .chain((full..npos).step_by(k.lanes).map(|p0| (p0, k.fwd_tail)));
         for (p0, tile) in tiles {
+            // Where each vector of positions starts in the band's padded planes.
+            let vecs: [usize; 4] =
+                std::array::from_fn(|v| (p0 + v * k.lanes) / pitch * wp + (p0 + v * k.lanes) % pitch);
             for cb in 0..cout_r / k.co {
-                // SAFETY: the tile reads `cin` planes from `p0` up to `block` positions past the
-                // last shift, inside `xp` (its slack covers the rounding); it writes `co` rows
-                // of at most `block` (inside `npos`) inside `tmp`.
+                // SAFETY: the tile reads `cin` planes from `vecs` up to one vector past the last
+                // shift, inside `xp` (its slack covers the rounding); it writes `co` rows of at
+                // most `block` (inside `npos`) inside `tmp`.
                 unsafe {
                     (tile)(
-                        x.as_ptr().add(p0),
-                        plane,
-                        d.cin,
+                        x.as_ptr(),
+                        &vecs[..k.pv],
+                        (d.cin, plane),
                         &shifts,
                         packed.as_ptr().add(cb * d.cin * taps * k.co),
                         tmp.as_mut_ptr().add(cb * k.co * npos + p0),
@@ -379,7 +395,7 @@ fn forward_with(
         }
         for co in 0..d.cout {
             for oy in oy0..oy1 {
-                let src = &tmp[co * npos + (oy - oy0) * wp..][..ow];
+                let src = &tmp[co * npos + (oy - oy0) * pitch..][..ow];
                 // SAFETY: row `oy` of channel `co` of image `b` is this task's alone.
                 let row = unsafe { dst.slice(((b * d.cout + co) * oh + oy) * ow, ow) };
                 let bias = bias[co];
@@ -574,6 +590,10 @@ mod tests {
             DirectConv { b: 2, cin: 4, h: 11, w: 10, cout: 8, kh: 5, kw: 5, pad: (2, 2) },
             DirectConv { b: 2, cin: 6, h: 9, w: 12, cout: 20, kh: 1, kw: 7, pad: (0, 3) },
             DirectConv { b: 33, cin: 8, h: 4, w: 4, cout: 3, kh: 3, kw: 3, pad: (1, 1) },
+            // Output rows of whole vectors, forward positions row by row: 16 wide, then 32
+            // wide without padding in one-row bands.
+            DirectConv { b: 3, cin: 5, h: 5, w: 16, cout: 10, kh: 3, kw: 3, pad: (1, 1) },
+            DirectConv { b: 1, cin: 3, h: 4, w: 34, cout: 9, kh: 3, kw: 3, pad: (0, 0) },
             // Weight-gradient blocks of 32 output channels (16 with AVX2), the last one partial.
             DirectConv { b: 5, cin: 64, h: 28, w: 28, cout: 40, kh: 3, kw: 3, pad: (1, 1) },
         ];

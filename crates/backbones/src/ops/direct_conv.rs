@@ -5,8 +5,9 @@
 //! position `p + i * wp + j` at tap `(i, j)`: one contiguous vector load per channel and tap.
 //! The columns `ox >= ow` of each row are computed and dropped (the price of contiguous loads:
 //! `kw - 1` of every `wp` positions), except where the output width is a whole number of
-//! vectors: then each vector is a run of one output row and nothing is dropped. im2col wrote and the GEMM re-packed a matrix nine times
-//! the input for a 3x3 kernel, which cost a quarter of a small UNet's training step.
+//! vectors: then each vector is a run of one output row and nothing is dropped. im2col wrote and
+//! the GEMM re-packed a matrix nine times the input for a 3x3 kernel, which cost a quarter of a
+//! small UNet's training step.
 //! The input gradient is the forward convolution of the output gradient with the kernel flipped
 //! and transposed. The weight gradient takes the output gradient position-major, vectors of
 //! output channels, and multiplies them by each tap's input value broadcast: an outer product

@@ -64,9 +64,19 @@ type WgradTile = unsafe fn(*const f32, *const f32, &[usize], usize, *mut f32);
 
 #[cfg(target_arch = "x86_64")]
 macro_rules! kernels {
-    ($isa:ident, $feature:literal, $lanes:literal, $zero:ident, $load:ident, $store:ident, $set1:ident, $fma:ident) => {
+    ($isa:ident, $feature:literal, $lanes:literal, $zero:ident, $load:ident, $store:ident, $set1:ident, $fma:ident,
+     fwd: ($co:literal, $pv:literal), wgrad: [$(($cv:literal, $r:literal, $kw:literal)),*]) => {
         mod $isa {
             use super::*;
+
+            pub(super) static KERNELS: Kernels = Kernels {
+                lanes: $lanes,
+                co: $co,
+                pv: $pv,
+                fwd: fwd_tile::<$co, $pv>,
+                fwd_tail: fwd_tile::<$co, 1>,
+                wgrad: [$(Wgrad { cv: $cv, r: $r, kw: $kw, tile: wgrad_tile::<$cv, $r, $kw> }),*],
+            };
 
             /// `CO` rows of `dst` (`dst_stride` apart), `PV` vectors each: the sums over the
             /// `cin` channels (planes `plane` apart) and taps (`shifts`) of the packed weights
@@ -146,50 +156,24 @@ macro_rules! kernels {
     };
 }
 
+// Tiles: forward (output channels, vectors of positions); weight gradient (vectors of output
+// channels, input rows, taps per row), one per choice of 1 or 2 vectors and 3 or 1 taps.
 #[cfg(target_arch = "x86_64")]
-kernels!(avx512, "avx512f", 16, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps, _mm512_fmadd_ps);
+kernels!(avx512, "avx512f", 16, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps, _mm512_fmadd_ps,
+    fwd: (8, 3), wgrad: [(1, 8, 3), (2, 4, 3), (1, 12, 1), (2, 12, 1)]);
 #[cfg(target_arch = "x86_64")]
-kernels!(avx2, "avx2,fma", 8, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps, _mm256_fmadd_ps);
-
-#[cfg(target_arch = "x86_64")]
-static AVX512: Kernels = Kernels {
-    lanes: 16,
-    co: 8,
-    pv: 3,
-    fwd: avx512::fwd_tile::<8, 3>,
-    fwd_tail: avx512::fwd_tile::<8, 1>,
-    wgrad: [
-        Wgrad { cv: 1, r: 8, kw: 3, tile: avx512::wgrad_tile::<1, 8, 3> },
-        Wgrad { cv: 2, r: 4, kw: 3, tile: avx512::wgrad_tile::<2, 4, 3> },
-        Wgrad { cv: 1, r: 12, kw: 1, tile: avx512::wgrad_tile::<1, 12, 1> },
-        Wgrad { cv: 2, r: 12, kw: 1, tile: avx512::wgrad_tile::<2, 12, 1> },
-    ],
-};
-
-#[cfg(target_arch = "x86_64")]
-static AVX2: Kernels = Kernels {
-    lanes: 8,
-    co: 4,
-    pv: 3,
-    fwd: avx2::fwd_tile::<4, 3>,
-    fwd_tail: avx2::fwd_tile::<4, 1>,
-    wgrad: [
-        Wgrad { cv: 1, r: 4, kw: 3, tile: avx2::wgrad_tile::<1, 4, 3> },
-        Wgrad { cv: 2, r: 2, kw: 3, tile: avx2::wgrad_tile::<2, 2, 3> },
-        Wgrad { cv: 1, r: 12, kw: 1, tile: avx2::wgrad_tile::<1, 12, 1> },
-        Wgrad { cv: 2, r: 6, kw: 1, tile: avx2::wgrad_tile::<2, 6, 1> },
-    ],
-};
+kernels!(avx2, "avx2,fma", 8, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps, _mm256_fmadd_ps,
+    fwd: (4, 3), wgrad: [(1, 4, 3), (2, 2, 3), (1, 12, 1), (2, 6, 1)]);
 
 /// The kernels this CPU runs, if it has AVX-512 or AVX2 with FMA.
 fn kernels() -> Option<&'static Kernels> {
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx512f") {
-            return Some(&AVX512);
+            return Some(&avx512::KERNELS);
         }
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return Some(&AVX2);
+            return Some(&avx2::KERNELS);
         }
     }
     None
@@ -202,10 +186,10 @@ fn all_kernels() -> Vec<&'static Kernels> {
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx512f") {
-            all.push(&AVX512);
+            all.push(&avx512::KERNELS);
         }
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            all.push(&AVX2);
+            all.push(&avx2::KERNELS);
         }
     }
     all

@@ -312,7 +312,7 @@ fn table(
         p.map_or(String::new(), |p| format!(" ({:.0}%)", 100.0 * r.gflops / p))
     };
     let mut s = format!(
-        "Device {device} on {}, {threads} threads; reference PyTorch {}. Times are medians (min..max) of the timed steps.{peak_line}\n\n| case | ours ms | PyTorch ms | ours / PyTorch | img/s | GFLOP/s | peak MB (ours / PyTorch) |\n|---|---|---|---|---|---|---|\n",
+        "Device {device} on {}, {threads} threads; reference PyTorch {}. Times are medians (min..max) of the timed steps; GFLOP/s counts each convolution's direct multiply-adds (Winograd does fewer, so a model can pass the peak).{peak_line}\n\n| case | ours ms | PyTorch ms | ours / PyTorch | img/s | GFLOP/s | peak MB (ours / PyTorch) |\n|---|---|---|---|---|---|---|\n",
         cpu::describe(),
         torch.unwrap_or("not run")
     );

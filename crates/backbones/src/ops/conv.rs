@@ -16,6 +16,7 @@ use rayon::prelude::*;
 use super::bf16_matmul::{conv_taps_bf16, gemm_bf16_operands, gemm_bf16_operands_into, Operand, PairPlanes};
 use super::direct_conv::{self, DirectConv};
 use super::implicit_im2col::{Im2col, Im2colTable};
+use super::winograd;
 use super::{
     amx_available, as_f32, as_f32_mut, as_f32_uninit, assume_init, autocast_bf16_active, from_f32, fused, gemm, grown,
     reduction_group, sum_by, sum_in_order, written_vec, Float, Scratch,
@@ -403,11 +404,15 @@ struct Conv {
 }
 
 fn conv_fwd<T: Float>(x: &[T], wt: &[T], bias: &[T], g: Geom, relu: bool) -> Vec<T> {
-    let direct = g.direct().filter(DirectConv::forward_fits);
+    let direct = g.direct().filter(|d| winograd::fits(d) || d.forward_fits());
     if let (Some(d), Some(x), Some(wt), Some(bias)) = (direct, as_f32(x), as_f32(wt), as_f32(bias)) {
         let write = |out: &mut [MaybeUninit<T>]| {
             let out = as_f32_uninit(out).expect("T is f32 (x is)");
-            assert!(direct_conv::forward(x, wt, bias, d, relu, out), "`direct` checked the kernels");
+            let done = match winograd::fits(&d) {
+                true => winograd::forward(x, wt, bias, d, relu, out),
+                false => direct_conv::forward(x, wt, bias, d, relu, out),
+            };
+            assert!(done, "`direct` checked the kernels");
         };
         // SAFETY: `forward` wrote every element (it returned true).
         return unsafe { written_vec(g.b * g.cout * g.l(), write) };
@@ -593,9 +598,14 @@ simd_fn! {
         if let Some(dx) = input_grad_as_conv(grad, wt, &g) {
             return dx;
         }
-        let direct = g.direct().filter(|d| d.transposed().is_some_and(|t| t.forward_fits()));
-        if let (Some(d), Some(grad), Some(wt)) = (direct, as_f32(grad), as_f32(wt)) {
-            if let Some(dx) = direct_conv::input_grad(grad, wt, d).and_then(from_f32) {
+        let direct = g.direct().and_then(|d| Some((d, d.transposed()?)));
+        if let (Some((d, t)), Some(grad), Some(wt)) = (direct, as_f32(grad), as_f32(wt)) {
+            let dx = match (winograd::fits(&t), t.forward_fits()) {
+                (true, _) => winograd::input_grad(grad, wt, d),
+                (false, true) => direct_conv::input_grad(grad, wt, d),
+                (false, false) => None,
+            };
+            if let Some(dx) = dx.and_then(from_f32) {
                 return dx;
             }
         }

@@ -5,7 +5,8 @@
 //! position `p + i * wp + j` at tap `(i, j)`: one contiguous vector load per channel and tap.
 //! The columns `ox >= ow` of each row are computed and dropped (the price of contiguous loads:
 //! `kw - 1` of every `wp` positions), except where the output width is a whole number of
-//! vectors: then each vector is a run of one output row and nothing is dropped. im2col wrote and
+//! vectors (each vector is then a run of one output row), or where the input is laid out as
+//! one shifted copy per kernel column (small images: vectors run across rows). im2col wrote and
 //! the GEMM re-packed a matrix nine times the input for a 3x3 kernel, which cost a quarter of a
 //! small UNet's training step.
 //! The input gradient is the forward convolution of the output gradient with the kernel flipped
@@ -38,14 +39,14 @@ pub(super) struct DirectConv {
 /// The kernels of one instruction set: the forward tile is `co` output channels by `pv` vectors
 /// of positions; the weight-gradient tiles are listed in [`Wgrad`]. All keep their accumulators
 /// in registers (24 of AVX-512's 32, 12 of AVX2's 16).
-struct Kernels {
-    lanes: usize,
-    co: usize,
-    pv: usize,
-    fwd: FwdTile,
+pub(super) struct Kernels {
+    pub lanes: usize,
+    pub co: usize,
+    pub pv: usize,
+    pub fwd: FwdTile,
     /// The forward tile one vector of positions wide, for the rows' last positions (7x7 outputs
     /// computed 96 positions for 49 in tiles of 48).
-    fwd_tail: FwdTile,
+    pub fwd_tail: FwdTile,
     /// For one vector of output channels and for two; each for 3-tap rows and for single taps.
     wgrad: [Wgrad; 4],
 }
@@ -59,7 +60,8 @@ struct Wgrad {
     tile: WgradTile,
 }
 
-type FwdTile = unsafe fn(*const f32, &[usize], (usize, usize), &[usize], *const f32, *mut f32, usize);
+pub(super) type FwdTile =
+    unsafe fn(*const f32, &[usize], (usize, usize), &[usize], *const f32, *mut f32, (usize, bool));
 type WgradTile = unsafe fn(*const f32, *const f32, &[usize], usize, *mut f32);
 
 #[cfg(target_arch = "x86_64")]
@@ -80,7 +82,8 @@ macro_rules! kernels {
 
             /// `CO` rows of `dst` (`dst_stride` apart), `PV` vectors each: the sums over the
             /// `cin` channels (planes `plane` apart) and taps (`shifts`) of the packed weights
-            /// `w[ci][t][co]` times the input at `x + vecs[v] + shift`.
+            /// `w[ci][t][co]` times the input at `x + vecs[v] + shift`, added to `dst` if `add`
+            /// (the channels in blocks).
             #[target_feature(enable = $feature)]
             pub(super) unsafe fn fwd_tile<const CO: usize, const PV: usize>(
                 x: *const f32,
@@ -89,9 +92,13 @@ macro_rules! kernels {
                 shifts: &[usize],
                 w: *const f32,
                 dst: *mut f32,
-                dst_stride: usize,
+                (dst_stride, add): (usize, bool),
             ) {
-                let mut acc = [[$zero(); PV]; CO];
+                let at = |co: usize, v: usize| dst.add(co * dst_stride + $lanes * v);
+                let mut acc: [[_; PV]; CO] = match add {
+                    true => std::array::from_fn(|co| std::array::from_fn(|v| $load(at(co, v)))),
+                    false => [[$zero(); PV]; CO],
+                };
                 let taps = shifts.len();
                 let vecs: [usize; PV] = std::array::from_fn(|v| vecs[v]);
                 for ci in 0..cin {
@@ -111,7 +118,7 @@ macro_rules! kernels {
                 }
                 for (co, acc) in acc.iter().enumerate() {
                     for (v, &a) in acc.iter().enumerate() {
-                        $store(dst.add(co * dst_stride + $lanes * v), a);
+                        $store(at(co, v), a);
                     }
                 }
             }
@@ -166,7 +173,7 @@ kernels!(avx2, "avx2,fma", 8, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_storeu_
     fwd: (4, 3), wgrad: [(1, 4, 3), (2, 2, 3), (1, 12, 1), (2, 6, 1)]);
 
 /// The kernels this CPU runs, if it has AVX-512 or AVX2 with FMA.
-fn kernels() -> Option<&'static Kernels> {
+pub(super) fn kernels() -> Option<&'static Kernels> {
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx512f") {
@@ -181,7 +188,7 @@ fn kernels() -> Option<&'static Kernels> {
 
 /// Every kernel set this CPU runs (the tests run each).
 #[cfg(test)]
-fn all_kernels() -> Vec<&'static Kernels> {
+pub(super) fn all_kernels() -> Vec<&'static Kernels> {
     let mut all = Vec::new();
     #[cfg(target_arch = "x86_64")]
     {
@@ -202,7 +209,7 @@ pub(super) fn available() -> bool {
 
 /// A pointer that tasks writing disjoint parts of one output share.
 #[derive(Clone, Copy)]
-struct Shared(*mut f32);
+pub(super) struct Shared(pub *mut f32);
 // SAFETY: every task writes its own elements only.
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
@@ -211,7 +218,7 @@ impl Shared {
     /// # Safety
     /// The `len` elements at `offset` are inside the output and written by this task alone.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self, offset: usize, len: usize) -> &mut [f32] {
+    pub(super) unsafe fn slice(&self, offset: usize, len: usize) -> &mut [f32] {
         unsafe { std::slice::from_raw_parts_mut(self.0.add(offset), len) }
     }
 }
@@ -219,13 +226,13 @@ impl Shared {
 impl DirectConv {
     /// Whether the forward kernels run this convolution faster than im2col and the GEMM (as
     /// measured on an AVX-512 Xeon and a Zen 4, alternating in one process): always up to 64
-    /// channels; above that where at least 85% of the positions computed are outputs (at 256
-    /// channels and 8x8 a fifth of them are dropped columns, and with a third dropped it ran
-    /// 15% slower). 384 to 128 channels at 32x32 ran 1.3x faster on the Zen 4.
+    /// channels; above that where at least 85% of the positions computed are outputs (with a
+    /// third dropped it ran 15% slower). 384 to 128 channels at 32x32 ran 1.3x faster on the
+    /// Zen 4; with the shifted copies, 256 channels at 8x8 1.07-1.18x and at 4x4 1.05x.
     pub(super) fn forward_fits(&self) -> bool {
         let Some(k) = kernels() else { return false };
         let (oh, ow) = self.out();
-        let computed = (oh * self.pitch(k.lanes)).next_multiple_of(k.lanes);
+        let computed = (oh * self.input(k.lanes).pitch).next_multiple_of(k.lanes);
         self.cin.max(self.cout) <= 64 || oh * ow * 20 >= computed * 17
     }
 
@@ -247,18 +254,29 @@ impl DirectConv {
         Some(DirectConv { cin: self.cout, h, w, cout: self.cin, pad, ..*self })
     }
 
-    fn out(&self) -> (usize, usize) {
+    pub(super) fn out(&self) -> (usize, usize) {
         (self.h + 2 * self.pad.0 + 1 - self.kh, self.w + 2 * self.pad.1 + 1 - self.kw)
     }
 
-    /// The forward kernels' positions per output row: the output width where it is a whole
-    /// number of vectors (each vector a run of one row, none dropped), else the padded width.
-    fn pitch(&self, lanes: usize) -> usize {
-        let (_, ow) = self.out();
-        match ow % lanes {
-            0 => ow,
-            _ => self.padded().1,
+    /// How the forward kernels read the input: where the output width is a whole number of
+    /// vectors, padded planes with each vector a run of one output row; else the shifted copies
+    /// of [`Layout::Shifted`] where they compute at least 15% fewer vectors per image (at 28x28
+    /// and 14x14 with 16-64 channels, 7% fewer ran no faster: three copies to write), else
+    /// padded planes computing the dropped columns.
+    fn input(&self, lanes: usize) -> Input {
+        let (oh, ow) = self.out();
+        let (hp, wp) = self.padded();
+        let vectors = |pitch: usize| (oh * pitch).div_ceil(lanes);
+        if ow % lanes != 0 && vectors(ow) * 20 <= vectors(wp) * 17 {
+            // An odd number of cache lines per plane: planes a power of two apart would
+            // share L1 sets.
+            let plane = ((self.kw * hp * ow).div_ceil(16) | 1) * 16;
+            let shifts = (0..self.kh * self.kw).map(|t| t % self.kw * hp * ow + t / self.kw * ow).collect();
+            return Input { kind: Layout::Shifted, row: ow, plane, image: self.cin * plane, shifts, pitch: ow };
         }
+        let pitch = if ow % lanes == 0 { ow } else { wp };
+        let plane = hp * wp;
+        Input { kind: Layout::Padded, row: wp, plane, image: self.cin * plane, shifts: self.shifts(), pitch }
     }
 
     /// Padded height and width.
@@ -296,6 +314,63 @@ impl DirectConv {
     }
 }
 
+/// The forward kernels' view of the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// The zero-padded images, `(b, cin, hp, wp)`.
+    Padded,
+    /// Per channel, `kw` copies of the padded plane, `(hp, ow)` each, copy `j` starting at
+    /// padded column `j`: tap `(i, j)` of output position `p = oy * ow + ox` is at
+    /// `j * hp * ow + i * ow + p`, so a vector of positions runs across rows and nothing is
+    /// dropped (8x8 outputs in padded rows of 10 dropped a fifth, 4x4 in rows of 6 a third).
+    Shifted,
+}
+
+/// Input planes of `row`-wide rows, `plane` apart per channel and `image` per image; each tap's
+/// offset in a plane; `pitch` positions computed per output row.
+struct Input {
+    kind: Layout,
+    row: usize,
+    plane: usize,
+    image: usize,
+    shifts: Vec<usize>,
+    pitch: usize,
+}
+
+impl Input {
+    /// Where the vector at position `q` (over rows of `pitch`) of image `b` starts.
+    fn offset(&self, b: usize, q: usize) -> usize {
+        b * self.image + q / self.pitch * self.row + q % self.pitch
+    }
+
+    /// Writes the input of `d` in this layout to `xp`, then `slack` zeros.
+    fn fill(&self, d: &DirectConv, x: &[f32], slack: usize, xp: &mut Vec<f32>) {
+        if self.kind == Layout::Padded {
+            return d.pad_images(x, slack, xp);
+        }
+        let (hp, ow, image) = (d.padded().0, self.row, d.h * d.w);
+        xp.resize(d.b * self.image + slack, 0.0);
+        let (planes, rest) = xp.split_at_mut(d.b * self.image);
+        rest.fill(0.0);
+        planes.par_chunks_mut(self.plane).enumerate().with_min_len(8).for_each(|(i, dst)| {
+            let src = &x[i * image..][..image];
+            let (copies, spare) = dst.split_at_mut(d.kw * hp * ow);
+            spare.fill(0.0);
+            for (j, copy) in copies.chunks_mut(hp * ow).enumerate() {
+                for (y, row) in copy.chunks_mut(ow).enumerate() {
+                    let Some(src) = y.checked_sub(d.pad.0).filter(|&r| r < d.h).map(|r| &src[r * d.w..][..d.w]) else {
+                        row.fill(0.0);
+                        continue;
+                    };
+                    for (x, o) in row.iter_mut().enumerate() {
+                        *o = src.get((x + j).wrapping_sub(d.pad.1)).copied().unwrap_or(0.0);
+                    }
+                }
+            }
+        });
+    }
+}
+
 /// `out (b, cout, oh, ow) = conv(x, wt) + bias`, then a ReLU if `relu`; every element written.
 /// False (nothing written) where this CPU lacks the kernels.
 pub(super) fn forward(
@@ -306,87 +381,103 @@ pub(super) fn forward(
     relu: bool,
     out: &mut [MaybeUninit<f32>],
 ) -> bool {
-    kernels().map(|k| forward_with(k, x, wt, bias, d, relu, out)).is_some()
+    kernels().map(|k| forward_with(k, x, (wt, false), bias, d, relu, out)).is_some()
 }
 
-/// [`forward`] with the kernels `k`; writes every element of `out`.
+/// [`forward`] with the kernels `k`, and the weight `wt` as it is or, if `flipped`, as its
+/// [`flipped_transposed`] (the input gradient's); writes every element of `out`.
 fn forward_with(
     k: &Kernels,
     x: &[f32],
-    wt: &[f32],
+    (wt, flipped): (&[f32], bool),
     bias: &[f32],
     d: DirectConv,
     relu: bool,
     out: &mut [MaybeUninit<f32>],
 ) {
     let (oh, ow) = d.out();
-    let (hp, wp) = d.padded();
-    let (taps, plane, block) = (d.kh * d.kw, hp * wp, k.lanes * k.pv);
+    let taps = d.kh * d.kw;
     let cout_r = d.cout.next_multiple_of(k.co);
-    // w[cb][ci][t][co]: a tile's weights for one channel and tap are adjacent.
+    // w[cb][ci][t][co]: a tile's weights for one channel and tap are adjacent. Packed in
+    // parallel: for 512 to 256 channels this took 0.8 ms on one thread, a tenth of a 4x4 layer.
     let mut packed = vec![0f32; cout_r * d.cin * taps];
-    for (co, w) in wt.chunks(d.cin * taps).enumerate() {
-        let (cb, c) = (co / k.co, co % k.co);
-        for (ci, w) in w.chunks(taps).enumerate() {
-            let dst = &mut packed[(cb * d.cin + ci) * taps * k.co..];
-            w.iter().enumerate().for_each(|(t, &v)| dst[t * k.co + c] = v);
+    packed.par_chunks_mut(d.cin * taps * k.co).enumerate().for_each(|(cb, dst)| {
+        for (ci, dst) in dst.chunks_mut(taps * k.co).enumerate() {
+            for (t, dst) in dst.chunks_mut(k.co).enumerate() {
+                for (co, o) in (cb * k.co..d.cout).zip(dst) {
+                    *o = match flipped {
+                        false => wt[(co * d.cin + ci) * taps + t],
+                        true => wt[(ci * d.cout + co) * taps + taps - 1 - t],
+                    };
+                }
+            }
         }
-    }
-    let shifts = d.shifts();
-    let pitch = d.pitch(k.lanes);
+    });
+    let input = d.input(k.lanes);
     let mut bufs = Scratch::<f32>::take();
     let (xp, _) = &mut *bufs;
-    d.pad_images(x, block + 2 * wp + 64, xp);
-    // Whole images per task where there are enough of them, else bands of rows.
-    let tasks_wanted = 4 * rayon::current_num_threads();
-    let rows = match d.b >= tasks_wanted {
-        true => oh,
-        false => oh.div_ceil(tasks_wanted.div_ceil(d.b)).max(1),
-    };
-    let tasks: Vec<(usize, usize)> = (0..d.b).flat_map(|b| (0..oh).step_by(rows).map(move |oy| (b, oy))).collect();
+    input.fill(&d, x, k.lanes * k.pv + d.kw + 64, xp);
+    // Vectors of positions, image after image (`per_image` each); a task takes a run of them:
+    // at most one image, or of small images as many as fill a 256 KB tile buffer.
+    let per_image = (oh * input.pitch).div_ceil(k.lanes);
+    let vectors = d.b * per_image;
+    let small = 65536 / (cout_r * k.lanes);
+    let per_task = vectors.div_ceil(4 * rayon::current_num_threads()).min(per_image.max(small));
+    let tasks: Vec<usize> = (0..vectors).step_by(per_task).collect();
     let dst = Shared(out.as_mut_ptr().cast::<f32>());
-    let (xp, packed) = (&*xp, &packed);
-    tasks.into_par_iter().for_each_init(Scratch::<f32>::take, |bufs, (b, oy0)| {
+    let (xp, packed, input) = (&*xp, &packed, &input);
+    tasks.into_par_iter().for_each_init(Scratch::<f32>::take, |bufs, g0| {
         let (tmp, _) = &mut **bufs;
-        let oy1 = (oy0 + rows).min(oh);
-        let npos = ((oy1 - oy0) * pitch).next_multiple_of(k.lanes);
+        let g1 = (g0 + per_task).min(vectors);
+        let npos = (g1 - g0) * k.lanes;
         tmp.resize(cout_r * npos, 0.0);
-        let x = &xp[(b * d.cin * plane + oy0 * wp)..];
-        let full = npos - npos % block;
-        let tiles = (0..full)
-            .step_by(block)
-            .map(|p0| (p0, k.fwd))
-            .chain((full..npos).step_by(k.lanes).map(|p0| (p0, k.fwd_tail)));
-        for (p0, tile) in tiles {
-            // Where each vector of positions starts in the band's padded planes.
-            let vecs: [usize; 4] =
-                std::array::from_fn(|v| (p0 + v * k.lanes) / pitch * wp + (p0 + v * k.lanes) % pitch);
+        // Where each vector of positions starts in the padded input.
+        let offs: Vec<usize> = (g0..g1).map(|g| input.offset(g / per_image, (g % per_image) * k.lanes)).collect();
+        let full = offs.len() - offs.len() % k.pv;
+        let tiles =
+            (0..full).step_by(k.pv).map(|v| (v, k.pv, k.fwd)).chain((full..offs.len()).map(|v| (v, 1, k.fwd_tail)));
+        for (v, n, tile) in tiles {
             for cb in 0..cout_r / k.co {
-                // SAFETY: the tile reads `cin` planes from `vecs` up to one vector past the last
-                // shift, inside `xp` (its slack covers the rounding); it writes `co` rows of at
-                // most `block` (inside `npos`) inside `tmp`.
+                // SAFETY: the tile reads `cin` planes from each offset up to one vector past
+                // the last shift, inside `xp` (its slack covers the rounding); it writes `co`
+                // rows of `n` vectors inside `tmp`.
                 unsafe {
                     (tile)(
-                        x.as_ptr(),
-                        &vecs[..k.pv],
-                        (d.cin, plane),
-                        &shifts,
+                        xp.as_ptr(),
+                        &offs[v..v + n],
+                        (d.cin, input.plane),
+                        &input.shifts,
                         packed.as_ptr().add(cb * d.cin * taps * k.co),
-                        tmp.as_mut_ptr().add(cb * k.co * npos + p0),
-                        npos,
+                        tmp.as_mut_ptr().add(cb * k.co * npos + v * k.lanes),
+                        (npos, false),
                     )
                 }
             }
         }
+        // Each image's positions `q0..q1` of this task, `at` into the task's columns.
+        let segments: Vec<_> = (g0 / per_image..g1.div_ceil(per_image))
+            .map(|b| {
+                let (s, e) = (g0.max(b * per_image), g1.min((b + 1) * per_image));
+                (b, (s - b * per_image) * k.lanes, (e - b * per_image) * k.lanes, (s - g0) * k.lanes)
+            })
+            .collect();
         for co in 0..d.cout {
-            for oy in oy0..oy1 {
-                let src = &tmp[co * npos + (oy - oy0) * pitch..][..ow];
-                // SAFETY: row `oy` of channel `co` of image `b` is this task's alone.
-                let row = unsafe { dst.slice(((b * d.cout + co) * oh + oy) * ow, ow) };
-                let bias = bias[co];
-                match relu {
-                    true => row.iter_mut().zip(src).for_each(|(o, &v)| *o = (v + bias).max(0.0)),
-                    false => row.iter_mut().zip(src).for_each(|(o, &v)| *o = v + bias),
+            let bias = bias[co];
+            for &(b, q0, q1, at) in &segments {
+                for oy in q0 / input.pitch..(q1.div_ceil(input.pitch)).min(oh) {
+                    let row = oy * input.pitch;
+                    let (c0, c1) = (q0.max(row) - row, q1.min(row + ow) - row);
+                    if c0 >= c1 {
+                        continue;
+                    }
+                    let src = &tmp[co * npos + at + row + c0 - q0..][..c1 - c0];
+                    // SAFETY: columns `c0..c1` of row `oy` of channel `co` of image `b` are
+                    // this task's alone.
+                    let out = unsafe { dst.slice(((b * d.cout + co) * oh + oy) * ow + c0, c1 - c0) };
+                    match relu {
+                        true => out.iter_mut().zip(src).for_each(|(o, &v)| *o = (v + bias).max(0.0)),
+                        false => out.iter_mut().zip(src).for_each(|(o, &v)| *o = v + bias),
+                    }
                 }
             }
         }
@@ -402,8 +493,7 @@ pub(super) fn input_grad(grad: &[f32], wt: &[f32], d: DirectConv) -> Option<Vec<
 
 fn input_grad_with(k: &Kernels, grad: &[f32], wt: &[f32], d: DirectConv) -> Option<Vec<f32>> {
     let t = d.transposed()?;
-    let flipped = flipped_transposed(wt, (d.cout, d.cin), d.kh * d.kw);
-    let write = |dx: &mut [MaybeUninit<f32>]| forward_with(k, grad, &flipped, &vec![0.0; d.cin], t, false, dx);
+    let write = |dx: &mut [MaybeUninit<f32>]| forward_with(k, grad, (wt, true), &vec![0.0; d.cin], t, false, dx);
     // SAFETY: `forward_with` writes every element.
     Some(unsafe { written_vec(d.b * d.cin * d.h * d.w, write) })
 }
@@ -579,6 +669,9 @@ mod tests {
             // wide without padding in one-row bands.
             DirectConv { b: 3, cin: 5, h: 5, w: 16, cout: 10, kh: 3, kw: 3, pad: (1, 1) },
             DirectConv { b: 1, cin: 3, h: 4, w: 34, cout: 9, kh: 3, kw: 3, pad: (0, 0) },
+            // Padded rows where shifted copies would compute as many vectors (the others
+            // above that are not whole vectors wide take the shifted copies).
+            DirectConv { b: 4, cin: 6, h: 1, w: 13, cout: 7, kh: 1, kw: 3, pad: (0, 1) },
             // Weight-gradient blocks of 32 output channels (16 with AVX2), the last one partial.
             DirectConv { b: 5, cin: 64, h: 28, w: 28, cout: 40, kh: 3, kw: 3, pad: (1, 1) },
         ];
@@ -589,7 +682,7 @@ mod tests {
             let bias = values(d.cout, 13);
             let g = values(d.b * d.cout * oh * ow, 17);
             // SAFETY: `forward_with` writes every element.
-            let y = unsafe { written_vec(g.len(), |y| forward_with(k, &x, &w, &bias, d, false, y)) };
+            let y = unsafe { written_vec(g.len(), |y| forward_with(k, &x, (&w, false), &bias, d, false, y)) };
             let mut want = reference(&x, &w, &d);
             want.iter_mut().enumerate().for_each(|(i, v)| *v += bias[i / (oh * ow) % d.cout] as f64);
             let what = format!("{} lanes, {d:?}", k.lanes);

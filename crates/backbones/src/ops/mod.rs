@@ -72,6 +72,7 @@ mod softmax;
 #[cfg(test)]
 mod tests;
 mod upsample;
+mod winograd;
 
 pub use activation::{gelu_erf, silu};
 pub use attention::{attention, attention_packed};

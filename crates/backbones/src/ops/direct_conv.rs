@@ -608,11 +608,11 @@ fn weight_grad_with(k: &Kernels, x: &[f32], grad: &[f32], d: DirectConv) -> Vec<
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// `F.conv2d` in f64, term by term.
-    fn reference(x: &[f32], w: &[f32], d: &DirectConv) -> Vec<f64> {
+    pub(in crate::ops) fn reference(x: &[f32], w: &[f32], d: &DirectConv) -> Vec<f64> {
         let (oh, ow) = d.out();
         let mut y = vec![0f64; d.b * d.cout * oh * ow];
         for b in 0..d.b {
@@ -639,11 +639,11 @@ mod tests {
         y
     }
 
-    fn values(n: usize, seed: u32) -> Vec<f32> {
+    pub(in crate::ops) fn values(n: usize, seed: u32) -> Vec<f32> {
         (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 2001) as f32 / 1000.0 - 1.0).collect()
     }
 
-    fn close(got: &[f32], want: &[f64], what: &str) {
+    pub(in crate::ops) fn close(got: &[f32], want: &[f64], what: &str) {
         assert_eq!(got.len(), want.len(), "{what}");
         let scale = want.iter().fold(1f64, |m, v| m.max(v.abs()));
         for (i, (&g, &w)) in got.iter().zip(want).enumerate() {

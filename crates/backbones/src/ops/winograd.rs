@@ -254,39 +254,9 @@ fn forward_with(
 
 #[cfg(test)]
 mod tests {
-    use super::super::direct_conv::all_kernels;
+    use super::super::direct_conv::tests::{close, reference, values};
+    use super::super::direct_conv::{all_kernels, flipped_transposed};
     use super::*;
-
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 2001) as f32 / 1000.0 - 1.0).collect()
-    }
-
-    /// `F.conv2d` in f64, term by term, plus the bias.
-    fn reference(x: &[f32], w: &[f32], bias: &[f32], d: &DirectConv) -> Vec<f64> {
-        let (oh, ow) = d.out();
-        let mut y = vec![0f64; d.b * d.cout * oh * ow];
-        for (o, y) in y.iter_mut().enumerate() {
-            let (b, co, oy, ox) = (o / (d.cout * oh * ow), o / (oh * ow) % d.cout, o / ow % oh, o % ow);
-            *y = bias[co] as f64;
-            for ci in 0..d.cin {
-                for t in 0..9 {
-                    let (iy, ix) = ((oy + t / 3).wrapping_sub(d.pad.0), (ox + t % 3).wrapping_sub(d.pad.1));
-                    if iy < d.h && ix < d.w {
-                        *y += x[((b * d.cin + ci) * d.h + iy) * d.w + ix] as f64 * w[(co * d.cin + ci) * 9 + t] as f64;
-                    }
-                }
-            }
-        }
-        y
-    }
-
-    fn close(got: &[f32], want: &[f64], what: &str) {
-        assert_eq!(got.len(), want.len(), "{what}");
-        let scale = want.iter().fold(1f64, |m, v| m.max(v.abs()));
-        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-            assert!((g as f64 - w).abs() <= 1e-5 * scale, "{what}: element {i}: {g} vs {w}");
-        }
-    }
 
     /// Values and input gradient against the f64 definitions: odd output sizes (tiles cut at the
     /// edge), paddings 0 to 2, several tile rows per task and one image over several tasks,
@@ -313,13 +283,15 @@ mod tests {
             let y = unsafe {
                 written_vec(d.b * d.cout * oh * ow, |y| forward_with(k, &x, (&w, false), &bias, d, false, y))
             };
-            close(&y, &reference(&x, &w, &bias, &d), &format!("{what} forward"));
+            let mut want = reference(&x, &w, &d);
+            want.iter_mut().enumerate().for_each(|(i, v)| *v += bias[i / (oh * ow) % d.cout] as f64);
+            close(&y, &want, &format!("{what} forward"));
             let Some(t) = d.transposed() else { continue };
             let g = values(d.b * d.cout * oh * ow, 17);
-            let flipped = super::super::direct_conv::flipped_transposed(&w, (d.cout, d.cin), 9);
+            let flipped = flipped_transposed(&w, (d.cout, d.cin), 9);
             let dx =
                 unsafe { written_vec(x.len(), |dx| forward_with(k, &g, (&w, true), &vec![0.0; d.cin], t, false, dx)) };
-            close(&dx, &reference(&g, &flipped, &vec![0.0; d.cin], &t), &format!("{what} input gradient"));
+            close(&dx, &reference(&g, &flipped, &t), &format!("{what} input gradient"));
         }
     }
 }

@@ -38,7 +38,9 @@ pub(super) struct DirectConv {
 
 /// The kernels of one instruction set: the forward tile is `co` output channels by `pv` vectors
 /// of positions; the weight-gradient tiles are listed in [`Wgrad`]. All keep their accumulators
-/// in registers (24 of AVX-512's 32, 12 of AVX2's 16).
+/// in registers (24 of AVX-512's 32; of AVX2's 16, 12 in the weight gradient and 8 in the
+/// forward, whose 4x3 tile left no register for the broadcast weight: LLVM moved the
+/// accumulators around and spilled one every step, at half the 4x2 tile's speed).
 pub(super) struct Kernels {
     pub lanes: usize,
     pub co: usize,
@@ -170,7 +172,7 @@ kernels!(avx512, "avx512f", 16, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_store
     fwd: (8, 3), wgrad: [(1, 8, 3), (2, 4, 3), (1, 12, 1), (2, 12, 1)]);
 #[cfg(target_arch = "x86_64")]
 kernels!(avx2, "avx2,fma", 8, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps, _mm256_fmadd_ps,
-    fwd: (4, 3), wgrad: [(1, 4, 3), (2, 2, 3), (1, 12, 1), (2, 6, 1)]);
+    fwd: (4, 2), wgrad: [(1, 4, 3), (2, 2, 3), (1, 12, 1), (2, 6, 1)]);
 
 /// The kernels this CPU runs, if it has AVX-512 or AVX2 with FMA.
 pub(super) fn kernels() -> Option<&'static Kernels> {

@@ -403,16 +403,34 @@ struct Conv {
     bf16: bool,
 }
 
+/// Whether [`fast_forward`] runs `d`: Winograd or the direct kernels fit it.
+fn fast_fits(d: &DirectConv) -> bool {
+    winograd::fits(d) || d.forward_fits()
+}
+
+/// The stride-1 f32 forward on Winograd where it fits, else on the direct kernels, with `wt` as
+/// it is or flipped and transposed (the input gradient's); every element of `out` written.
+/// False (nothing written) where [`fast_fits`] is false.
+fn fast_forward(
+    x: &[f32],
+    wt: (&[f32], bool),
+    bias: &[f32],
+    d: DirectConv,
+    relu: bool,
+    out: &mut [MaybeUninit<f32>],
+) -> bool {
+    match winograd::fits(&d) {
+        true => winograd::forward(x, wt, bias, d, relu, out),
+        false => d.forward_fits() && direct_conv::forward(x, wt, bias, d, relu, out),
+    }
+}
+
 fn conv_fwd<T: Float>(x: &[T], wt: &[T], bias: &[T], g: Geom, relu: bool) -> Vec<T> {
-    let direct = g.direct().filter(|d| winograd::fits(d) || d.forward_fits());
+    let direct = g.direct().filter(fast_fits);
     if let (Some(d), Some(x), Some(wt), Some(bias)) = (direct, as_f32(x), as_f32(wt), as_f32(bias)) {
         let write = |out: &mut [MaybeUninit<T>]| {
             let out = as_f32_uninit(out).expect("T is f32 (x is)");
-            let done = match winograd::fits(&d) {
-                true => winograd::forward(x, wt, bias, d, relu, out),
-                false => direct_conv::forward(x, wt, bias, d, relu, out),
-            };
-            assert!(done, "`direct` checked the kernels");
+            assert!(fast_forward(x, (wt, false), bias, d, relu, out), "`fast_fits` checked it");
         };
         // SAFETY: `forward` wrote every element (it returned true).
         return unsafe { written_vec(g.b * g.cout * g.l(), write) };
@@ -598,16 +616,15 @@ simd_fn! {
         if let Some(dx) = input_grad_as_conv(grad, wt, &g) {
             return dx;
         }
-        let direct = g.direct().and_then(|d| Some((d, d.transposed()?)));
-        if let (Some((d, t)), Some(grad), Some(wt)) = (direct, as_f32(grad), as_f32(wt)) {
-            let dx = match (winograd::fits(&t), t.forward_fits()) {
-                (true, _) => winograd::input_grad(grad, wt, d),
-                (false, true) => direct_conv::input_grad(grad, wt, d),
-                (false, false) => None,
+        // The forward convolution of `grad` with the kernel flipped and transposed.
+        let transposed = g.direct().and_then(|d| d.transposed()).filter(fast_fits);
+        if let (Some(t), Some(grad), Some(wt)) = (transposed, as_f32(grad), as_f32(wt)) {
+            let write = |dx: &mut [MaybeUninit<T>]| {
+                let dx = as_f32_uninit(dx).expect("T is f32 (grad is)");
+                assert!(fast_forward(grad, (wt, true), &vec![0.0; t.cout], t, false, dx), "`fast_fits` checked it");
             };
-            if let Some(dx) = dx.and_then(from_f32) {
-                return dx;
-            }
+            // SAFETY: `fast_forward` wrote every element (it returned true).
+            return unsafe { written_vec(g.b * g.image(), write) };
         }
         let (k, l, group) = (g.k(), g.l(), g.group());
         let mut dx = vec![T::zero(); g.b * g.image()];

@@ -21,7 +21,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::{sum_by, written_vec, Scratch};
+use super::{sum_by, Scratch};
 
 /// Sizes of one stride-1 convolution, zero padding `(rows, columns)` on both sides.
 #[derive(Debug, Clone, Copy)]
@@ -373,21 +373,22 @@ impl Input {
     }
 }
 
-/// `out (b, cout, oh, ow) = conv(x, wt) + bias`, then a ReLU if `relu`; every element written.
-/// False (nothing written) where this CPU lacks the kernels.
+/// `out (b, cout, oh, ow) = conv(x, wt) + bias`, then a ReLU if `relu`, with the weight as it is
+/// or, if flipped, as its [`flipped_transposed`] (the input gradient's: see
+/// [`DirectConv::transposed`]); every element written. False (nothing written) where this CPU
+/// lacks the kernels.
 pub(super) fn forward(
     x: &[f32],
-    wt: &[f32],
+    wt: (&[f32], bool),
     bias: &[f32],
     d: DirectConv,
     relu: bool,
     out: &mut [MaybeUninit<f32>],
 ) -> bool {
-    kernels().map(|k| forward_with(k, x, (wt, false), bias, d, relu, out)).is_some()
+    kernels().map(|k| forward_with(k, x, wt, bias, d, relu, out)).is_some()
 }
 
-/// [`forward`] with the kernels `k`, and the weight `wt` as it is or, if `flipped`, as its
-/// [`flipped_transposed`] (the input gradient's); writes every element of `out`.
+/// [`forward`] with the kernels `k`.
 fn forward_with(
     k: &Kernels,
     x: &[f32],
@@ -484,20 +485,6 @@ fn forward_with(
             }
         }
     });
-}
-
-/// `dx (b, cin, h, w)` from the output gradient `grad (b, cout, oh, ow)`: the forward convolution
-/// of `grad` with `w` flipped and transposed, padded `k - 1 - pad`. None where this CPU lacks
-/// the kernels or the padding exceeds `k - 1`.
-pub(super) fn input_grad(grad: &[f32], wt: &[f32], d: DirectConv) -> Option<Vec<f32>> {
-    input_grad_with(kernels()?, grad, wt, d)
-}
-
-fn input_grad_with(k: &Kernels, grad: &[f32], wt: &[f32], d: DirectConv) -> Option<Vec<f32>> {
-    let t = d.transposed()?;
-    let write = |dx: &mut [MaybeUninit<f32>]| forward_with(k, grad, (wt, true), &vec![0.0; d.cin], t, false, dx);
-    // SAFETY: `forward_with` writes every element.
-    Some(unsafe { written_vec(d.b * d.cin * d.h * d.w, write) })
 }
 
 /// The weight `(cout, cin, kh, kw)` as the kernel of the convolution that is its input
@@ -611,6 +598,7 @@ fn weight_grad_with(k: &Kernels, x: &[f32], grad: &[f32], d: DirectConv) -> Vec<
 
 #[cfg(test)]
 pub(super) mod tests {
+    use super::super::written_vec;
     use super::*;
 
     /// `F.conv2d` in f64, term by term.
@@ -712,7 +700,11 @@ pub(super) mod tests {
                     }
                 }
             }
-            close(&input_grad_with(k, &g, &w, d).unwrap(), &dx, &format!("{what} input gradient"));
+            let t = d.transposed().expect("padding below the kernel size");
+            // SAFETY: `forward_with` writes every element.
+            let got =
+                unsafe { written_vec(x.len(), |dx| forward_with(k, &g, (&w, true), &vec![0.0; d.cin], t, false, dx)) };
+            close(&got, &dx, &format!("{what} input gradient"));
             let dwb = weight_grad_with(k, &x, &g, d);
             close(&dwb[..w.len()], &dw, &format!("{what} weight gradient"));
             close(&dwb[w.len()..], &db, &format!("{what} bias gradient"));

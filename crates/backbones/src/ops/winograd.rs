@@ -10,7 +10,7 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use super::direct_conv::{kernels, DirectConv, Kernels, Shared};
-use super::{written_vec, Float, Scratch};
+use super::{Float, Scratch};
 
 /// Tiles per task (rounded to whole tile rows): its 16 transformed blocks stay in L2.
 const TILES: usize = 48;
@@ -32,26 +32,18 @@ pub(super) fn fits(d: &DirectConv) -> bool {
         && oh.min(ow) >= 8
 }
 
-/// `out (b, cout, oh, ow) = conv(x, wt) + bias`, then a ReLU if `relu`; every element written.
-/// False (nothing written) where this CPU lacks the kernels.
+/// As [`super::direct_conv::forward`]: `conv(x, wt) + bias`, then a ReLU if `relu`, the weight as it is
+/// or flipped and transposed; every element written. False (nothing written) where this CPU
+/// lacks the kernels.
 pub(super) fn forward(
     x: &[f32],
-    wt: &[f32],
+    wt: (&[f32], bool),
     bias: &[f32],
     d: DirectConv,
     relu: bool,
     out: &mut [MaybeUninit<f32>],
 ) -> bool {
-    kernels().map(|k| forward_with(k, x, (wt, false), bias, d, relu, out)).is_some()
-}
-
-/// `dx (b, cin, h, w)` from the output gradient: the forward convolution of `grad` with the
-/// kernel flipped and transposed. None where this CPU lacks the kernels or the padding exceeds 2.
-pub(super) fn input_grad(grad: &[f32], wt: &[f32], d: DirectConv) -> Option<Vec<f32>> {
-    let (k, t) = (kernels()?, d.transposed()?);
-    let write = |dx: &mut [MaybeUninit<f32>]| forward_with(k, grad, (wt, true), &vec![0.0; d.cin], t, false, dx);
-    // SAFETY: `forward_with` writes every element.
-    Some(unsafe { written_vec(d.b * d.cin * d.h * d.w, write) })
+    kernels().map(|k| forward_with(k, x, wt, bias, d, relu, out)).is_some()
 }
 
 /// `U[cb][ξ][ci][co]`: each kernel `G g Gᵀ` (`ξ = 4i + j`), in blocks of `k.co` output channels
@@ -154,7 +146,7 @@ simd_fn! {
     }
 }
 
-/// [`forward`] with the kernels `k`, and the weight as it is or flipped and transposed.
+/// [`forward`] with the kernels `k`.
 fn forward_with(
     k: &Kernels,
     x: &[f32],
@@ -256,6 +248,7 @@ fn forward_with(
 mod tests {
     use super::super::direct_conv::tests::{close, reference, values};
     use super::super::direct_conv::{all_kernels, flipped_transposed};
+    use super::super::written_vec;
     use super::*;
 
     /// Values and input gradient against the f64 definitions: odd output sizes (tiles cut at the
